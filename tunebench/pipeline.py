@@ -1,0 +1,81 @@
+"""One experiment end to end: prepare -> train -> predict -> evaluate -> cost.
+
+Each step is a plain function over a :class:`RunDir`; :func:`run_experiment` calls them in
+order and skips the ones the manifest records as finished, so an interrupted run resumes
+at the stage it stopped in (and training itself resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunebench.config import ExperimentConfig
+from tunebench.data.prepare import prepare
+from tunebench.errors import TunebenchError
+from tunebench.rundir import RunDir
+from tunebench.tasks import get_task
+
+
+def open_run(config: ExperimentConfig) -> RunDir:
+    """Create (or reopen) the run directory; a different config for the same name is refused."""
+    run = RunDir(config.run_dir)
+    if run.config_path.is_file():
+        existing = run.load_config()
+        if existing.model_dump() != config.model_dump():
+            raise TunebenchError(
+                f"{run.root} holds a run with a different config; choose another name or delete it"
+            )
+    else:
+        run.write_config(config)
+    return run
+
+
+def train_stage(
+    config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False
+) -> dict[str, Any]:
+    """Fine-tune according to the provider (nothing to do for ``base`` and ``endpoint``)."""
+    if config.provider == "local":
+        from tunebench.training import train
+
+        return train(config, run, resume=resume)
+    if config.provider == "openai":
+        from tunebench.providers.openai import train_openai
+
+        return train_openai(config, run, yes=yes)
+    return {}
+
+
+def predict_stage(config: ExperimentConfig, run: RunDir, split: str) -> None:
+    from tunebench.inference import predict
+
+    predict(config, run, split)
+
+
+def evaluate_stage(config: ExperimentConfig, run: RunDir, split: str, **options: Any) -> dict[str, Any]:
+    """Score ``predictions/<split>.jsonl`` into ``eval/<split>/``."""
+    from tunebench.evaluation import evaluate
+
+    task = get_task(config.task)
+    merged = {**task.scorer_options(), **options}
+    metrics = evaluate(config.task.name, run.predictions(split), run.eval_dir(split), merged)
+    run.record_stage(f"evaluate:{split}")
+    return metrics
+
+
+def run_experiment(config: ExperimentConfig, yes: bool = False) -> RunDir:
+    """Every stage of one experiment, skipping finished ones."""
+    run = open_run(config)
+    if not run.stage_done("prepare"):
+        prepare(config, run)
+    if not run.stage_done("train"):
+        train_stage(config, run, resume=True, yes=yes)
+    for split in config.eval_splits:
+        if not run.stage_done(f"predict:{split}"):
+            predict_stage(config, run, split)
+        if not run.stage_done(f"evaluate:{split}"):
+            evaluate_stage(config, run, split)
+    if not run.stage_done("cost"):
+        from tunebench.cost import write_cost
+
+        write_cost(config, run)
+    return run

@@ -1,0 +1,146 @@
+"""The run directory: every stage reads and writes files here, so any stage can be rerun.
+
+::
+
+    runs/<name>/
+      config.yaml            resolved experiment config
+      manifest.json          versions, host, git commit, and one record per finished stage
+      prepared/<split>.jsonl rendered prompts and targets (+ stats.json)
+      adapter/               LoRA adapter (safetensors)          [training]
+      checkpoints/step-N/    resumable training state            [training]
+      metrics.jsonl          loss curve: one row per train/validation log
+      train_summary.json     steps, tokens, wall time, GPU, peak memory, best validation loss
+      predictions/<split>.jsonl                                  [inference]
+      eval/<split>/metrics.json, per_example.jsonl               [evaluation]
+      cost.json                                                  [cost]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunebench.config import ExperimentConfig, dump_config, load_yaml, parse_model
+from tunebench.errors import TunebenchError
+from tunebench.io import atomic_write, read_json, write_json
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths of one run directory."""
+
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    def prepared(self, split: str) -> Path:
+        return self.root / "prepared" / f"{split}.jsonl"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.root / "adapter"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.root / "train_summary.json"
+
+    def predictions(self, split: str) -> Path:
+        return self.root / "predictions" / f"{split}.jsonl"
+
+    def eval_dir(self, split: str) -> Path:
+        return self.root / "eval" / split
+
+    @property
+    def cost_path(self) -> Path:
+        return self.root / "cost.json"
+
+    # --- config and manifest ------------------------------------------------------------
+    def write_config(self, config: ExperimentConfig) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.config_path) as handle:
+            handle.write(dump_config(config))
+
+    def load_config(self) -> ExperimentConfig:
+        if not self.config_path.is_file():
+            raise TunebenchError(f"{self.root}: not a run directory (no config.yaml)")
+        return parse_model(ExperimentConfig, load_yaml(self.config_path), str(self.config_path))
+
+    def manifest(self) -> dict[str, Any]:
+        if self.manifest_path.is_file():
+            return read_json(self.manifest_path)
+        return {"created": now(), "environment": environment(), "stages": {}}
+
+    def record_stage(self, stage: str, **info: Any) -> None:
+        """Mark ``stage`` finished (with ``info``) in the manifest."""
+        manifest = self.manifest()
+        manifest.setdefault("stages", {})[stage] = {"finished": now(), **info}
+        write_json(self.manifest_path, manifest)
+
+    def stage_done(self, stage: str) -> bool:
+        return stage in self.manifest().get("stages", {})
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def git_commit() -> str | None:
+    """The commit of the tunebench checkout, when it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, recorded so a report can say what produced it."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("tunebench", "torch", "transformers", "peft", "accelerate", "openai"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "git_commit": git_commit(),
+    }
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+    except ImportError:  # pragma: no cover
+        pass
+    return info

@@ -1,0 +1,123 @@
+"""The task interface: how raw rows become prompts, targets and chat messages.
+
+A task owns its prompt format (character for character the study's for the built-in ones),
+its splits, the rule that turns a raw generation into a prediction, and the name of its
+scorer in :mod:`tunebench.evaluation`. Everything downstream sees only :class:`Example`.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from tunebench.config import TaskConfig
+from tunebench.errors import TunebenchError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One rendered example. ``fields`` carries the task's extras (``context``, ``db_id``...)."""
+
+    id: str
+    prompt: str
+    completion: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        """The prepared-JSONL row: ``id``, ``prompt``, ``completion`` and the extras."""
+        return {"id": self.id, "prompt": self.prompt, "completion": self.completion, **self.fields}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Example:
+        extras = {k: v for k, v in row.items() if k not in ("id", "prompt", "completion")}
+        return cls(id=row["id"], prompt=row["prompt"], completion=row["completion"], fields=extras)
+
+
+class Task(ABC):
+    """Base class of the built-in and custom tasks."""
+
+    name: ClassVar[str]
+    #: The study trained on ``prompt + target + "\n"`` followed by EOS.
+    completion_suffix: ClassVar[str] = "\n"
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    # --- data -------------------------------------------------------------------------
+    @abstractmethod
+    def load_examples(self) -> dict[str, list[Example]]:
+        """All splits (``train``, ``validation``, ``test``) before any cap is applied."""
+
+    def splits(self) -> dict[str, list[Example]]:
+        """The splits with the config's caps applied (seeded shuffle for train)."""
+        data = self.load_examples()
+        cap_train, cap_eval = self.config.max_train_examples, self.config.max_eval_examples
+        if cap_train is not None and len(data["train"]) > cap_train:
+            rows = list(data["train"])
+            random.Random(self.config.split_seed).shuffle(rows)
+            data["train"] = rows[:cap_train]
+        if cap_eval is not None:
+            data["validation"] = data["validation"][:cap_eval]
+            data["test"] = data["test"][:cap_eval]
+        return data
+
+    # --- prompts ----------------------------------------------------------------------
+    @abstractmethod
+    def render_prompt(self, fields: dict[str, Any]) -> str:
+        """The text the model sees; the target follows it directly."""
+
+    @abstractmethod
+    def chat_messages(self, example: Example) -> list[dict[str, str]]:
+        """System/user(/assistant) messages for chat fine-tuning (OpenAI's format)."""
+
+    def training_messages(self, example: Example) -> list[dict[str, str]]:
+        """Chat messages with the assistant's target, for fine-tuning files."""
+        return [*self.chat_messages(example), {"role": "assistant", "content": example.completion}]
+
+    # --- predictions ------------------------------------------------------------------
+    def postprocess(self, generation: str) -> str:
+        """Raw generation -> prediction: the first line, stripped (the study's rule)."""
+        text = generation.lstrip("\n") if self.config.first_line_only else generation
+        if self.config.first_line_only:
+            text = text.split("\n", 1)[0]
+        return text.strip()
+
+    @property
+    def stops_on_newline(self) -> bool:
+        """Generation may stop at the first newline (only the first line is kept)."""
+        return self.config.first_line_only
+
+    def eval_fields(self, example: Example) -> dict[str, Any]:
+        """Fields the scorer needs besides ``prediction`` and ``gold``."""
+        return dict(example.fields)
+
+    def scorer_options(self) -> dict[str, Any]:
+        """Default options passed to this task's scorer."""
+        return {}
+
+
+def make_ids(prefix: str, count: int) -> list[str]:
+    """Stable ids by position in the source file, e.g. ``sql-train-00042``."""
+    width = max(5, len(str(count)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(count)]
+
+
+def check_fields(rows: Sequence[Any], required: Sequence[str], source: str) -> None:
+    """Every row must be an object with text in ``required``; errors name the row and field."""
+    if not rows:
+        raise TunebenchError(f"{source}: no rows")
+    for index, row in enumerate(rows, start=1):
+        where = f"{source}: row {index}"
+        if not isinstance(row, dict):
+            raise TunebenchError(f"{where}: expected an object, got {type(row).__name__}")
+        for name in required:
+            value = row.get(name)
+            if value is None:
+                raise TunebenchError(f"{where}: field '{name}': missing")
+            if not isinstance(value, str):
+                raise TunebenchError(f"{where}: field '{name}': expected text, got {type(value).__name__}")

@@ -1,0 +1,83 @@
+"""Bring your own task: JSONL/CSV files, a prompt template and a metric.
+
+The template is Jinja when it contains ``{{`` and ``str.format`` otherwise; it is rendered
+over each row's fields and the row's ``target_field`` is the expected output.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from tunebench.data.sources import read_rows
+from tunebench.errors import TunebenchError
+from tunebench.tasks.base import Example, Task, make_ids
+
+
+class CustomTask(Task):
+    name = "custom"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        template = config.prompt_template or ""
+        self._jinja = (
+            jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True).from_string(
+                template
+            )
+            if "{{" in template
+            else None
+        )
+        self._fields = (
+            set() if self._jinja else {name for _, name, _, _ in string.Formatter().parse(template) if name}
+        )
+
+    def render_prompt(self, fields: dict[str, Any]) -> str:
+        if self._jinja is not None:
+            return self._jinja.render(**fields)
+        return (self.config.prompt_template or "").format(**fields)
+
+    def chat_messages(self, example: Example) -> list[dict[str, str]]:
+        system = self.config.system_prompt
+        messages = [{"role": "system", "content": system}] if system else []
+        return [*messages, {"role": "user", "content": example.prompt}]
+
+    def scorer_options(self) -> dict[str, Any]:
+        return {"metrics": list(self.config.metrics)}
+
+    def _examples(self, split: str, path: str) -> list[Example]:
+        rows = read_rows(path)
+        if not rows:
+            raise TunebenchError(f"{path}: file is empty")
+        target_field = self.config.target_field
+        out = []
+        for index, (id_, row) in enumerate(zip(make_ids(f"custom-{split}", len(rows)), rows, strict=True), 1):
+            where = f"{path}: row {index}"
+            if not isinstance(row, dict):
+                raise TunebenchError(f"{where}: expected an object")
+            if row.get(target_field) is None:
+                raise TunebenchError(f"{where}: field '{target_field}': missing")
+            fields = {k: v for k, v in row.items() if k != target_field}
+            try:
+                prompt = self.render_prompt(fields)
+            except (KeyError, jinja2.UndefinedError) as exc:
+                name = exc.args[0] if isinstance(exc, KeyError) else exc.message
+                raise TunebenchError(f"{where}: prompt_template needs field {name}") from None
+            except (IndexError, ValueError) as exc:
+                raise TunebenchError(f"{where}: prompt_template: {exc}") from None
+            fields = {"id_in_file": row.get("id"), **fields} if "id" in row else fields
+            fields.pop("id", None)
+            out.append(Example(id=id_, prompt=prompt, completion=str(row[target_field]), fields=fields))
+        return out
+
+    def load_examples(self) -> dict[str, list[Example]]:
+        cfg = self.config
+        train = self._examples("train", str(Path(cfg.train_file)))
+        test = self._examples("test", str(Path(cfg.test_file)))
+        if cfg.validation == "study" or not cfg.validation_file:
+            validation = list(test)
+        else:
+            validation = self._examples("validation", cfg.validation_file)
+        return {"train": train, "validation": validation, "test": test}

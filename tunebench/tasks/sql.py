@@ -1,0 +1,115 @@
+"""Text-to-SQL on sql-create-context ∩ Spider (the study's first task).
+
+Prompt = the study's instruction, ``### Input:`` question, ``### Context:`` CREATE TABLE
+statements, ``### Response:``; target = the gold SQL. The eval set is the 568 Spider-dev
+examples; the held-out validation split takes whole databases out of train, so no schema seen
+in validation was trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tunebench.data.paths import local_data_dir
+from tunebench.data.sources import load_hub, read_rows
+from tunebench.errors import TunebenchError
+from tunebench.tasks.base import Example, Task, check_fields, make_ids
+
+INSTRUCTION = (
+    "You are a powerful text-to-SQL model. Your job is to answer questions about a database. "
+    "You are given a question and context regarding one or more tables.\n\n"
+    "You must output the SQL query that answers the question."
+)
+
+PROMPT_TEMPLATE = INSTRUCTION + "\n\n### Input:\n{question}\n\n### Context:\n{context}\n\n### Response:\n"
+
+HUB_ID = "samlhuillier/sql-create-context-spider-intersect"
+LOCAL_FILES = {
+    "train": "sql/intersect/spider_create_context_train_db_id.json",
+    "eval": "sql/intersect/spider_create_context_val_db_id.json",
+}
+REQUIRED = ("question", "context", "answer")
+
+
+class SqlTask(Task):
+    name = "sql"
+
+    def render_prompt(self, fields: dict[str, Any]) -> str:
+        return PROMPT_TEMPLATE.format(question=fields["question"], context=fields["context"])
+
+    def chat_messages(self, example: Example) -> list[dict[str, str]]:
+        system = f"{INSTRUCTION}\n\n### Context:\n{example.fields['context']}"
+        return [
+            {"role": "system", "content": system},
+            {"role": "user", "content": example.fields["question"]},
+        ]
+
+    def db_dir(self) -> Path | None:
+        """Real Spider databases in the local mirror, for execution accuracy."""
+        root = local_data_dir(self.config.data_dir)
+        path = root / "sql" / "spider" / "database" if root else None
+        return path if path and path.is_dir() else None
+
+    def scorer_options(self) -> dict[str, Any]:
+        db_dir = self.db_dir()
+        return {"db_dir": str(db_dir)} if db_dir else {}
+
+    # --- data -------------------------------------------------------------------------
+    def _raw(self, which: str) -> tuple[list[dict[str, Any]], str]:
+        root = None if self.config.hub_id else local_data_dir(self.config.data_dir)
+        if root is not None:
+            path = root / LOCAL_FILES[which]
+            return read_rows(path), str(path)
+        hub_id = self.config.hub_id or HUB_ID
+        split = "train" if which == "train" else "validation"
+        return load_hub(hub_id, split), f"{hub_id}[{split}]"
+
+    def _examples(self, which: str) -> list[Example]:
+        rows, source = self._raw(which)
+        check_fields(rows, REQUIRED, source)
+        ids = make_ids(f"sql-{which}", len(rows))
+        return [self._example(i, row) for i, row in zip(ids, rows, strict=True)]
+
+    def _example(self, id_: str, row: dict[str, Any]) -> Example:
+        fields = {"question": row["question"], "context": row["context"]}
+        if row.get("db_id") is not None:
+            fields["db_id"] = row["db_id"]
+        return Example(id=id_, prompt=self.render_prompt(fields), completion=row["answer"], fields=fields)
+
+    def load_examples(self) -> dict[str, list[Example]]:
+        train, test = self._examples("train"), self._examples("eval")
+        if self.config.validation == "study":
+            return {"train": train, "validation": list(test), "test": test}
+        train, validation = split_by_database(train, self.config.validation_fraction, self.config.split_seed)
+        return {"train": train, "validation": validation, "test": test}
+
+
+def split_by_database(
+    examples: list[Example], fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """Hold out whole databases (shuffled with ``seed``) until ``fraction`` of rows is reached."""
+    by_db: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        db = ex.fields.get("db_id")
+        if db is None:
+            raise TunebenchError(
+                f"{ex.id}: no db_id, so a by-database validation split is impossible; "
+                "set task.validation: study"
+            )
+        by_db[db].append(ex)
+    dbs = sorted(by_db)
+    random.Random(seed).shuffle(dbs)
+    held: set[str] = set()
+    target = fraction * len(examples)
+    count = 0
+    for db in dbs:
+        if count >= target:
+            break
+        held.add(db)
+        count += len(by_db[db])
+    train = [ex for ex in examples if ex.fields["db_id"] not in held]
+    validation = [ex for ex in examples if ex.fields["db_id"] in held]
+    return train, validation

@@ -1,0 +1,79 @@
+"""ViGGO meaning representation (the study's second task).
+
+Prompt = the study's instruction listing the 9 functions and 14 attributes,
+``### Target sentence:``, ``### Meaning representation:``; target = the MR, e.g.
+``inform(name[Portal 2], rating[excellent])``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunebench.data.paths import local_data_dir
+from tunebench.data.sources import load_hub, read_rows
+from tunebench.tasks.base import Example, Task, check_fields, make_ids
+
+FUNCTIONS = [
+    "inform", "request", "give_opinion", "confirm", "verify_attribute",
+    "suggest", "request_explanation", "recommend", "request_attribute",
+]  # fmt: skip
+ATTRIBUTES = [
+    "name", "exp_release_date", "release_year", "developer", "esrb", "rating", "genres",
+    "player_perspective", "has_multiplayer", "platforms", "available_on_steam",
+    "has_linux_release", "has_mac_release", "specifier",
+]  # fmt: skip
+
+INSTRUCTION_LINES = [
+    "Given a target sentence construct the underlying meaning representation of the input "
+    "sentence as a single function with attributes and attribute values.",
+    f"This function should describe the target string accurately and the function must be one "
+    f"of the following {FUNCTIONS}.",
+    f"The attributes must be one of the following: {ATTRIBUTES}",
+]
+INSTRUCTION = "\n".join(INSTRUCTION_LINES)
+PROMPT_TEMPLATE = INSTRUCTION + "\n\n### Target sentence:\n{target}\n\n### Meaning representation:\n"
+# The study's OpenAI files join the same three lines with spaces.
+CHAT_SYSTEM = " ".join(INSTRUCTION_LINES)
+
+HUB_ID = "GEM/viggo"
+LOCAL_FILES = {"train": "viggo/train.csv", "validation": "viggo/valid.csv", "test": "viggo/test.csv"}
+
+
+class ViggoTask(Task):
+    name = "viggo"
+
+    def render_prompt(self, fields: dict[str, Any]) -> str:
+        return PROMPT_TEMPLATE.format(target=fields["sentence"])
+
+    def chat_messages(self, example: Example) -> list[dict[str, str]]:
+        return [
+            {"role": "system", "content": CHAT_SYSTEM},
+            {"role": "user", "content": example.fields["sentence"]},
+        ]
+
+    def _raw(self, split: str) -> tuple[list[dict[str, Any]], str]:
+        root = None if self.config.hub_id else local_data_dir(self.config.data_dir)
+        if root is not None:
+            path = root / LOCAL_FILES[split]
+            return read_rows(path), str(path)
+        hub_id = self.config.hub_id or HUB_ID
+        rows = load_hub(hub_id, split)
+        # GEM/viggo renames the CSV's columns.
+        return [{"mr": r["meaning_representation"], "ref": r["target"]} for r in rows], f"{hub_id}[{split}]"
+
+    def _examples(self, split: str) -> list[Example]:
+        rows, source = self._raw(split)
+        check_fields(rows, ("mr", "ref"), source)
+        ids = make_ids(f"viggo-{split}", len(rows))
+        out = []
+        for id_, row in zip(ids, rows, strict=True):
+            fields = {"sentence": row["ref"]}
+            out.append(
+                Example(id=id_, prompt=self.render_prompt(fields), completion=row["mr"], fields=fields)
+            )
+        return out
+
+    def load_examples(self) -> dict[str, list[Example]]:
+        train, test = self._examples("train"), self._examples("test")
+        validation = list(test) if self.config.validation == "study" else self._examples("validation")
+        return {"train": train, "validation": validation, "test": test}
