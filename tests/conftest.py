@@ -28,3 +28,11 @@ def data_dir() -> Path:
 def spider_db_dir(data_dir: Path) -> Path:
     """Real Spider dev databases: <db_id>/<db_id>.sqlite."""
     return data_dir / "sql" / "spider" / "database"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A random-initialised tiny Qwen2 + BPE tokenizer folder (see tests/tiny.py)."""
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), data_dir)
