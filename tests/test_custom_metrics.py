@@ -110,16 +110,25 @@ def user_module(tmp_path: Path) -> Iterator[str]:
             def returns_text(prediction, gold):
                 return "yes"
 
+            def returns_nan(prediction, gold):
+                return float("nan")
+
             NOT_CALLABLE = 3
             """
         ),
         encoding="utf-8",
     )
     (tmp_path / f"{name}_broken.py").write_text("def oops(:\n", encoding="utf-8")
+    # A package, so that "pkg.module.function" must split at the last dot.
+    (tmp_path / f"{name}_pkg").mkdir()
+    (tmp_path / f"{name}_pkg" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / f"{name}_pkg" / "scoring.py").write_text(
+        "def same_length(prediction, gold):\n    return len(prediction) == len(gold)\n", encoding="utf-8"
+    )
     sys.path.insert(0, str(tmp_path))
     yield name
     sys.path.remove(str(tmp_path))
-    for module in (name, f"{name}_broken"):
+    for module in (name, f"{name}_broken", f"{name}_pkg", f"{name}_pkg.scoring"):
         sys.modules.pop(module, None)
 
 
@@ -132,6 +141,13 @@ def test_user_metric_by_colon_and_dotted_path(user_module: str) -> None:
     assert metrics[dotted] == 0.5 and len(metrics[f"{dotted}_ci95"]) == 2
 
 
+def test_user_metric_in_a_package_by_dotted_and_colon_path(user_module: str) -> None:
+    for name in (f"{user_module}_pkg.scoring.same_length", f"{user_module}_pkg.scoring:same_length"):
+        per_example, metrics = custom.score(rows_of(("ab", "cd"), ("a", "cd")), {"metrics": [name]})
+        assert [r[name] for r in per_example] == [True, False]
+        assert metrics[name] == 0.5
+
+
 def test_user_metric_failing_on_one_row_keeps_the_others(user_module: str) -> None:
     name = f"{user_module}:explodes"
     per_example, metrics = custom.score(rows_of(("ok", "x"), ("boom", "x")), {"metrics": [name]})
@@ -141,6 +157,9 @@ def test_user_metric_failing_on_one_row_keeps_the_others(user_module: str) -> No
     text = f"{user_module}:returns_text"
     row = custom.score(rows_of(("a", "a")), {"metrics": [text]})[0][0]
     assert row[text] is None and "expected bool or float" in row["error"]
+    nan = f"{user_module}:returns_nan"
+    row = custom.score(rows_of(("a", "a")), {"metrics": [nan]})[0][0]
+    assert row[nan] is None and "returned nan" in row["error"]
 
 
 def test_resolve_metric_builtin_and_registry(user_module: str) -> None:

@@ -78,11 +78,17 @@ def test_missing_attribute() -> None:
 
 
 def test_extra_attribute() -> None:
-    row = one(GOLD[:-1] + ", release_year[2016])")
+    rows, metrics = viggo.score(
+        [{"id": 1, "prediction": GOLD[:-1] + ", release_year[2016])", "gold": GOLD}], {}
+    )
+    row = rows[0]
     assert row["mr_match"] is False
     assert row["errors"]["extra"] == ["release_year"]
     assert row["errors"]["missing"] == []
     assert row["slots"] == {"correct": 8, "predicted": 9, "gold": 8}
+    year = metrics["per_attribute"]["release_year"]
+    assert (year["support"], year["predicted"], year["extra"], year["precision"]) == (0, 1, 1, 0.0)
+    assert metrics["slot_precision"] == pytest.approx(8 / 9, abs=1e-6) and metrics["slot_recall"] == 1.0
 
 
 def test_wrong_value() -> None:
