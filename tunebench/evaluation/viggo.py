@@ -19,9 +19,19 @@ missing. Unknown functions and attributes are parsed, listed per example and sco
 (they can never equal a gold one). Only a gold MR that does not parse makes an example
 unscorable (verdicts None, reason in ``error``); ``exact_match`` is still computed for it.
 
-Breakdowns for reports: ``error_counts`` (totals of each error kind), ``per_attribute``
+Counts (all rows): ``unparseable``, ``unknown_function`` and ``unknown_attribute`` (examples
+with at least one), ``gold_invalid``. Breakdowns for reports, over scorable rows:
+``error_counts`` (examples for wrong_function / unparseable / unknown_function, attributes for
+missing / extra / wrong_value / duplicated / unknown_attribute), ``per_attribute``
 (support / predicted / correct / missing / extra / wrong_value, and P/R/F1 per attribute),
 ``per_function`` and ``function_confusion`` (gold function -> predicted function -> count).
+
+Per example: ``id``, ``exact_match``, ``mr_match``, ``function_match``, ``parsed`` and
+``parse_error``, ``errors`` (``wrong_function``, and attribute lists ``missing`` / ``extra`` /
+``wrong_value`` / ``duplicated``), ``attribute_status`` (attribute -> correct / missing / extra /
+wrong_value), ``unknown_function``, ``unknown_attributes``, ``slots`` and ``attributes``
+(correct / predicted / gold counts), ``slot_f1``, ``gold_function``, ``predicted_function``,
+``error``.
 """
 
 from __future__ import annotations
