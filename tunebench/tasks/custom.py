@@ -64,7 +64,7 @@ class CustomTask(Task):
                 prompt = self.render_prompt(fields)
             except (KeyError, jinja2.UndefinedError) as exc:
                 name = exc.args[0] if isinstance(exc, KeyError) else exc.message
-                raise TunebenchError(f"{where}: prompt_template needs field {name}") from None
+                raise TunebenchError(f"{where}: prompt_template needs field '{name}'") from None
             except (IndexError, ValueError) as exc:
                 raise TunebenchError(f"{where}: prompt_template: {exc}") from None
             fields = {"id_in_file": row.get("id"), **fields} if "id" in row else fields

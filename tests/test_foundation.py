@@ -1,0 +1,275 @@
+"""Foundation: tasks render the study's prompts exactly, splits have the right sizes, and bad
+input gives one-line errors through the real CLI (subprocess, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunebench.config import ExperimentConfig, TaskConfig, load_experiment
+from tunebench.data.prepare import load_prepared, prepare
+from tunebench.errors import TunebenchError
+from tunebench.rundir import RunDir
+from tunebench.tasks import get_task
+
+SQL_EXPECTED = (
+    "You are a powerful text-to-SQL model. Your job is to answer questions about a database. "
+    "You are given a question and context regarding one or more tables.\n"
+    "\n"
+    "You must output the SQL query that answers the question.\n"
+    "\n"
+    "### Input:\n"
+    "How many singers do we have?\n"
+    "\n"
+    "### Context:\n"
+    "CREATE TABLE singer (Id VARCHAR)\n"
+    "\n"
+    "### Response:\n"
+)
+
+VIGGO_EXPECTED = (
+    "Given a target sentence construct the underlying meaning representation of the input sentence "
+    "as a single function with attributes and attribute values.\n"
+    "This function should describe the target string accurately and the function must be one of the "
+    "following ['inform', 'request', 'give_opinion', 'confirm', 'verify_attribute', 'suggest', "
+    "'request_explanation', 'recommend', 'request_attribute'].\n"
+    "The attributes must be one of the following: ['name', 'exp_release_date', 'release_year', "
+    "'developer', 'esrb', 'rating', 'genres', 'player_perspective', 'has_multiplayer', 'platforms', "
+    "'available_on_steam', 'has_linux_release', 'has_mac_release', 'specifier']\n"
+    "\n"
+    "### Target sentence:\n"
+    "I remember you saying you found Little Big Adventure to be average. Are you not usually that "
+    "into single-player games on PlayStation?\n"
+    "\n"
+    "### Meaning representation:\n"
+)
+
+
+def test_sql_prompt_matches_study_character_for_character(data_dir: Path) -> None:
+    test = get_task(TaskConfig(name="sql", data_dir=str(data_dir))).splits()["test"]
+    assert test[0].prompt == SQL_EXPECTED
+    assert test[0].completion == "SELECT count(*) FROM singer"
+    assert test[0].fields["db_id"] == "concert_singer"
+
+
+def test_viggo_prompt_matches_study_character_for_character(data_dir: Path) -> None:
+    test = get_task(TaskConfig(name="viggo", data_dir=str(data_dir))).splits()["test"]
+    assert test[0].prompt == VIGGO_EXPECTED
+    assert test[0].completion == (
+        "verify_attribute(name[Little Big Adventure], rating[average], has_multiplayer[no], "
+        "platforms[PlayStation])"
+    )
+
+
+def test_study_split_sizes(data_dir: Path) -> None:
+    sql = get_task(TaskConfig(name="sql", validation="study")).splits()
+    assert [len(sql[s]) for s in ("train", "validation", "test")] == [3961, 568, 568]
+    viggo = get_task(TaskConfig(name="viggo")).splits()
+    assert [len(viggo[s]) for s in ("train", "validation", "test")] == [5103, 714, 1083]
+    viggo_study = get_task(TaskConfig(name="viggo", validation="study")).splits()
+    assert [ex.id for ex in viggo_study["validation"]] == [ex.id for ex in viggo_study["test"]]
+
+
+def test_sql_held_out_validation_shares_no_database_with_train() -> None:
+    splits = get_task(TaskConfig(name="sql")).splits()
+    train_dbs = {ex.fields["db_id"] for ex in splits["train"]}
+    val_dbs = {ex.fields["db_id"] for ex in splits["validation"]}
+    assert not train_dbs & val_dbs
+    assert len(splits["train"]) + len(splits["validation"]) == 3961
+    assert 0.08 * 3961 <= len(splits["validation"]) <= 0.2 * 3961
+    # a different seed holds out different databases
+    other = get_task(TaskConfig(name="sql", split_seed=1)).splits()
+    assert {ex.fields["db_id"] for ex in other["validation"]} != val_dbs
+
+
+def test_caps_are_seeded_and_stable() -> None:
+    cfg = TaskConfig(name="viggo", max_train_examples=50, max_eval_examples=7)
+    a, b = get_task(cfg).splits(), get_task(cfg).splits()
+    assert len(a["train"]) == 50 and len(a["test"]) == 7 and len(a["validation"]) == 7
+    assert [e.id for e in a["train"]] == [e.id for e in b["train"]]
+
+
+def test_prepare_writes_splits_and_stats(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    cfg = ExperimentConfig(name="p", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
+    run = RunDir(cfg.run_dir)
+    stats = prepare(cfg, run, AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert stats["splits"]["test"]["count"] == 568
+    assert stats["splits"]["train"]["total_tokens"]["max"] >= stats["splits"]["train"]["total_tokens"]["p95"]
+    examples = load_prepared(run, "test")
+    assert examples[0].prompt == SQL_EXPECTED
+    assert run.stage_done("prepare")
+
+
+def test_custom_task_jsonl_and_csv(tmp_path: Path) -> None:
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = tmp_path / "test.csv"
+    test.write_text("question,answer\nwhat?,yes\n")
+    fmt = TaskConfig(
+        name="custom",
+        train_file=str(train),
+        test_file=str(test),
+        prompt_template="Q: {question}\nA:",
+        target_field="answer",
+    )
+    splits = get_task(fmt).splits()
+    assert splits["train"][1].prompt == "Q: q1\nA:" and splits["train"][1].completion == "a1"
+    assert splits["test"][0].prompt == "Q: what?\nA:"
+    jinja = fmt.model_copy(update={"prompt_template": "Q: {{ question | upper }}\nA:"})
+    assert get_task(jinja).splits()["train"][0].prompt == "Q: Q0\nA:"
+
+
+def test_custom_task_missing_template_field_names_row(tmp_path: Path) -> None:
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"question": "a", "answer": "b"}\n{"answer": "c"}\n')
+    cfg = TaskConfig(
+        name="custom",
+        train_file=str(train),
+        test_file=str(train),
+        prompt_template="{question}",
+        target_field="answer",
+    )
+    with pytest.raises(TunebenchError, match=r"train.jsonl: row 2: prompt_template needs field 'question'"):
+        get_task(cfg).splits()
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("name: x\ntraining:\n  learning_rate: fast\n")
+    with pytest.raises(TunebenchError, match=r"c.yaml: training.learning_rate: "):
+        load_experiment(bad)
+    bad.write_text("name: x\nlora:\n  rank: 8\n")
+    with pytest.raises(TunebenchError, match=r"lora.rank: unknown key"):
+        load_experiment(bad)
+    bad.write_text("task:\n  name: sql\n")
+    with pytest.raises(TunebenchError, match=r"name: required key is missing"):
+        load_experiment(bad)
+    bad.write_text("name: x\ntask:\n  name: poetry\n")
+    with pytest.raises(TunebenchError, match=r"task.name: "):
+        load_experiment(bad)
+
+
+# --- the CLI, as a user runs it ------------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "tunebench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in message, (fragment, result.stderr)
+
+
+def test_cli_help_lists_every_stage(tmp_path: Path) -> None:
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("prepare", "train", "predict", "evaluate", "report", "run", "serve"):
+        assert command in result.stdout
+    for command in ("prepare", "train", "predict", "evaluate", "report", "run", "serve"):
+        sub = cli(command, "--help", cwd=tmp_path)
+        assert sub.returncode == 0 and "Usage" in sub.stdout, command
+
+
+def test_cli_prepare_counts(tmp_path: Path) -> None:
+    write(tmp_path / "sql.yaml", "name: s\ntask:\n  name: sql\n  validation: study\n")
+    result = cli("prepare", "sql.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "runs/s/prepared/train.jsonl").read_text().splitlines()
+    assert len(lines) == 3961
+    assert "568" in result.stdout
+
+
+def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
+    # malformed YAML config
+    write(tmp_path / "a.yaml", "name: [unclosed\n")
+    assert_one_line_error(cli("prepare", "a.yaml", cwd=tmp_path), "a.yaml:")
+    # config type error names the key
+    write(tmp_path / "b.yaml", "name: b\ntraining:\n  max_steps: many\n")
+    assert_one_line_error(cli("prepare", "b.yaml", cwd=tmp_path), "training.max_steps")
+    # unknown task
+    write(tmp_path / "c.yaml", "name: c\ntask:\n  name: poetry\n")
+    assert_one_line_error(cli("prepare", "c.yaml", cwd=tmp_path), "task.name")
+    # missing config file
+    assert_one_line_error(cli("prepare", "nope.yaml", cwd=tmp_path), "nope.yaml: file not found")
+    # non-UTF-8 data file (custom task)
+    write(tmp_path / "latin.jsonl", b'{"q": "caf\xe9", "target": "x"}\n')
+    write(
+        tmp_path / "d.yaml",
+        "name: d\ntask:\n  name: custom\n  train_file: latin.jsonl\n  test_file: latin.jsonl\n"
+        "  prompt_template: '{q}'\n",
+    )
+    assert_one_line_error(cli("prepare", "d.yaml", cwd=tmp_path), "latin.jsonl:1: not valid UTF-8")
+    # malformed JSONL names the line
+    write(tmp_path / "broken.jsonl", '{"q": "a", "target": "b"}\n{"q": oops}\n')
+    write(
+        tmp_path / "e.yaml",
+        (tmp_path / "d.yaml").read_text().replace("latin", "broken").replace("name: d", "name: e"),
+    )
+    assert_one_line_error(cli("prepare", "e.yaml", cwd=tmp_path), "broken.jsonl:2: invalid JSON")
+    # missing field names row and field
+    write(tmp_path / "nofield.jsonl", '{"q": "a", "target": "b"}\n{"q": "c"}\n')
+    write(
+        tmp_path / "f.yaml",
+        (tmp_path / "d.yaml").read_text().replace("latin", "nofield").replace("name: d", "name: f"),
+    )
+    assert_one_line_error(
+        cli("prepare", "f.yaml", cwd=tmp_path), "nofield.jsonl: row 2: field 'target': missing"
+    )
+    # empty file
+    write(tmp_path / "empty.jsonl", "")
+    write(
+        tmp_path / "g.yaml",
+        (tmp_path / "d.yaml").read_text().replace("latin", "empty").replace("name: d", "name: g"),
+    )
+    assert_one_line_error(cli("prepare", "g.yaml", cwd=tmp_path), "empty.jsonl: file is empty")
+    # malformed CSV row
+    write(tmp_path / "bad.csv", "q,target\na,b\nc,d,e\n")
+    write(
+        tmp_path / "h.yaml",
+        (tmp_path / "d.yaml").read_text().replace("latin.jsonl", "bad.csv").replace("name: d", "name: h"),
+    )
+    assert_one_line_error(cli("prepare", "h.yaml", cwd=tmp_path), "bad.csv:3: expected 2 cells, found 3")
+    # a data mirror without the task's files
+    write(tmp_path / "i.yaml", "name: i\ntask:\n  name: viggo\n  data_dir: nowhere\n")
+    assert_one_line_error(cli("prepare", "i.yaml", cwd=tmp_path), "nowhere/viggo/train.csv: file not found")
+    # none of these left half-written outputs behind
+    for name in "abcdefghi":
+        prepared = tmp_path / "runs" / name / "prepared"
+        assert not prepared.exists() or not any(prepared.iterdir()), name
+
+
+def test_cli_unknown_task_for_evaluate(tmp_path: Path) -> None:
+    write(tmp_path / "p.jsonl", '{"id": "1", "prediction": "a", "gold": "a"}\n')
+    assert_one_line_error(
+        cli("evaluate", "--task", "poetry", "--predictions", "p.jsonl", "--out", "o", cwd=tmp_path),
+        "unknown task",
+    )
