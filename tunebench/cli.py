@@ -251,6 +251,14 @@ def models() -> None:
     Console().print(table)
 
 
+@app.command(name="config")
+def config_reference() -> None:
+    """Print the experiment config reference: every key, its default and why."""
+    from tunebench.config import reference_markdown
+
+    print(reference_markdown())
+
+
 def main() -> None:
     """Entry point: one-line errors, no tracebacks (unless TUNEBENCH_DEBUG=1)."""
     from pydantic import ValidationError

@@ -325,3 +325,35 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML (what a run directory stores)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def reference_markdown() -> str:
+    """The config reference (every key, type, default and why) as Markdown tables."""
+    sections: list[tuple[str, type[BaseModel]]] = [
+        ("(top level)", ExperimentConfig),
+        ("task", TaskConfig),
+        ("model", ModelConfig),
+        ("lora", LoraConfig),
+        ("training", TrainingConfig),
+        ("generation", GenerationConfig),
+        ("openai", OpenAIConfig),
+        ("endpoint", EndpointConfig),
+        ("cost", CostConfig),
+    ]
+    nested = {name for name, _ in sections}
+    out = []
+    for title, cls in sections:
+        out.append(f"#### `{title}`\n\n| key | default | description |\n| --- | --- | --- |")
+        for key, field in cls.model_fields.items():
+            if cls is ExperimentConfig and key in nested:
+                continue
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                default = f"`{field.default_factory()}`"  # type: ignore[call-arg]
+            else:
+                default = f"`{field.default}`"
+            description = (field.description or "").replace("|", "\\|")
+            out.append(f"| `{key}` | {default.replace('|', chr(92) + '|')} | {description} |")
+        out.append("")
+    return "\n".join(out)
