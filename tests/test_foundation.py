@@ -273,3 +273,28 @@ def test_cli_unknown_task_for_evaluate(tmp_path: Path) -> None:
         cli("evaluate", "--task", "poetry", "--predictions", "p.jsonl", "--out", "o", cwd=tmp_path),
         "unknown task",
     )
+
+
+def test_readme_config_reference_is_current() -> None:
+    from tunebench.config import reference_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- config-reference:start -->\n", 1)[1].split("<!-- config-reference:end -->", 1)[
+        0
+    ]
+    assert block.strip() == reference_markdown().strip(), "run: tunebench config, paste into README.md"
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_validate(path: Path) -> None:
+    from tunebench.config import load_yaml
+
+    if "systems" in load_yaml(path):
+        from tunebench.study import load_study
+
+        load_study(path)
+    else:
+        load_experiment(path)
