@@ -1,0 +1,170 @@
+"""Scoring of one example: string matches, component match, real-DB and test-suite execution.
+
+An :class:`Evaluator` lives in one process and caches what repeats across examples: open
+read-only connections per database file, the gold's result per (database, prepared gold) and
+the generated suite (with the gold's results on it) per (context, prepared gold).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunebench.evaluation.sql.compare import prepare_pair, results_equal
+from tunebench.evaluation.sql.components import component_match
+from tunebench.evaluation.sql.normalize import exact_match, exact_match_normalized
+from tunebench.evaluation.sql.sandbox import QueryResult, open_readonly, run_query
+from tunebench.evaluation.sql.suite import Suite, build_suite
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options that change verdicts (see the package docstring for each)."""
+
+    db_dir: str | None = None
+    suite_size: int = 8
+    seed: int = 0
+    timeout_s: float = 10.0
+    max_rows: int = 100_000
+    keep_distinct: bool = False
+    component_ignore_values: bool = True
+
+
+@dataclass
+class Verdict:
+    """Outcome of comparing a prediction with the gold on a set of databases."""
+
+    match: bool | None
+    error: str | None = None
+    kind: str | None = None
+
+
+class Evaluator:
+    """Scores examples with per-process caches (connections, gold results, suites)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.connections: dict[str, sqlite3.Connection] = {}
+        self.gold_results: dict[tuple[str, str], QueryResult] = {}
+        self.suites: dict[tuple[str, str], tuple[Suite, list[QueryResult]]] = {}
+        self.db_paths: dict[str, list[str]] = {}
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            conn.close()
+        for suite, _ in self.suites.values():
+            for conn in suite.dbs:
+                conn.close()
+        self.connections.clear()
+        self.suites.clear()
+
+    # --- real databases -----------------------------------------------------------------
+    def databases(self, db_id: str) -> list[str]:
+        """Every ``*.sqlite`` file in ``db_dir/<db_id>/`` (all of them are compared, as upstream)."""
+        if db_id not in self.db_paths:
+            folder = Path(self.settings.db_dir or "") / db_id
+            paths = sorted(str(p) for p in folder.glob("*.sqlite")) if folder.is_dir() else []
+            self.db_paths[db_id] = paths
+        return self.db_paths[db_id]
+
+    def _run(self, path: str, sql: str) -> QueryResult:
+        conn = self.connections.get(path)
+        if conn is None:
+            conn = self.connections[path] = open_readonly(path)
+        return run_query(conn, sql, self.settings.timeout_s, self.settings.max_rows)
+
+    def _gold_on(self, path: str, gold: str) -> QueryResult:
+        key = (path, gold)
+        if key not in self.gold_results:
+            self.gold_results[key] = self._run(path, gold)
+        return self.gold_results[key]
+
+    def execution(self, prediction: str, gold: str, order_matters: bool, db_id: Any) -> Verdict:
+        """Compare on the real database(s) of ``db_id``."""
+        if not self.settings.db_dir:
+            return Verdict(None, "no db_dir given", "no_db")
+        if not isinstance(db_id, str) or not db_id:
+            return Verdict(None, "row has no db_id", "no_db")
+        paths = self.databases(db_id)
+        if not paths:
+            return Verdict(None, f"no database for db_id '{db_id}'", "no_db")
+        for path in paths:
+            gold_result = self._gold_on(path, gold)
+            if not gold_result.ok:
+                return Verdict(None, f"gold fails on {Path(path).name}: {gold_result.error}", "gold_error")
+            pred_result = self._run(path, prediction) if prediction != gold else gold_result
+            verdict = _compare(gold_result, pred_result, order_matters)
+            if not verdict.match:
+                return verdict
+        return Verdict(True)
+
+    # --- generated suite ----------------------------------------------------------------
+    def suite(self, prediction: str, gold: str, order_matters: bool, context: Any) -> Verdict:
+        """Compare on the generated databases of (context, gold)."""
+        s = self.settings
+        if s.suite_size <= 0:
+            return Verdict(None, None, None)
+        if not isinstance(context, str) or not context.strip():
+            return Verdict(None, "no context to generate test databases from", "no_context")
+        key = (context, gold)
+        if key not in self.suites:
+            self.suites[key] = build_suite(context, gold, s.suite_size, s.seed, s.timeout_s, s.max_rows)
+        suite, gold_results = self.suites[key]
+        if suite.error:
+            return Verdict(None, suite.error, "gold_error")
+        for conn, gold_result in zip(suite.dbs, gold_results, strict=True):
+            pred_result = run_query(conn, prediction, s.timeout_s, s.max_rows)
+            verdict = _compare(gold_result, pred_result, order_matters)
+            if not verdict.match:
+                return verdict
+        return Verdict(True)
+
+    # --- one example --------------------------------------------------------------------
+    def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The per-example output row for one predictions row."""
+        prediction = row.get("prediction")
+        gold = row.get("gold")
+        out: dict[str, Any] = {"id": row.get("id"), "db_id": row.get("db_id")}
+        errors: list[str] = []
+        if not isinstance(gold, str) or not gold.strip():
+            out.update(dict.fromkeys(_VERDICTS))
+            out.update(error="gold is empty or not a string", failure_kind="gold_error")
+            return out
+        if not isinstance(prediction, str):
+            errors.append("prediction is not a string")
+            prediction = ""
+        out["exact_match"] = exact_match(prediction, gold)
+        out["exact_match_normalized"] = exact_match_normalized(prediction, gold)
+        comp, mismatched, comp_error = component_match(
+            prediction, gold, row.get("context"), self.settings.component_ignore_values
+        )
+        out["component_match"] = comp
+        out["component_mismatch"] = mismatched
+        if comp_error:
+            errors.append(comp_error)
+        pred_sql, gold_sql, order_matters = prepare_pair(prediction, gold, self.settings.keep_distinct)
+        real = self.execution(pred_sql, gold_sql, order_matters, row.get("db_id"))
+        suite = self.suite(pred_sql, gold_sql, order_matters, row.get("context"))
+        out["execution_match"] = real.match
+        out["suite_match"] = suite.match
+        out["failure_kind"] = real.kind
+        out["suite_failure_kind"] = suite.kind
+        for label, verdict in (("execution", real), ("suite", suite)):
+            if verdict.error and (verdict.match is None or verdict.kind != "wrong_result"):
+                errors.append(f"{label}: {verdict.error}")
+        out["error"] = "; ".join(errors) or None
+        return out
+
+
+_VERDICTS = ("exact_match", "exact_match_normalized", "execution_match", "suite_match", "component_match")
+
+
+def _compare(gold: QueryResult, pred: QueryResult, order_matters: bool) -> Verdict:
+    if not pred.ok:
+        return Verdict(False, pred.error, pred.kind)
+    assert gold.rows is not None
+    if results_equal(gold.rows, pred.rows or [], order_matters):
+        return Verdict(True)
+    return Verdict(False, "result differs from gold", "wrong_result")

@@ -1,0 +1,303 @@
+"""What a gold query tells us about its data: schema from the CREATE TABLE context plus usage.
+
+The sql-create-context ``context`` lists only the columns the question needs and often declares
+everything ``VARCHAR``, so the schema is completed from the gold query (tables and columns it
+references) and each column's kind (number or text) is inferred from how the gold uses it:
+compared with a number, summed or averaged, used in arithmetic. Columns compared with each other
+(join conditions, ``x IN (SELECT y ...)``) and same-named key columns are grouped so that the
+generator can draw them from one shared pool of values and joins actually match.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+NUMERIC_TYPES = re.compile(r"INT|REAL|NUM|FLOAT|DOUBLE|DEC", re.IGNORECASE)
+REAL_TYPES = re.compile(r"REAL|FLOAT|DOUBLE|DEC", re.IGNORECASE)
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+_NUMERIC_AGGS = (exp.Sum, exp.Avg)
+
+ColumnKey = tuple[str, str]  # (lower-case table, lower-case column)
+
+
+@dataclass
+class ColumnInfo:
+    """One column: its original spelling, declared type and what the gold says about it."""
+
+    table: str
+    name: str
+    declared: str = ""
+    numeric_votes: int = 0
+    text_votes: int = 0
+    is_real: bool = False
+    literals: list[Any] = field(default_factory=list)
+    like_patterns: list[str] = field(default_factory=list)
+    ordered: bool = False  # sorted on or used in MAX/MIN: fewer ties wanted
+
+    @property
+    def numeric(self) -> bool:
+        if self.numeric_votes or self.text_votes:
+            return self.numeric_votes > self.text_votes
+        return bool(NUMERIC_TYPES.search(self.declared))
+
+
+@dataclass
+class Schema:
+    """Tables (original names, in order) with their columns and the join groups among columns."""
+
+    tables: dict[str, str] = field(default_factory=dict)  # lower -> original name
+    columns: dict[str, dict[str, ColumnInfo]] = field(default_factory=dict)  # table -> col -> info
+    parent: dict[ColumnKey, ColumnKey] = field(default_factory=dict)  # union-find over columns
+
+    def add_table(self, name: str) -> str:
+        key = name.lower()
+        if key not in self.tables:
+            self.tables[key] = name
+            self.columns[key] = {}
+        return key
+
+    def add_column(self, table: str, name: str, declared: str = "") -> ColumnInfo:
+        tkey = self.add_table(table)
+        cols = self.columns[tkey]
+        if name.lower() not in cols:
+            cols[name.lower()] = ColumnInfo(table=tkey, name=name, declared=declared)
+        return cols[name.lower()]
+
+    def find(self, key: ColumnKey) -> ColumnKey:
+        root = self.parent.setdefault(key, key)
+        if root != key:
+            root = self.parent[key] = self.find(root)
+        return root
+
+    def union(self, a: ColumnKey, b: ColumnKey) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[ra] = rb
+
+    def info(self, key: ColumnKey) -> ColumnInfo:
+        return self.columns[key[0]][key[1]]
+
+    def groups(self) -> dict[ColumnKey, list[ColumnKey]]:
+        out: dict[ColumnKey, list[ColumnKey]] = {}
+        for table, cols in self.columns.items():
+            for col in cols:
+                out.setdefault(self.find((table, col)), []).append((table, col))
+        return out
+
+
+def parse_context(context: str | None) -> Schema:
+    """Tables and declared columns of a ``CREATE TABLE ...; CREATE TABLE ...`` context string."""
+    schema = Schema()
+    if not context:
+        return schema
+    try:
+        statements = sqlglot.parse(context, read="sqlite")
+    except SqlglotError:
+        statements = []
+    for statement in statements:
+        if not isinstance(statement, exp.Create) or not isinstance(statement.this, exp.Schema):
+            continue
+        table = statement.this.this.name
+        schema.add_table(table)
+        for coldef in statement.this.expressions:
+            if isinstance(coldef, exp.ColumnDef):
+                kind = coldef.args.get("kind")
+                schema.add_column(table, coldef.name, kind.sql() if kind else "")
+    return schema
+
+
+def _scope_tables(select: exp.Expression) -> dict[str, str]:
+    """alias-or-name (lower) -> table (lower) for the tables a SELECT reads directly."""
+    out: dict[str, str] = {}
+    sources = [select.args.get("from_") or select.args.get("from"), *list(select.args.get("joins") or [])]
+    for source in sources:
+        if source is None:
+            continue
+        table = source.this
+        if isinstance(table, exp.Table) and table.name:
+            out[table.alias_or_name.lower()] = table.name.lower()
+    return out
+
+
+class GoldAnalyzer:
+    """Walks the gold query once and records literals, type hints and join groups in ``schema``."""
+
+    def __init__(self, schema: Schema, tree: exp.Expression) -> None:
+        self.schema = schema
+        self.tree = tree
+        self.scopes: dict[int, dict[str, str]] = {}
+        for select in tree.find_all(exp.Select):
+            self.scopes[id(select)] = _scope_tables(select)
+        for table in tree.find_all(exp.Table):
+            if table.name:
+                schema.add_table(table.name)
+
+    def _scope_chain(self, node: exp.Expression) -> list[dict[str, str]]:
+        chain = []
+        select = node.find_ancestor(exp.Select)
+        while select is not None:
+            chain.append(self.scopes.get(id(select), {}))
+            select = select.find_ancestor(exp.Select)
+        return chain
+
+    def resolve(self, column: exp.Column) -> ColumnKey | None:
+        """The (table, column) a gold column reference reads; adds unknown columns to the schema."""
+        name = column.name
+        if not name:
+            return None
+        chain = self._scope_chain(column)
+        qualifier = column.table.lower()
+        if qualifier:
+            for scope in chain:
+                if qualifier in scope:
+                    return self._ensure(scope[qualifier], name)
+            if qualifier in self.schema.tables:
+                return self._ensure(qualifier, name)
+            return None
+        for scope in chain:
+            for table in scope.values():
+                if name.lower() in self.schema.columns.get(table, {}):
+                    return (table, name.lower())
+        if column.this.quoted:
+            return None  # "France": SQLite reads an unknown double-quoted name as a string
+        for scope in chain:
+            if scope:
+                return self._ensure(next(iter(scope.values())), name)
+        return None
+
+    def _ensure(self, table: str, name: str) -> ColumnKey:
+        self.schema.add_column(self.schema.tables.get(table, table), name)
+        return (table, name.lower())
+
+    def literal(self, node: exp.Expression) -> tuple[bool, Any] | None:
+        """(is_number, value) when ``node`` is a constant (including ``"text"`` and ``-3``)."""
+        if isinstance(node, exp.Paren):
+            return self.literal(node.this)
+        if isinstance(node, exp.Neg):
+            inner = self.literal(node.this)
+            return (True, -inner[1]) if inner and inner[0] else None
+        if isinstance(node, exp.Literal):
+            if node.is_string:
+                return (False, node.this)
+            text = node.this
+            try:
+                return (True, int(text))
+            except ValueError:
+                try:
+                    return (True, float(text))
+                except ValueError:
+                    return None
+        if (
+            isinstance(node, exp.Column)
+            and not node.table
+            and node.this.quoted
+            and self.resolve(node) is None
+        ):
+            return (False, node.name)
+        return None
+
+    def target(self, node: exp.Expression) -> ColumnKey | None:
+        """The single column a comparison side is about (``x``, ``T1.x``, ``avg(x)``, ``x + 1``)."""
+        if isinstance(node, exp.Column):
+            return self.resolve(node)
+        columns = [c for c in node.find_all(exp.Column) if self.literal(c) is None]
+        if len(columns) == 1 and not isinstance(node, exp.Subquery | exp.Select):
+            return self.resolve(columns[0])
+        return None
+
+    def note_literal(self, key: ColumnKey, value: tuple[bool, Any]) -> None:
+        info = self.schema.info(key)
+        is_number, val = value
+        info.literals.append(val)
+        if is_number:
+            info.numeric_votes += 1
+            info.is_real = info.is_real or isinstance(val, float)
+        else:
+            info.text_votes += 1
+
+    def pair(self, left: exp.Expression, right: exp.Expression) -> None:
+        """Record what a binary comparison between ``left`` and ``right`` implies."""
+        lcol, rcol = self.target(left), self.target(right)
+        llit, rlit = self.literal(left), self.literal(right)
+        if lcol and rlit:
+            self.note_literal(lcol, rlit)
+        elif rcol and llit:
+            self.note_literal(rcol, llit)
+        elif lcol and rcol and isinstance(left, exp.Column) and isinstance(right, exp.Column):
+            self.schema.union(lcol, rcol)
+        elif lcol and isinstance(right, exp.Subquery | exp.Select):
+            self._link_subquery(lcol, right)
+
+    def _link_subquery(self, key: ColumnKey, sub: exp.Expression) -> None:
+        select = sub.find(exp.Select)
+        if select is not None and len(select.expressions) == 1:
+            inner = select.expressions[0]
+            if isinstance(inner, exp.Column):
+                other = self.resolve(inner)
+                if other:
+                    self.schema.union(key, other)
+
+    def run(self) -> None:
+        tree = self.tree
+        for column in tree.find_all(exp.Column):  # every referenced column must exist
+            self.resolve(column)
+        for node in tree.find_all(*_COMPARISONS):
+            self.pair(node.left, node.right)
+        for node in tree.find_all(exp.Like):
+            key, lit = self.target(node.this), self.literal(node.expression)
+            if key and lit and not lit[0]:
+                info = self.schema.info(key)
+                info.like_patterns.append(str(lit[1]))
+                info.text_votes += 1
+        for node in tree.find_all(exp.Between):
+            for bound in (node.args.get("low"), node.args.get("high")):
+                if bound is not None:
+                    self.pair(node.this, bound)
+        for node in tree.find_all(exp.In):
+            if node.args.get("query") is not None:
+                key = self.target(node.this)
+                if key:
+                    self._link_subquery(key, node.args["query"])
+            for item in node.expressions:
+                self.pair(node.this, item)
+        for node in tree.find_all(*_NUMERIC_AGGS, exp.Add, exp.Sub, exp.Mul, exp.Div):
+            for column in node.find_all(exp.Column):
+                key = self.resolve(column)
+                if key:
+                    self.schema.info(key).numeric_votes += 1
+        for node in tree.find_all(exp.Ordered, exp.Max, exp.Min):
+            for column in node.find_all(exp.Column):
+                key = self.resolve(column)
+                if key:
+                    self.schema.info(key).ordered = True
+
+
+def link_same_names(schema: Schema) -> None:
+    """Group key-like columns of the same name across tables (``singer_id`` in two tables)."""
+    seen: dict[str, ColumnKey] = {}
+    for table, cols in schema.columns.items():
+        for col in cols:
+            if col == "id" or not (col.endswith("id") or col.endswith("code") or col.endswith("_no")):
+                continue
+            if col in seen:
+                schema.union(seen[col], (table, col))
+            else:
+                seen[col] = (table, col)
+
+
+def analyze(context: str | None, gold: str) -> Schema:
+    """Schema of ``context`` completed and annotated from ``gold`` (raises SqlglotError)."""
+    schema = parse_context(context)
+    tree = sqlglot.parse_one(gold, read="sqlite")
+    GoldAnalyzer(schema, tree).run()
+    for table, cols in schema.columns.items():
+        if not cols:  # a table the gold only counts rows of still needs a column
+            schema.add_column(schema.tables[table], "id")
+    link_same_names(schema)
+    return schema
