@@ -210,6 +210,18 @@ class OpenAIConfig(Strict):
     yes: bool = Field(False, description="Allow spending without the --yes prompt.")
     poll_interval_s: float = Field(10.0, gt=0, description="Seconds between job status polls.")
     max_concurrency: int = Field(8, ge=1, description="Parallel requests for predictions.")
+    training_price_per_1m: float | None = Field(
+        None, ge=0, description="Override the price table: US$ per 1M training tokens."
+    )
+    input_price_per_1m: float | None = Field(
+        None, ge=0, description="Override: US$ per 1M input tokens of the fine-tuned model."
+    )
+    output_price_per_1m: float | None = Field(
+        None, ge=0, description="Override: US$ per 1M output tokens of the fine-tuned model."
+    )
+    price_date: str | None = Field(
+        None, description="Date of the overridden OpenAI prices (shown in reports)."
+    )
 
 
 class EndpointConfig(Strict):
