@@ -193,6 +193,11 @@ class GenerationConfig(Strict):
     )
     merge_adapter: bool = Field(True, description="Merge LoRA into the weights before generating (faster).")
     few_shot: int = Field(0, ge=0, description="k training examples prepended to each prompt (baselines).")
+    long_prompts: Literal["truncate_left", "error"] = Field(
+        "truncate_left",
+        description="Prompts longer than the model's context minus max_new_tokens: drop their oldest "
+        "tokens (counted in the manifest) or stop with an error naming the example.",
+    )
 
 
 class OpenAIConfig(Strict):
