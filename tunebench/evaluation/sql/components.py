@@ -17,6 +17,7 @@ case-folded. With ``ignore_values`` (the default, as Spider) every literal becom
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import sqlglot
@@ -131,18 +132,33 @@ def parse_components(query: str, schema: Schema, ignore_values: bool) -> dict[st
     return components(Canonicalizer(schema, ignore_values).run(tree))
 
 
+@lru_cache(maxsize=4096)
+def _cached_components(query: str, context: str | None, ignore_values: bool) -> dict[str, Any] | str:
+    """Components of ``query`` (the schema is only read), or the parse error's name.
+
+    Cached because the gold of an example is parsed for every prediction scored against it.
+    """
+    try:
+        return parse_components(query, _context_schema(context), ignore_values)
+    except (SqlglotError, RecursionError, ValueError) as exc:
+        return type(exc).__name__
+
+
+@lru_cache(maxsize=1024)
+def _context_schema(context: str | None) -> Schema:
+    return parse_context(context)
+
+
 def component_match(
     prediction: str, gold: str, context: str | None, ignore_values: bool = True
 ) -> tuple[bool | None, list[str], str | None]:
     """(verdict, mismatched components, error). Null verdict only when the gold cannot be parsed."""
-    schema = parse_context(context)
-    try:
-        gold_parts = parse_components(gold, schema, ignore_values)
-    except (SqlglotError, RecursionError, ValueError) as exc:
-        return None, [], f"gold does not parse: {type(exc).__name__}"
-    try:
-        pred_parts = parse_components(prediction, schema, ignore_values)
-    except (SqlglotError, RecursionError, ValueError):
+    context = context if isinstance(context, str) else None
+    gold_parts = _cached_components(gold, context, ignore_values)
+    if isinstance(gold_parts, str):
+        return None, [], f"gold does not parse: {gold_parts}"
+    pred_parts = _cached_components(prediction, context, ignore_values)
+    if isinstance(pred_parts, str):
         return False, ["parse"], None
     mismatched = [c for c in COMPONENTS if gold_parts.get(c) != pred_parts.get(c)]
     return not mismatched, mismatched, None

@@ -20,6 +20,14 @@ from sqlglot.errors import SqlglotError
 
 NUMERIC_TYPES = re.compile(r"INT|REAL|NUM|FLOAT|DOUBLE|DEC", re.IGNORECASE)
 REAL_TYPES = re.compile(r"REAL|FLOAT|DOUBLE|DEC", re.IGNORECASE)
+# Names that almost always hold numbers even when the context declares VARCHAR.
+NUMERIC_NAMES = re.compile(
+    r"(^|_)(age|year|years|price|weight|salary|population|count|num|number|amount|rating|score|height|"
+    r"area|budget|capacity|horsepower|mpg|percentage|earnings|sales|attendance|rank|ranking|points|"
+    r"hours|days|total|size|length|duration|cost|gnp|lifeexpectancy|surfacearea|cylinders|edispl|accelerate)"
+    r"(_|$)",
+    re.IGNORECASE,
+)
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 _NUMERIC_AGGS = (exp.Sum, exp.Avg)
 
@@ -44,7 +52,10 @@ class ColumnInfo:
     def numeric(self) -> bool:
         if self.numeric_votes or self.text_votes:
             return self.numeric_votes > self.text_votes
-        return bool(NUMERIC_TYPES.search(self.declared))
+        if NUMERIC_TYPES.search(self.declared):
+            return True
+        # sorted on (or MAX/MIN) and named like a quantity: numbers, or text order would differ
+        return bool(NUMERIC_NAMES.search(self.name)) or (self.ordered and self.name.lower().endswith("age"))
 
 
 @dataclass

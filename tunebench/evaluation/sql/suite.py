@@ -126,8 +126,8 @@ class ValuePools:
 
 def _table_sizes(schema: Schema, rng: random.Random, db_index: int) -> dict[str, int]:
     """Rows per table: tiny, small and medium databases alternate (LIMIT and GROUP BY differ)."""
-    upper = (2, 6, 10, 15)[db_index % 4]
-    return {t: rng.randint(1, upper) for t in schema.tables}
+    upper = (3, 6, 10, 15)[db_index % 4]
+    return {t: rng.randint(max(1, upper // 3), upper) for t in schema.tables}
 
 
 def _is_key(info: ColumnInfo, table: str) -> bool:
@@ -171,7 +171,8 @@ class Generator:
             if rng.random() < self.null_rate and not _is_key(info, table):
                 values.append(None)
             elif keys and rng.random() < 0.85:
-                values.append(rng.choice(keys))
+                # skewed towards the first keys: group sizes range from 1 to many (HAVING count)
+                values.append(keys[min(int(rng.expovariate(0.6)), len(keys) - 1)])
             elif literal and rng.random() < 0.4:
                 values.append(rng.choice(literal))
             else:
