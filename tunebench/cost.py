@@ -1,0 +1,300 @@
+"""Cost accounting: what a run cost, from measured wall time and tokens and dated price tables.
+
+Self-hosted runs (``local`` LoRA, ``base`` zero-shot) are priced as
+``$/GPU-hour x measured wall time x GPU count`` for training (``train_summary.json``) and for
+inference (the manifest's ``predict:<split>`` stage info), with the cost of 1,000 predictions
+from the measured throughput. The same wall time is also priced at the study's A40 rate; that
+is a *price conversion*, labelled as such, never a measurement on an A40.
+
+OpenAI runs are priced per token: ``trained_tokens`` x the training price, and the predictions'
+prompt/completion tokens x the input/output prices.
+
+:func:`break_even` answers the deployment question: above how many queries a month is one GPU
+running 24/7 (at its hourly price, with the measured throughput) cheaper than paying an API per
+token (with the measured tokens per query)?
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tunebench.config import ExperimentConfig
+from tunebench.errors import TunebenchError
+from tunebench.io import read_json, read_jsonl, write_json
+from tunebench.rundir import RunDir
+
+HOURS_PER_MONTH = 730.0  # 365 * 24 / 12: a GPU rented around the clock
+STUDY_GPU = "A40"
+CONVERSION_LABEL = (
+    "price conversion: the measured wall time priced at the study's A40 rate; not a measurement on an A40"
+)
+
+# The original study's own published figures (LoRA on one A40 at $0.475/h vs GPT-3.5 fine-tuning),
+# shown as a reference row beside measured ones. Quoted, not measured by tunebench.
+STUDY_REFERENCE: list[dict[str, Any]] = [
+    {"system": "study: Code Llama 34B LoRA (A40)", "task": "sql", "training_cost_usd": 3.32, "hours": 7.0},
+    {"system": "study: Code Llama 34B LoRA (A40)", "task": "viggo", "training_cost_usd": 4.27, "hours": 9.0},
+    {"system": "study: GPT-3.5 fine-tuning", "task": "sql", "training_cost_usd": 11.99, "hours": None},
+    {"system": "study: GPT-3.5 fine-tuning", "task": "viggo", "training_cost_usd": 26.05, "hours": None},
+]
+
+
+@dataclass(frozen=True)
+class HourlyPrice:
+    """The $/GPU-hour used for a run, with where it came from."""
+
+    key: str
+    price_per_hour: float
+    date: str | None
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gpu_type": self.key,
+            "price_per_hour": self.price_per_hour,
+            "date": self.date,
+            "source": self.source,
+        }
+
+
+def is_cpu(gpu_type: str | None) -> bool:
+    return gpu_type is None or gpu_type.strip().lower() in ("", "cpu", "none")
+
+
+def hourly_price(config: ExperimentConfig, detected: str | None) -> HourlyPrice | None:
+    """Price of the hardware a run used: the config's override, else the dated table.
+
+    ``cost.gpu_type`` names the key to price (default: the GPU the run detected). A GPU missing
+    from the table is an error naming the key; CPU-only runs without an explicit price have no
+    hardware price (None): only the A40 conversion is shown for them.
+    """
+    cost = config.cost
+    key = cost.gpu_type or detected or "cpu"
+    if cost.gpu_price_per_hour is not None:
+        return HourlyPrice(key, cost.gpu_price_per_hour, cost.price_date, "config cost.gpu_price_per_hour")
+    from tunebench.prices import GPU_PRICES, gpu_price
+
+    if is_cpu(key) and not any(is_cpu(k) for k in GPU_PRICES):
+        return None
+    found = gpu_price(key, {})
+    return HourlyPrice(found.key, found.price_per_hour, found.date, found.source)
+
+
+def study_gpu_price() -> HourlyPrice:
+    """The study's A40 price from the table (for the labelled price conversion)."""
+    from tunebench.prices import gpu_price
+
+    found = gpu_price(STUDY_GPU, {})
+    return HourlyPrice(STUDY_GPU, found.price_per_hour, found.date, found.source)
+
+
+def dollars(hours: float | None, price: HourlyPrice | None, gpu_count: int) -> float | None:
+    if hours is None or price is None:
+        return None
+    return round(hours * price.price_per_hour * max(gpu_count, 1), 6)
+
+
+def per_1k(cost_usd: float | None, n: int | None) -> float | None:
+    if cost_usd is None or not n:
+        return None
+    return round(cost_usd / n * 1000.0, 6)
+
+
+def openai_model_price(config: ExperimentConfig) -> Any:
+    """The OpenAI price row of the config's model, with the config's price overrides."""
+    from tunebench.prices import openai_price
+
+    oa = config.openai
+    overrides = {
+        "training": oa.training_price_per_1m,
+        "input": oa.input_price_per_1m,
+        "output": oa.output_price_per_1m,
+        "date": oa.price_date,
+    }
+    return openai_price(oa.model, {k: v for k, v in overrides.items() if v is not None})
+
+
+def token_totals(run: RunDir, split: str) -> dict[str, int]:
+    """Prompt and completion tokens summed over a split's predictions."""
+    rows = read_jsonl(run.predictions(split), required=("id",))
+    return {
+        "n": len(rows),
+        "prompt_tokens": sum(int(r.get("prompt_tokens") or 0) for r in rows),
+        "completion_tokens": sum(int(r.get("completion_tokens") or 0) for r in rows),
+    }
+
+
+def _summary(run: RunDir) -> dict[str, Any]:
+    return read_json(run.train_summary) if run.train_summary.is_file() else {}
+
+
+def _self_hosted_training(
+    summary: dict[str, Any], price: HourlyPrice | None, a40: HourlyPrice
+) -> dict[str, Any]:
+    wall = summary.get("wall_time_s")
+    count = int(summary.get("gpu_count") or 1)
+    hours = wall / 3600.0 if wall is not None else None
+    return {
+        "wall_time_s": wall,
+        "gpu_type": summary.get("gpu_type"),
+        "gpu_count": count,
+        "gpu_hours": round(hours * count, 6) if hours is not None else None,
+        "cost_usd": dollars(hours, price, count),
+        "a40_conversion_usd": dollars(hours, a40, count),
+    }
+
+
+def _self_hosted_inference(
+    info: dict[str, Any], price: HourlyPrice | None, a40: HourlyPrice
+) -> dict[str, Any]:
+    wall = info.get("wall_time_s")
+    count = int(info.get("gpu_count") or 1)
+    n = info.get("n")
+    hours = wall / 3600.0 if wall is not None else None
+    cost_usd = dollars(hours, price, count)
+    a40_usd = dollars(hours, a40, count)
+    return {
+        "wall_time_s": wall,
+        "n": n,
+        "predictions_per_s": info.get("predictions_per_s"),
+        "gpu_type": info.get("gpu_type"),
+        "gpu_count": count,
+        "prompt_tokens": info.get("prompt_tokens"),
+        "completion_tokens": info.get("completion_tokens"),
+        "cost_usd": cost_usd,
+        "cost_per_1k_predictions": per_1k(cost_usd, n),
+        "a40_conversion_usd": a40_usd,
+        "a40_conversion_per_1k_predictions": per_1k(a40_usd, n),
+    }
+
+
+def _openai_cost(config: ExperimentConfig, run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+    model = config.openai.model
+    price = openai_model_price(config)
+    trained = summary.get("trained_tokens")
+    out: dict[str, Any] = {
+        "model": model,
+        "fine_tuned_model": summary.get("fine_tuned_model"),
+        "price": {
+            "training_per_1m": price.training,
+            "input_per_1m": price.input,
+            "output_per_1m": price.output,
+            "date": price.date,
+            "source": price.source,
+        },
+        "training": {
+            "trained_tokens": trained,
+            "wall_time_s": summary.get("wall_time_s"),
+            "cost_usd": round(trained * price.training / 1e6, 6) if trained is not None else None,
+        },
+        "inference": {},
+    }
+    for split in config.eval_splits:
+        if not run.predictions(split).is_file():
+            continue
+        tokens = token_totals(run, split)
+        usd = (tokens["prompt_tokens"] * price.input + tokens["completion_tokens"] * price.output) / 1e6
+        info = run.manifest().get("stages", {}).get(f"predict:{split}", {})
+        out["inference"][split] = {
+            **tokens,
+            "wall_time_s": info.get("wall_time_s"),
+            "predictions_per_s": info.get("predictions_per_s"),
+            "cost_usd": round(usd, 6),
+            "cost_per_1k_predictions": per_1k(usd, tokens["n"]),
+        }
+    return out
+
+
+def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """The cost record of a finished run (what ``cost.json`` holds)."""
+    summary = _summary(run)
+    stages = run.manifest().get("stages", {})
+    record: dict[str, Any] = {
+        "provider": config.provider,
+        "model": config.model.name,
+        "task": config.task.name,
+    }
+    if config.provider == "openai":
+        record["openai"] = _openai_cost(config, run, summary)
+        record["training_cost_usd"] = record["openai"]["training"]["cost_usd"]
+        return record
+    if config.provider == "endpoint":
+        record["endpoint"] = {
+            split: {**token_totals(run, split), **stages.get(f"predict:{split}", {})}
+            for split in config.eval_splits
+            if run.predictions(split).is_file()
+        }
+        record["note"] = "endpoint runs are not priced (the server's cost is unknown to tunebench)"
+        record["training_cost_usd"] = None
+        return record
+    detected = summary.get("gpu_type")
+    if detected is None:
+        predict_infos = [stages.get(f"predict:{s}", {}) for s in config.eval_splits]
+        detected = next((i.get("gpu_type") for i in predict_infos if i.get("gpu_type")), None)
+    price = hourly_price(config, detected)
+    a40 = study_gpu_price()
+    record["price"] = price.as_dict() if price else None
+    if price is None:
+        record["note"] = (
+            "CPU run with no CPU price configured (set cost.gpu_price_per_hour): only the A40 "
+            "price conversion is given"
+        )
+    record["a40_price"] = {**a40.as_dict(), "label": CONVERSION_LABEL}
+    if config.provider == "local":
+        record["training"] = _self_hosted_training(summary, price, a40)
+        record["training_cost_usd"] = record["training"]["cost_usd"]
+    else:  # base: nothing trained
+        record["training"] = None
+        record["training_cost_usd"] = 0.0
+    record["inference"] = {
+        split: _self_hosted_inference(stages[f"predict:{split}"], price, a40)
+        for split in config.eval_splits
+        if f"predict:{split}" in stages
+    }
+    return record
+
+
+def write_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """Compute the run's cost, write ``cost.json`` and record the ``cost`` stage."""
+    record = compute_cost(config, run)
+    write_json(run.cost_path, record)
+    run.record_stage("cost")
+    return record
+
+
+# --- deployment break-even ----------------------------------------------------------------
+
+
+def break_even(
+    price_per_hour: float,
+    gpu_count: int,
+    predictions_per_s: float,
+    api_cost_per_query: float,
+) -> dict[str, Any]:
+    """Monthly query volume above which a GPU running 24/7 is cheaper than the API.
+
+    Self-hosting costs a flat ``price x 730 h x GPUs`` a month and serves at most
+    ``throughput x 730 h`` queries; the API costs ``api_cost_per_query`` per query. Below the
+    capacity of one deployment the break-even is ``monthly / api_cost_per_query``; if that
+    exceeds the capacity, adding deployments never helps (each costs more per query at full
+    load than the API) and there is no break-even (``queries_per_month`` None).
+    """
+    if api_cost_per_query <= 0 or predictions_per_s <= 0:
+        raise TunebenchError("break-even needs a positive API cost per query and a positive throughput")
+    monthly = price_per_hour * HOURS_PER_MONTH * max(gpu_count, 1)
+    capacity = predictions_per_s * 3600.0 * HOURS_PER_MONTH
+    volume = monthly / api_cost_per_query
+    return {
+        "monthly_self_hosted_usd": round(monthly, 4),
+        "capacity_queries_per_month": round(capacity, 1),
+        "api_cost_per_query_usd": api_cost_per_query,
+        "self_hosted_cost_per_query_at_capacity_usd": monthly / capacity,
+        "queries_per_month": round(volume, 1) if volume <= capacity else None,
+    }
+
+
+def self_hosted_monthly(volume: float, monthly: float, capacity: float) -> float:
+    """Cost of ``volume`` queries a month with as many 24/7 deployments as needed."""
+    return monthly * max(1, math.ceil(volume / capacity)) if volume > 0 else monthly

@@ -1,0 +1,557 @@
+"""Turn collected runs into report blocks, section by section."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import combinations
+from typing import Any
+
+from tunebench.report import plots
+from tunebench.report.collect import RunInfo, StudyData
+from tunebench.report.doc import Block, Code, Heading, Image, Para, Table
+from tunebench.report.stats import holm, mcnemar_exact
+
+# Headline metrics per task, in table order (those absent from every run are not shown).
+HEADLINE = {
+    "sql": ["exact_match", "execution_accuracy", "suite_accuracy"],
+    "viggo": ["exact_match", "mr_match", "slot_f1", "function_accuracy"],
+}
+# metric -> per-example verdict key, for the paired test (binary verdicts only).
+PAIRED = {
+    "sql": {
+        "exact_match": "exact_match",
+        "execution_accuracy": "execution_match",
+        "suite_accuracy": "suite_match",
+    },
+    "viggo": {"exact_match": "exact_match", "mr_match": "mr_match"},
+}
+# The verdict used to pick wrong predictions, most meaningful first.
+PRIMARY = {"sql": ["execution_accuracy", "exact_match"], "viggo": ["mr_match", "exact_match"]}
+INPUT_FIELDS = ("question", "sentence", "target", "input")
+SELF_HOSTED = ("local", "base")
+
+
+# --- formatting: one function per kind of number, so tests can parse them back -------------
+def fmt_metric(value: float | None, ci: list[float] | None = None) -> str:
+    """``0.6500 [0.5200, 0.7800]`` (4 decimals, the metrics file's value rounded)."""
+    if value is None:
+        return "–"
+    text = f"{value:.4f}"
+    return f"{text} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else text
+
+
+def fmt_usd(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"${value:.2f}" if abs(value) >= 1 else f"${value:.4g}"
+
+
+def fmt_num(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def short(text: Any, limit: int = 160) -> str:
+    text = str(text).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- sections -------------------------------------------------------------------------------
+def build_blocks(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [Heading(f"tunebench report: {data.title}", 1)]
+    if data.description:
+        blocks.append(Para(data.description.strip()))
+    blocks.append(
+        Para(
+            f"Source: `{data.source}`. {len(data.runs)} runs: systems {', '.join(data.systems)}; "
+            f"tasks {', '.join(data.tasks)}.",
+            note=True,
+        )
+    )
+    for section in (
+        results_section,
+        significance_section,
+        cost_section,
+        break_even_section,
+        curves_section,
+        errors_section,
+        wrong_section,
+        provenance_section,
+    ):
+        blocks += section(data)
+    return blocks
+
+
+def metric_names(data: StudyData, task: str) -> list[str]:
+    runs = data.runs_of(task)
+    split = data.splits_of(task)[0] if data.splits_of(task) else None
+    if split is None:
+        return []
+    names = HEADLINE.get(runs[0].task_name)
+    if names is None:  # custom task: every float metric the scorer wrote
+        names = [
+            k
+            for k, v in runs[0].metrics[split].items()
+            if isinstance(v, float) and not k.endswith(("_ci95", "_n"))
+        ]
+    return [m for m in names if any(r.metrics[split].get(m) is not None for r in runs)]
+
+
+def results_section(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Results"),
+        Para(
+            "Values are the scorers' metrics.json; brackets are 95% bootstrap confidence intervals "
+            "over examples (2,000 resamples).",
+            note=True,
+        ),
+    ]
+    groups: list[str] = []
+    series: dict[str, list[float | None]] = {s: [] for s in data.systems}
+    errors: dict[str, list[tuple[float, float] | None]] = {s: [] for s in data.systems}
+    for task in data.tasks:
+        for split in data.splits_of(task):
+            names = metric_names(data, task)
+            blocks.append(Heading(f"{task} ({split})", 3))
+            rows = []
+            for run in data.runs_of(task):
+                m = run.metrics[split]
+                rows.append(
+                    [
+                        run.system,
+                        str(m.get("n", "–")),
+                        *(fmt_metric(m.get(k), m.get(f"{k}_ci95")) for k in names),
+                    ]
+                )
+            blocks.append(Table(["system", "n", *names], rows, numeric=set(range(1, len(names) + 2))))
+            if split != data.splits_of(task)[0]:
+                continue
+            by_system = {r.system: r.metrics[split] for r in data.runs_of(task)}
+            for k in names:
+                groups.append(f"{task}\n{k}")
+                for s in data.systems:
+                    m = by_system.get(s, {})
+                    series[s].append(m.get(k))
+                    ci = m.get(f"{k}_ci95")
+                    errors[s].append(tuple(ci) if ci else None)
+    if groups:
+        png = plots.grouped_bars("Accuracy (95% CI)", "score", groups, series, errors)
+        blocks.append(Image("accuracy.png", "accuracy by task, metric and system", png))
+    return blocks
+
+
+def verdicts(run: RunInfo, split: str, key: str) -> dict[str, bool | None] | None:
+    rows = run.per_example[split]
+    if not rows or key not in rows[0]:
+        return None
+    values = {r["id"]: r.get(key) for r in rows}
+    if not all(v is None or isinstance(v, bool) for v in values.values()):
+        return None
+    return values
+
+
+def significance_section(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Paired significance"),
+        Para(
+            "McNemar's exact test on the per-example verdicts (per_example.jsonl) of each pair of "
+            "systems on the same examples: b = only the first system right, c = only the second; "
+            "two-sided p = min(1, 2·P(X ≤ min(b, c))), X ~ Binomial(b + c, ½). Examples without a "
+            "verdict in either run are left out. Holm's correction over the pairs of each table; "
+            f"significant at α = {data.alpha}.",
+            note=True,
+        ),
+    ]
+    for task in data.tasks:
+        runs = data.runs_of(task)
+        if len(runs) < 2:
+            continue
+        for split in data.splits_of(task):
+            for metric, key in PAIRED.get(runs[0].task_name, {}).items():
+                table_rows = pair_tests(runs, split, key)
+                if not table_rows:
+                    continue
+                adjusted = holm([t["p_value"] for t in table_rows])
+                rows = [
+                    [
+                        t["first"],
+                        t["second"],
+                        str(t["n"]),
+                        str(t["only_first"]),
+                        str(t["only_second"]),
+                        fmt_p(t["p_value"]),
+                        fmt_p(adj),
+                        "yes" if adj < data.alpha else "no",
+                    ]
+                    for t, adj in zip(table_rows, adjusted, strict=True)
+                ]
+                blocks.append(Heading(f"{task} ({split}): {metric}", 3))
+                header = [
+                    "system A",
+                    "system B",
+                    "n",
+                    "b (only A right)",
+                    "c (only B right)",
+                    "p",
+                    "p (Holm)",
+                    "significant",
+                ]
+                blocks.append(Table(header, rows, numeric={2, 3, 4, 5, 6}))
+    return blocks
+
+
+def pair_tests(runs: list[RunInfo], split: str, key: str) -> list[dict[str, Any]]:
+    out = []
+    for a, b in combinations(runs, 2):
+        va, vb = verdicts(a, split, key), verdicts(b, split, key)
+        if va is None or vb is None:
+            continue
+        ids = sorted(va)
+        test = mcnemar_exact([va[i] for i in ids], [vb.get(i) for i in ids])
+        out.append({"first": a.system, "second": b.system, **test})
+    return out
+
+
+def hardware(run: RunInfo) -> str:
+    source = run.summary or {}
+    if not source.get("gpu_type"):
+        stages = run.manifest.get("stages", {})
+        source = next((v for k, v in stages.items() if k.startswith("predict:") and v.get("gpu_type")), {})
+    if run.provider == "openai":
+        return "OpenAI"
+    if run.provider == "endpoint":
+        return "endpoint"
+    gpu = source.get("gpu_type") or "?"
+    count = source.get("gpu_count") or 1
+    return f"{count}× {gpu}" if gpu != "cpu" else "cpu"
+
+
+def cost_rows(run: RunInfo) -> list[str]:
+    cost = run.cost or {}
+    summary = run.summary or {}
+    price = cost.get("price")
+    price_text = f"${price['price_per_hour']}/h ({price.get('date') or 'undated'})" if price else "–"
+    split_cost = {}
+    if run.provider == "openai":
+        oa = cost.get("openai", {})
+        price_text = "per token ({})".format(oa.get("price", {}).get("date") or "undated") if oa else "–"
+        split_cost = next(iter(oa.get("inference", {}).values()), {})
+        a40 = "n/a"
+    else:
+        split_cost = next(iter((cost.get("inference") or {}).values()), {})
+        training = cost.get("training") or {}
+        a40 = fmt_usd(training.get("a40_conversion_usd")) if training else "$0"
+    train_wall = summary.get("wall_time_s")
+    return [
+        run.system,
+        run.provider,
+        hardware(run),
+        fmt_num(train_wall / 60 if train_wall is not None else None, 2),
+        str(summary.get("steps", "–")),
+        fmt_num(summary.get("train_tokens") or summary.get("trained_tokens"), 0),
+        fmt_usd(cost.get("training_cost_usd")),
+        price_text,
+        a40,
+        fmt_num(split_cost.get("predictions_per_s"), 2),
+        fmt_usd(split_cost.get("cost_per_1k_predictions")),
+    ]
+
+
+def cost_section(data: StudyData) -> list[Block]:
+    from tunebench.cost import CONVERSION_LABEL, STUDY_REFERENCE
+
+    blocks: list[Block] = [
+        Heading("Training cost and time"),
+        Para(
+            "Self-hosted: $/GPU-hour × measured wall time × GPU count (training from train_summary.json, "
+            "inference from the manifest's predict stage). OpenAI: trained tokens × training price, "
+            f"prediction tokens × input/output prices. 'A40 conversion' is a {CONVERSION_LABEL}.",
+            note=True,
+        ),
+    ]
+    header = [
+        "system", "provider", "hardware", "train min", "steps", "train tokens", "training cost",
+        "price", "A40 conversion", "predictions/s", "$ per 1k predictions",
+    ]  # fmt: skip
+    groups: list[str] = []
+    series: dict[str, list[float | None]] = {s: [] for s in data.systems}
+    for task in data.tasks:
+        runs = data.runs_of(task)
+        blocks.append(Heading(task, 3))
+        rows = [cost_rows(r) for r in runs]
+        if data.reference:
+            for ref in STUDY_REFERENCE:
+                if ref["task"] == runs[0].task_name:
+                    hours = ref["hours"]
+                    rows.append(
+                        [ref["system"] + " (quoted, not measured)", "reference", "1× A40" if hours else "OpenAI",
+                         fmt_num(hours * 60 if hours else None, 2), "–", "–", fmt_usd(ref["training_cost_usd"]),
+                         "$0.475/h" if hours else "per token", "–", "–", "–"]
+                    )  # fmt: skip
+        blocks.append(Table(header, rows, numeric={3, 4, 5, 6, 9, 10}))
+        groups.append(task)
+        by_system = {r.system: (r.cost or {}).get("training_cost_usd") for r in runs}
+        for s in data.systems:
+            series[s].append(by_system.get(s))
+    png = plots.grouped_bars("Training cost (measured)", "USD", groups, series)
+    blocks.append(Image("training_cost.png", "training cost by task and system", png))
+    return blocks
+
+
+def api_per_query(run: RunInfo, split: str) -> tuple[float, str] | None:
+    inference = ((run.cost or {}).get("openai") or {}).get("inference", {}).get(split)
+    if not inference or not inference.get("n"):
+        return None
+    return inference["cost_usd"] / inference["n"], f"{run.system} (OpenAI, measured tokens/query)"
+
+
+def reference_api(run: RunInfo, split: str) -> tuple[float, str] | None:
+    """The fine-tuned GPT-3.5 per-token price with this run's own measured tokens per query."""
+    from tunebench.cost import openai_model_price
+
+    if run.config.provider != "local" and run.config.provider != "base":
+        return None
+    info = run.manifest.get("stages", {}).get(f"predict:{split}", {})
+    n, pt, ct = info.get("n"), info.get("prompt_tokens"), info.get("completion_tokens")
+    if not n or pt is None or ct is None:
+        return None
+    model = run.config.openai.model
+    price = openai_model_price(run.config)
+    per_query = (pt * price.input + ct * price.output) / 1e6 / n
+    return per_query, f"{model} prices × {run.system}'s tokens/query"
+
+
+def break_even_section(data: StudyData) -> list[Block]:
+    from tunebench.cost import break_even
+
+    blocks: list[Block] = [
+        Heading("Deployment break-even"),
+        Para(
+            "Monthly queries above which self-hosting (one deployment running 24/7, 730 h/month, at its "
+            "$/h, with the measured throughput; more deployments past its capacity) is cheaper than "
+            "paying an API per token. API cost per query: an OpenAI system of the same task "
+            "(its measured tokens), else the fine-tuned GPT-3.5 prices applied to the self-hosted "
+            "run's own token counts (a different tokenizer: an approximation). CPU runs without a "
+            "CPU price use the A40 price conversion with the CPU throughput, labelled as such.",
+            note=True,
+        ),
+    ]
+    rows, lines = [], []
+    for task in data.tasks:
+        runs = data.runs_of(task)
+        split = data.splits_of(task)[0] if data.splits_of(task) else None
+        if split is None:
+            continue
+        apis = [a for a in (api_per_query(r, split) for r in runs if r.provider == "openai") if a]
+        for run in runs:
+            if run.provider not in SELF_HOSTED or not run.cost:
+                continue
+            inference = (run.cost.get("inference") or {}).get(split) or {}
+            throughput = inference.get("predictions_per_s")
+            price = run.cost.get("price")
+            label = "measured price"
+            if price is None:
+                price, label = run.cost.get("a40_price"), "A40 price conversion"
+            if not throughput or not price:
+                continue
+            comparators = apis or [a for a in [reference_api(run, split)] if a]
+            count = int(inference.get("gpu_count") or 1)
+            for per_query, api_label in comparators:
+                be = break_even(price["price_per_hour"], count, throughput, per_query)
+                volume = be["queries_per_month"]
+                rows.append(
+                    [task, run.system, f"${price['price_per_hour']}/h ({label})", fmt_num(throughput, 2),
+                     fmt_usd(be["monthly_self_hosted_usd"]), api_label, f"${per_query:.3g}",
+                     fmt_num(volume, 0) if volume is not None else "never (API cheaper at full load)"]
+                )  # fmt: skip
+                name = f"{task}: {run.system}"
+                lines.append(
+                    {"label": f"{name} (self-hosted)", "kind": "self", "monthly": be["monthly_self_hosted_usd"],
+                     "capacity": be["capacity_queries_per_month"], "break_even": volume,
+                     "break_even_cost": be["monthly_self_hosted_usd"]}
+                )  # fmt: skip
+            for per_query, api_label in comparators:
+                if not any(ln["label"] == f"{task}: {api_label}" for ln in lines):
+                    lines.append({"label": f"{task}: {api_label}", "kind": "api", "per_query": per_query})
+    if not rows:
+        return [*blocks, Para("No self-hosted run with a measured throughput and a price.", note=True)]
+    header = [
+        "task",
+        "self-hosted system",
+        "hardware price",
+        "predictions/s",
+        "$/month (24/7)",
+        "API",
+        "API $/query",
+        "break-even queries/month",
+    ]
+    blocks.append(Table(header, rows, numeric={3, 4, 6, 7}))
+    blocks.append(
+        Image(
+            "break_even.png",
+            "monthly cost against monthly queries",
+            plots.break_even_plot("Self-hosted vs API", lines),
+        )
+    )
+    return blocks
+
+
+def curves_section(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [Heading("Loss curves")]
+    for task in data.tasks:
+        curves = {r.system: r.curve for r in data.runs_of(task) if r.curve}
+        if not curves:
+            blocks.append(Para(f"{task}: no system logged a loss curve.", note=True))
+            continue
+        png = plots.loss_curves(f"{task}: loss (dashed: train, solid: validation)", curves)
+        blocks.append(Image(f"loss_{task}.png", f"{task} training and validation loss", png))
+        rows = []
+        for system, curve in curves.items():
+            val = [r for r in curve if r.get("split") == "validation"]
+            best = min(val, key=lambda r: r["loss"]) if val else None
+            rows.append(
+                [system, str(len([r for r in curve if r.get("split") == "train"])), str(len(val)),
+                 fmt_num(best["loss"], 4) if best else "–", str(best["step"]) if best else "–"]
+            )  # fmt: skip
+        blocks.append(
+            Table(
+                ["system", "train logs", "validation logs", "best validation loss", "at step"],
+                rows,
+                numeric={1, 2, 3, 4},
+            )
+        )
+    return blocks
+
+
+def errors_section(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [Heading("Error analysis")]
+    for task in data.tasks:
+        runs = data.runs_of(task)
+        splits = data.splits_of(task)
+        if not splits:
+            continue
+        split = splits[0]
+        if runs[0].task_name == "viggo":
+            blocks += viggo_errors(task, split, runs)
+        elif runs[0].task_name == "sql":
+            blocks += sql_errors(task, split, runs)
+    return blocks
+
+
+def viggo_errors(task: str, split: str, runs: list[RunInfo]) -> list[Block]:
+    blocks: list[Block] = [Heading(f"{task} ({split}): errors by kind", 3)]
+    kinds = [
+        "wrong_function",
+        "unparseable",
+        "missing",
+        "extra",
+        "wrong_value",
+        "duplicated",
+        "unknown_attribute",
+    ]
+    rows = [
+        [r.system, *(str(r.metrics[split].get("error_counts", {}).get(k, "–")) for k in kinds)] for r in runs
+    ]
+    blocks.append(Table(["system", *kinds], rows, numeric=set(range(1, len(kinds) + 1))))
+    blocks.append(
+        Para(
+            "Per attribute: F1 (support; missing / extra / wrong value). Counts are attributes over "
+            "scorable examples, from metrics.json per_attribute.",
+            note=True,
+        )
+    )
+    attributes: list[str] = []
+    for r in runs:
+        for attr, row in r.metrics[split].get("per_attribute", {}).items():
+            if (row.get("support") or row.get("predicted")) and attr not in attributes:
+                attributes.append(attr)
+    rows = []
+    for attr in attributes:
+        cells = [attr]
+        for r in runs:
+            row = r.metrics[split].get("per_attribute", {}).get(attr)
+            if not row:
+                cells.append("–")
+                continue
+            f1 = "–" if row.get("f1") is None else f"{row['f1']:.4f}"
+            cells.append(f"{f1} ({row['support']}; {row['missing']}/{row['extra']}/{row['wrong_value']})")
+        rows.append(cells)
+    blocks.append(Table(["attribute", *(r.system for r in runs)], rows))
+    return blocks
+
+
+def sql_errors(task: str, split: str, runs: list[RunInfo]) -> list[Block]:
+    counts = {
+        r.system: Counter(str(e.get("failure_kind")) for e in r.per_example[split] if e.get("failure_kind"))
+        for r in runs
+    }
+    kinds = sorted({k for c in counts.values() for k in c})
+    blocks: list[Block] = [
+        Heading(f"{task} ({split}): failures by kind", 3),
+        Para("Examples per failure kind (per_example.jsonl `failure_kind` from the SQL scorer).", note=True),
+    ]
+    if not kinds:
+        return [*blocks, Para("No failures recorded.", note=True)]
+    rows = [[s, *(str(c.get(k, 0)) for k in kinds), str(sum(c.values()))] for s, c in counts.items()]
+    blocks.append(Table(["system", *kinds, "total"], rows, numeric=set(range(1, len(kinds) + 2))))
+    return blocks
+
+
+def wrong_section(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [Heading("Wrong predictions")]
+    if data.wrong_examples == 0:
+        return []
+    for task in data.tasks:
+        splits = data.splits_of(task)
+        if not splits:
+            continue
+        split = splits[0]
+        for run in data.runs_of(task):
+            key = None
+            for metric in PRIMARY.get(run.task_name, ["exact_match"]):
+                key = PAIRED.get(run.task_name, {}).get(metric, metric)
+                if verdicts(run, split, key) is not None:
+                    break
+            verdict = verdicts(run, split, key) if key else None
+            if verdict is None:
+                continue
+            wrong = [p for p in run.predictions[split] if verdict.get(p["id"]) is False][
+                : data.wrong_examples
+            ]
+            blocks.append(Heading(f"{task} ({split}): {run.system}, wrong by {key}", 3))
+            if not wrong:
+                blocks.append(Para("None.", note=True))
+                continue
+            field = next((f for f in INPUT_FIELDS if f in wrong[0]), None)
+            rows = [
+                [p["id"], short(p.get(field, "")) if field else "", short(p["prediction"]), short(p["gold"])]
+                for p in wrong
+            ]
+            blocks.append(Table(["id", field or "input", "prediction", "gold"], rows))
+    return blocks
+
+
+def provenance_section(data: StudyData) -> list[Block]:
+    blocks: list[Block] = [Heading("What produced this report")]
+    rows = []
+    for run in data.runs:
+        env = run.manifest.get("environment", {})
+        versions = env.get("versions", {})
+        rows.append(
+            [run.name, str(env.get("git_commit") or "–")[:12], env.get("python", "–"), env.get("platform", "–"),
+             ", ".join(f"{k} {v}" for k, v in versions.items() if v), str(env.get("gpu") or "none")]
+        )  # fmt: skip
+    blocks.append(Table(["run", "commit", "python", "platform", "versions", "GPU"], rows))
+    if data.study_text:
+        blocks.append(Code(data.study_text, f"study config ({data.source})"))
+    import yaml
+
+    for run in data.runs:
+        text = run.run.config_path.read_text(encoding="utf-8")
+        env = yaml.safe_dump(run.manifest.get("environment", {}), sort_keys=False)
+        blocks.append(Code(text, f"{run.name}: config.yaml"))
+        blocks.append(Code(env, f"{run.name}: environment (manifest.json)"))
+    return blocks

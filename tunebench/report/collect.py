@@ -1,0 +1,207 @@
+"""Gather what a report needs from run directories, and refuse inputs that cannot be compared.
+
+The source is a study YAML (its cells name the run directories) or a folder of run
+directories (its ``study.json``, written by ``tunebench run STUDY.yaml``, gives the system and
+task labels; without one they are derived from each run's config). Refused, with one line
+naming the run: a study cell without a run directory, a run without predictions or scores for
+a split, and two systems of one task evaluated on different examples or golds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunebench.config import ExperimentConfig
+from tunebench.errors import TunebenchError
+from tunebench.io import read_json, read_jsonl, read_text
+from tunebench.rundir import RunDir
+
+
+@dataclass
+class RunInfo:
+    """One run directory, loaded."""
+
+    name: str
+    system: str
+    task: str
+    provider: str
+    description: str | None
+    run: RunDir
+    config: ExperimentConfig
+    manifest: dict[str, Any]
+    summary: dict[str, Any] | None
+    cost: dict[str, Any] | None
+    curve: list[dict[str, Any]]
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_example: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def task_name(self) -> str:
+        return self.config.task.name
+
+
+@dataclass
+class StudyData:
+    """Everything the report shows, in display order."""
+
+    title: str
+    description: str | None
+    source: Path
+    study_text: str | None
+    runs: list[RunInfo]
+    alpha: float = 0.05
+    reference: bool = True
+    wrong_examples: int = 5
+    default_out: Path | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(r.task for r in self.runs))
+
+    @property
+    def systems(self) -> list[str]:
+        return list(dict.fromkeys(r.system for r in self.runs))
+
+    def runs_of(self, task: str) -> list[RunInfo]:
+        return [r for r in self.runs if r.task == task]
+
+    def splits_of(self, task: str) -> list[str]:
+        """Splits every run of the task was evaluated on (test first)."""
+        runs = self.runs_of(task)
+        common = set(runs[0].metrics)
+        for r in runs[1:]:
+            common &= set(r.metrics)
+        return sorted(common, key=lambda s: (s != "test", s))
+
+
+def collect(source: str | Path) -> StudyData:
+    """Load a study YAML's cells or a folder of run directories, checked for comparability."""
+    path = Path(source)
+    if path.is_file():
+        data = _from_study(path)
+    elif path.is_dir():
+        data = _from_folder(path)
+    else:
+        raise TunebenchError(f"{path}: no such study file or folder of run directories")
+    for task in data.tasks:
+        check_same_examples(data.runs_of(task), task)
+    return data
+
+
+def _from_study(path: Path) -> StudyData:
+    from tunebench.study import expand, load_study
+
+    study = load_study(path)
+    runs = []
+    for cell in expand(study, source=str(path)):
+        run = RunDir(cell.config.run_dir)
+        if not run.config_path.is_file():
+            raise TunebenchError(
+                f"{path}: cell '{cell.name}' has no run directory at {run.root} "
+                f"(run `tunebench run {path}` first)"
+            )
+        runs.append(load_run(run, cell.system, cell.task, cell.description))
+    return StudyData(
+        title=study.name,
+        description=study.description,
+        source=path,
+        study_text=read_text(path),
+        runs=runs,
+        alpha=study.significance.alpha,
+        reference=study.reference,
+        wrong_examples=study.wrong_examples,
+        default_out=study.resolved_report_dir(),
+    )
+
+
+def _from_folder(folder: Path) -> StudyData:
+    index_path = folder / "study.json"
+    if index_path.is_file():
+        index = read_json(index_path)
+        runs = []
+        for cell in index.get("cells", []):
+            run = RunDir(folder / cell["name"])
+            if not run.config_path.is_file():
+                raise TunebenchError(
+                    f"{index_path}: cell '{cell['name']}' has no run directory at {run.root}"
+                )
+            runs.append(load_run(run, cell["system"], cell["task"], cell.get("description")))
+        title, description = index.get("name", folder.name), index.get("description")
+    else:
+        runs = []
+        for sub in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
+            config = RunDir(sub).load_config()
+            suffix = f"-{config.task.name}"
+            system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
+            runs.append(load_run(RunDir(sub), system, config.task.name, None))
+        title, description = folder.name, None
+    if not runs:
+        raise TunebenchError(f"{folder}: no run directories (folders with config.yaml) found")
+    return StudyData(
+        title=title,
+        description=description,
+        source=folder,
+        study_text=None,
+        runs=runs,
+        default_out=folder / "report",
+    )
+
+
+def load_run(run: RunDir, system: str, task: str, description: str | None) -> RunInfo:
+    """Read one run's config, manifest, summary, cost, loss curve, predictions and scores."""
+    config = run.load_config()
+    info = RunInfo(
+        name=config.name,
+        system=system,
+        task=task,
+        provider=config.provider,
+        description=description,
+        run=run,
+        config=config,
+        manifest=read_json(run.manifest_path) if run.manifest_path.is_file() else {},
+        summary=read_json(run.train_summary) if run.train_summary.is_file() else None,
+        cost=read_json(run.cost_path) if run.cost_path.is_file() else None,
+        curve=read_jsonl(run.metrics_log, allow_empty=True) if run.metrics_log.is_file() else [],
+    )
+    for split in config.eval_splits:
+        predictions = run.predictions(split)
+        if not predictions.is_file():
+            raise TunebenchError(
+                f"system '{system}' has no predictions for task '{task}' split '{split}' ({predictions} missing)"
+            )
+        metrics_path = run.eval_dir(split) / "metrics.json"
+        if not metrics_path.is_file():
+            raise TunebenchError(
+                f"system '{system}', task '{task}': predictions for '{split}' are not scored "
+                f"({metrics_path} missing; run `tunebench run` again)"
+            )
+        info.predictions[split] = read_jsonl(predictions, required=("id", "prediction", "gold"))
+        info.metrics[split] = read_json(metrics_path)
+        info.per_example[split] = read_jsonl(run.eval_dir(split) / "per_example.jsonl", required=("id",))
+    return info
+
+
+def check_same_examples(runs: list[RunInfo], task: str) -> None:
+    """Every system of a task must be scored on the same ids with the same golds, in any order."""
+    first = runs[0]
+    for split in first.predictions:
+        reference = {r["id"]: r["gold"] for r in first.predictions[split]}
+        for other in runs[1:]:
+            if split not in other.predictions:
+                continue
+            theirs = {r["id"]: r["gold"] for r in other.predictions[split]}
+            where = f"task '{task}' split '{split}': systems '{first.system}' and '{other.system}'"
+            if set(theirs) != set(reference):
+                only = sorted(set(reference) ^ set(theirs))
+                raise TunebenchError(
+                    f"{where} were evaluated on different examples ({len(reference)} vs {len(theirs)} ids; "
+                    f"e.g. '{only[0]}' is in one only): refusing to compare them"
+                )
+            for id_, gold in reference.items():
+                if theirs[id_] != gold:
+                    raise TunebenchError(
+                        f"{where} have different golds for example '{id_}': refusing to compare them"
+                    )
