@@ -1,0 +1,188 @@
+"""The comparison report: sections present, numbers equal to the metrics files, bad inputs refused."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_report_fixtures import make_run, make_study_runs
+from tunebench.errors import TunebenchError
+from tunebench.io import read_json, read_jsonl, write_jsonl
+from tunebench.report import write_report
+from tunebench.report.build import HEADLINE, fmt_metric, fmt_p
+from tunebench.report.stats import holm, mcnemar_exact
+
+SECTIONS = [
+    "## Results",
+    "## Paired significance",
+    "## Training cost and time",
+    "## Deployment break-even",
+    "## Loss curves",
+    "## Error analysis",
+    "## Wrong predictions",
+    "## What produced this report",
+]
+IMAGES = ["accuracy.png", "training_cost.png", "break_even.png", "loss_sql.png", "loss_viggo.png"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_study_runs(tmp_path_factory.mktemp("report") / "runs", n=12)
+
+
+def table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """Body rows of the first table after ``heading``."""
+    lines = markdown.split(heading, 1)[1].splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines[start:end]]
+
+
+def parse_metric(cell: str) -> tuple[float, list[float] | None]:
+    match = re.fullmatch(r"([0-9.]+)(?: \[([0-9.]+), ([0-9.]+)\])?", cell)
+    assert match, cell
+    ci = [float(match.group(2)), float(match.group(3))] if match.group(2) else None
+    return float(match.group(1)), ci
+
+
+def test_report_sections_and_numbers_equal_metrics_files(runs: Path, tmp_path: Path) -> None:
+    out = write_report(runs, tmp_path / "out")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for section in SECTIONS:
+        assert section in md
+    for image in IMAGES:
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({image})" in md
+    for task in ("sql", "viggo"):
+        header, _, *rows = table_rows(md, f"### {task} (test)")
+        names = header[2:]
+        assert names == HEADLINE[task]
+        assert {r[0] for r in rows} == {"oracle", "perturbed", "gpt"}
+        for row in rows:
+            metrics = read_json(runs / f"{row[0]}-{task}" / "eval" / "test" / "metrics.json")
+            assert int(row[1]) == metrics["n"]
+            for name, cell in zip(names, row[2:], strict=True):
+                value, ci = parse_metric(cell)
+                assert value == pytest.approx(metrics[name], abs=5e-5)
+                assert ci == pytest.approx(metrics[f"{name}_ci95"], abs=5e-5)
+    # the perturbed system is really worse than the oracle, and the report says so
+    oracle = read_json(runs / "oracle-sql/eval/test/metrics.json")
+    perturbed = read_json(runs / "perturbed-sql/eval/test/metrics.json")
+    assert oracle["execution_accuracy"] == 1.0 and perturbed["execution_accuracy"] < 1.0
+    assert "McNemar's exact test" in md
+    sig = table_rows(md, "### sql (test): execution_accuracy")[2:]
+    pair = next(r for r in sig if r[:2] == ["oracle", "perturbed"])
+    verdicts = {
+        s: {r["id"]: r["execution_match"] for r in read_jsonl(runs / f"{s}-sql/eval/test/per_example.jsonl")}
+        for s in ("oracle", "perturbed")
+    }
+    ids = sorted(verdicts["oracle"])
+    expected = mcnemar_exact([verdicts["oracle"][i] for i in ids], [verdicts["perturbed"][i] for i in ids])
+    assert (int(pair[3]), int(pair[4])) == (expected["only_first"], expected["only_second"])
+    assert pair[5] == fmt_p(expected["p_value"])
+
+
+def test_report_cost_failures_and_wrong_predictions(runs: Path, tmp_path: Path) -> None:
+    out = write_report(runs, tmp_path / "out")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    cost = read_json(runs / "oracle-sql/cost.json")
+    row = next(r for r in table_rows(md, "## Training cost and time") if r[0] == "oracle")
+    assert row[2] == "1× NVIDIA A40"
+    assert row[6] == f"${cost['training_cost_usd']:.4g}"
+    assert "quoted, not measured" in md and "$3.32" in md and "$26.05" in md
+    kinds = {r[0]: r for r in table_rows(md, "### sql (test): failures by kind")}
+    per_example = read_jsonl(runs / "perturbed-sql/eval/test/per_example.jsonl")
+    assert int(kinds["perturbed"][-1]) == sum(1 for r in per_example if r.get("failure_kind"))
+    assert "syntax_error" in md
+    assert "### viggo (test): errors by kind" in md and "| name |" in md
+    wrong = table_rows(md, "### sql (test): perturbed, wrong by execution_match")[2:]
+    assert wrong and all(r[2] != r[3] for r in wrong)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    assert html.count('src="data:image/png;base64,') == len(IMAGES)
+
+
+def test_report_from_study_yaml_and_missing_cell(tmp_path: Path, runs: Path) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        f"name: s\nruns_dir: {runs}\ntasks: [sql, viggo]\nsystems:\n"
+        "  - {name: oracle, provider: local}\n  - {name: perturbed, provider: base}\n"
+        "  - {name: gpt, provider: openai}\n",
+        encoding="utf-8",
+    )
+    out = write_report(study, tmp_path / "from-study")
+    assert "## Results" in (out / "report.md").read_text(encoding="utf-8")
+    study.write_text(study.read_text() + "  - {name: missing, provider: base}\n", encoding="utf-8")
+    with pytest.raises(TunebenchError, match=r"cell 'missing-sql' has no run directory"):
+        write_report(study, tmp_path / "x")
+
+
+def copy_runs(runs: Path, dest: Path, names: list[str]) -> Path:
+    for name in names:
+        shutil.copytree(runs / name, dest / name)
+    return dest
+
+
+def test_refuses_run_without_predictions(runs: Path, tmp_path: Path) -> None:
+    folder = copy_runs(runs, tmp_path / "r", ["oracle-sql", "perturbed-sql"])
+    (folder / "perturbed-sql/predictions/test.jsonl").unlink()
+    with pytest.raises(
+        TunebenchError, match=r"system 'perturbed' has no predictions for task 'sql' split 'test'"
+    ):
+        write_report(folder)
+
+
+def test_refuses_different_eval_sets(runs: Path, tmp_path: Path) -> None:
+    folder = copy_runs(runs, tmp_path / "r", ["oracle-sql"])
+    make_run(folder, "perturbed", "sql", 12, skip_ids=1)  # same size, shifted by one example
+    with pytest.raises(TunebenchError, match=r"evaluated on different examples"):
+        write_report(folder)
+
+
+def test_refuses_different_golds(runs: Path, tmp_path: Path) -> None:
+    folder = copy_runs(runs, tmp_path / "r", ["oracle-viggo", "perturbed-viggo"])
+    path = folder / "perturbed-viggo/predictions/test.jsonl"
+    rows = read_jsonl(path)
+    rows[3]["gold"] = rows[3]["gold"].replace("]", "!]", 1)
+    write_jsonl(path, rows)
+    with pytest.raises(TunebenchError, match=rf"different golds for example '{rows[3]['id']}'"):
+        write_report(folder)
+
+
+def test_refuses_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(TunebenchError, match="no run directories"):
+        write_report(tmp_path)
+
+
+def test_cli_report_one_line_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tunebench", "report", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "no such study file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mcnemar_exact_and_holm() -> None:
+    # b=0, c=6: p = 2 * 0.5**6
+    test = mcnemar_exact([True] * 6 + [True] * 4, [False] * 6 + [True] * 4)
+    assert test == {"n": 10, "only_first": 6, "only_second": 0, "p_value": pytest.approx(2 / 64)}
+    # unknown verdicts are left out; no disagreement gives p = 1
+    assert mcnemar_exact([True, None], [True, False])["p_value"] == 1.0
+    assert mcnemar_exact([True, None], [True, False])["n"] == 1
+    # b=1, c=9: p = 2 * (1 + 10) / 1024
+    assert mcnemar_exact([True] + [False] * 9, [False] + [True] * 9)["p_value"] == pytest.approx(22 / 1024)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_fmt_metric_round_trips() -> None:
+    assert fmt_metric(0.123456, [0.1, 0.2]) == "0.1235 [0.1000, 0.2000]"
+    assert fmt_metric(None) == "–"
