@@ -18,6 +18,7 @@ import itertools
 import json
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,7 +80,9 @@ class Emulator:
     def start(self) -> Emulator:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -134,6 +137,7 @@ class Emulator:
             "error": None,
             "organization_id": "org-emulator",
             "seed": body.get("seed") or 42,
+            "metadata": body.get("metadata"),
             "_polls": 0,
         }
         self.jobs[job_id] = job
@@ -164,7 +168,8 @@ class Emulator:
             self.add_event(job["id"], "Fine-tuning job started")
         if status == "running":
             step = job["_polls"]
-            self.add_event(job["id"], f"Step {step}/{self.steps}: training loss=0.5", {"step": step})
+            data = {"step": step, "total_steps": self.steps, "train_loss": 0.5}
+            self.add_event(job["id"], f"Step {step}/{self.steps}: training loss=0.5", data)
         if status == "succeeded" and self.job_outcome == "failed":
             job.update(status="failed", finished_at=int(time.time()))
             job["error"] = {
@@ -291,6 +296,8 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
                 self.send(200, emu.files[parts[1]])
             elif method == "GET" and len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
                 self.send(200, None, raw=emu.contents[parts[1]])
+            elif method == "GET" and parts == ["fine_tuning", "jobs"]:
+                self.send(200, {"object": "list", "data": self.list_jobs(), "has_more": False})
             elif method == "POST" and parts == ["fine_tuning", "jobs"]:
                 job = emu.create_job(json.loads(raw))
                 self.send(200, public(job))
@@ -313,6 +320,17 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
             filename, data = fields["file"]
             purpose = fields["purpose"][1].decode()
             return emu.add_file(filename or "upload.jsonl", data, purpose)
+
+        def list_jobs(self) -> list[dict[str, Any]]:
+            """Jobs newest first, filtered by ``metadata[key]=value`` query parameters."""
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            wanted = {k[len("metadata[") : -1]: v[0] for k, v in query.items() if k.startswith("metadata[")}
+            jobs = [
+                j
+                for j in emu.jobs.values()
+                if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())
+            ]
+            return [public(j) for j in reversed(jobs)]
 
         def job_endpoint(self, method: str, job_id: str, rest: list[str]) -> None:
             job = emu.jobs[job_id]
