@@ -1,0 +1,134 @@
+"""Resumable training state: ``checkpoints/step-N/``, written atomically.
+
+A checkpoint holds the adapter (peft, safetensors), the optimizer and scheduler states, the
+RNG states (python, numpy, torch, CUDA) and ``state.json`` (global step, tokens seen, wall
+time, early-stopping state, best loss/step, skipped steps). Data order is a pure function of
+(seed, global step) (see :mod:`.data`), so the step *is* the data position and a run can
+resume on a different number of processes. Each checkpoint is built in a temporary folder
+and renamed into place, so a kill at any moment leaves either the old or the new one.
+Only the latest and the best checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunebench.io import read_json, write_json
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of finished checkpoints, oldest first (temporary folders are ignored)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = STEP_DIR.match(child.name)
+        if match and (child / "state.json").is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    rng: dict[str, Any],
+) -> Path:
+    """Write ``root/step-<step>/`` atomically (temp folder + rename); returns its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp / "adapter", safe_serialization=True)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng, tmp / "rng.pt")
+    write_json(tmp / "state.json", state)  # last: its presence marks a complete checkpoint
+    _fsync_dir(tmp)
+    if final.exists():  # a re-save of the same step after a resume
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def load_state(folder: Path) -> dict[str, Any]:
+    return read_json(folder / "state.json")
+
+
+def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+    """Restore optimizer and scheduler in place; returns (state, rng) for the caller."""
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng = torch.load(folder / "rng.pt", weights_only=False)
+    return {"state": load_state(folder), "rng": rng}
+
+
+def prune(root: Path, keep: set[int]) -> None:
+    """Delete every checkpoint whose step is not in ``keep`` (the latest and the best)."""
+    for step, folder in list_checkpoints(root):
+        if step not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    for child in root.glob(".tmp-step-*"):  # leftovers of a killed save
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def publish_adapter(source: Path, target: Path) -> None:
+    """Copy a checkpoint's adapter to ``run/adapter`` atomically (copy beside it, then rename)."""
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,495 @@
+"""The LoRA training loop: one function, :func:`train`, for 1 or N processes.
+
+Why our own loop rather than ``transformers.Trainer``: the study's comparison needs (1) a loss
+that is exactly "sum of token losses / labeled tokens in the whole optimizer step", whatever
+the split into micro-batches and ranks; (2) token-budget micro-batches of *padding-free packed*
+rows (a variable number of micro-batches per step and per rank); (3) logits only at labeled
+positions; (4) skipping non-finite steps without touching AdamW's state; (5) a stateless data
+order so a checkpoint resumes on any process count. Each of these fights Trainer's
+assumptions (fixed micro-batch count, mean-of-means loss, padded batches); the loop is ~300 lines
+over accelerate (DDP/FSDP), peft and ``transformers.get_scheduler``.
+
+Precision: on GPU the frozen base is bfloat16 and runs under bf16 autocast, the LoRA weights
+and AdamW states are float32 (see :func:`.lora.apply_lora`); on CPU everything is float32.
+
+Known hazard (why packing is the default): bf16 + SDPA with *padded* batches gave non-finite
+gradients on the SQL set on an H100 from step ~26, while fp32 or eager attention did not. With
+a padding mask SDPA cannot use the flash kernel and falls back to the memory-efficient one, whose
+backward has known NaN cases with masks (pytorch issues 119320, 125674, 178251); left padding
+also creates fully masked query rows, which a naive softmax turns into NaN (all -inf row) and
+torch's CPU SDPA (>= 2.5) maps to 0. Padding-free packing has no padding and no fully masked
+row at all. Either way every step checks loss and gradient norm and skips a non-finite one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunebench.config import ExperimentConfig
+from tunebench.errors import TunebenchError
+from tunebench.io import append_jsonl, iter_jsonl, write_json, write_jsonl
+from tunebench.rundir import RunDir
+from tunebench.training import checkpoint as ckpt
+from tunebench.training.data import (
+    TokenizedExample,
+    collate,
+    plan_micro_batches,
+    rank_share,
+    real_tokens,
+    step_example_indices,
+    tokenize_examples,
+)
+from tunebench.training.lora import LossModel, apply_lora, liger_loss_fn, load_base
+from tunebench.training.mfu import mfu, model_flops_per_token
+
+log = logging.getLogger("tunebench.training")
+
+#: Fault injection for tests and drills (part of the product, read every step):
+#: comma-separated 1-based steps whose loss is made NaN, and a step after whose optimizer
+#: update the process kills itself with SIGKILL (a real crash, before that step's checkpoint).
+FAULT_NAN_ENV = "TUNEBENCH_FAULT_NAN_STEP"
+FAULT_KILL_ENV = "TUNEBENCH_FAULT_KILL_STEP"
+
+
+def _fault_steps(name: str) -> set[int]:
+    raw = os.environ.get(name, "")
+    return {int(x) for x in raw.split(",") if x.strip()}
+
+
+def total_steps(config: ExperimentConfig, n_train: int) -> int:
+    tc = config.training
+    if tc.max_steps is not None:
+        return tc.max_steps
+    assert tc.epochs is not None
+    return max(1, math.ceil(tc.epochs * n_train / tc.batch_size))
+
+
+def new_state() -> dict[str, Any]:
+    return {
+        "step": 0,
+        "tokens": 0,
+        "wall_time": 0.0,
+        "train_time": 0.0,
+        "best_loss": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "skipped_steps": 0,
+        "stopped_early": False,
+    }
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Dropout RNG seed of one (step, rank): resume is exact without per-rank RNG state."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+class Trainer:
+    """State of one training run; :func:`train` drives it."""
+
+    def __init__(self, config: ExperimentConfig, run: RunDir, resume: bool) -> None:
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+
+        self.config, self.run, self.tc = config, run, config.training
+        # Buffers (rotary inv_freq) are identical on every rank: not broadcasting them keeps
+        # forward passes collective-free, so ranks may run different numbers of micro-batches.
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+        self.acc = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+        self.device = self.acc.device
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.main = self.acc.is_main_process
+        if self.tc.batch_size < self.world:
+            raise TunebenchError(
+                f"training.batch_size {self.tc.batch_size} < {self.world} processes: every process needs an example"
+            )
+        self.resume = resume
+        self.start = time.perf_counter()
+
+    # --- setup ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        from transformers import get_scheduler
+
+        from tunebench.data.prepare import load_prepared, prepare
+        from tunebench.tasks import get_task
+
+        if not self.run.stage_done("prepare"):
+            if self.main:
+                prepare(self.config, self.run)
+            self.acc.wait_for_everyone()
+        base, tokenizer, self.eos_id, self.pad_id = load_base(self.config, self.device)
+        if self.tc.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = apply_lora(base, self.config.lora, self.tc.seed)
+        self.dtype = next(base.parameters()).dtype
+        suffix = get_task(self.config.task).completion_suffix
+        tok = dict(
+            tokenizer=tokenizer,
+            eos_id=self.eos_id,
+            suffix=suffix,
+            max_length=self.tc.max_length,
+            loss_on=self.tc.loss_on,
+        )
+        self.train_set, self.train_stats = tokenize_examples(load_prepared(self.run, "train"), **tok)
+        val = load_prepared_or_empty(self.run, "validation")
+        self.val_set, _ = tokenize_examples(val, split="validation", **tok) if val else ([], None)
+        if self.train_stats.truncated and self.main:
+            self.say(
+                f"{self.train_stats.truncated} of {self.train_stats.examples} training prompts were "
+                f"cut from the left to fit training.max_length {self.tc.max_length}"
+            )
+        self.total = total_steps(self.config, len(self.train_set))
+        fused = None
+        if self.tc.liger and self.device.type == "cuda":
+            fused = liger_loss_fn()
+            log.info(
+                "liger fused linear cross-entropy: %s", "on" if fused else "not installed, using chunked loss"
+            )
+        if self.tc.compile:
+            # In place (nn.Module.compile) so parameter names, and thus saved adapters, are unchanged.
+            self.model.get_base_model().get_decoder().compile(dynamic=True)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = params
+        optimizer = torch.optim.AdamW(params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay)
+        self.scheduler = get_scheduler(
+            self.tc.lr_scheduler,
+            optimizer,
+            num_warmup_steps=self.tc.warmup_steps,
+            num_training_steps=self.total,
+        )
+        self.state = new_state()
+        self.restore_or_start()
+        self.loss_model, self.optimizer = self.acc.prepare(LossModel(self.model, fused), optimizer)
+        if self.resume_from is not None:
+            restored = ckpt.load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
+            self.state = restored["state"]
+            ckpt.set_rng_state(restored["rng"])
+        context = sum(len(ex) for ex in self.train_set) / len(self.train_set)
+        labeled = self.train_stats.labeled_tokens / max(1, self.train_stats.tokens)
+        self.flops_per_token = model_flops_per_token(self.model, context, labeled)
+
+    def restore_or_start(self) -> None:
+        """Load the adapter of the latest checkpoint (resume) or clear a previous attempt."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        root = self.run.checkpoints_dir
+        latest = ckpt.latest_checkpoint(root) if self.resume else None
+        self.resume_from = latest
+        if latest is not None:
+            weights = load_file(str(latest / "adapter" / "adapter_model.safetensors"))
+            set_peft_model_state_dict(self.model, weights)
+            step = ckpt.load_state(latest)["step"]
+            if self.main:
+                self.say(f"resuming from {latest} (step {step})")
+                keep = [r for r in _metrics_rows(self.run.metrics_log) if r.get("step", 0) <= step]
+                write_jsonl(self.run.metrics_log, keep)
+        elif self.main:
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
+            self.run.metrics_log.unlink(missing_ok=True)
+        self.acc.wait_for_everyone()
+
+    # --- one step -------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in batch.items()
+        }
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """Forward/backward every micro-batch of this rank's share of ``step``; one update."""
+        tc = self.tc
+        indices = step_example_indices(len(self.train_set), tc.batch_size, step, tc.seed)
+        examples = [self.train_set[i] for i in indices]
+        labeled = sum(ex.n_labeled for ex in examples)  # global: every rank knows the whole step
+        mine = [examples[i] for i in rank_share(range(len(examples)), self.rank, self.world)]
+        micro = plan_micro_batches(mine, tc.packing, tc.tokens_per_micro_batch, tc.micro_batch_size)
+        torch.manual_seed(step_seed(tc.seed, step, self.rank))
+        poison = (step + 1) in _fault_steps(FAULT_NAN_ENV)
+        loss_sum = torch.zeros((), device=self.device)
+        tokens = 0
+        for j, group in enumerate(micro):
+            batch = self.to_device(collate(group, tc.packing, self.pad_id))
+            # One gradient all-reduce per step, at this rank's last micro-batch.
+            sync = contextlib.nullcontext() if j == len(micro) - 1 else self.acc.no_sync(self.loss_model)
+            with sync:
+                with self.autocast():
+                    total = self.loss_model(**batch)
+                # DDP averages gradients over ranks: scale by world / labeled so the result is
+                # sum(token losses) / labeled tokens of the whole step.
+                scaled = total * (self.world / labeled)
+                if poison:
+                    scaled = scaled * float("nan")
+                self.acc.backward(scaled)
+            loss_sum += total.detach() * (float("nan") if poison else 1.0)
+            tokens += real_tokens(batch)
+        reduced = self.acc.reduce(
+            torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
+        )
+        loss = float(reduced[0]) / labeled
+        grad_norm = float(self.acc.clip_grad_norm_(self.params, tc.max_grad_norm))
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss, "grad_norm": grad_norm, "tokens": int(reduced[1]), "finite": finite, "lr": lr}
+
+    @torch.no_grad()
+    def validation_loss(self) -> float | None:
+        """Same loss definition over the whole validation split (ranks share it, then reduce)."""
+        if not self.val_set:
+            return None
+        module = self.acc.unwrap_model(self.loss_model)  # no DDP collectives per forward
+        module.eval()
+        mine = rank_share(self.val_set, self.rank, self.world)
+        total = torch.zeros((), device=self.device)
+        for group in plan_micro_batches(
+            mine, self.tc.packing, self.tc.tokens_per_micro_batch, self.tc.micro_batch_size
+        ):
+            with self.autocast():
+                total += module(**self.to_device(collate(group, self.tc.packing, self.pad_id))).float()
+        module.train()
+        labeled = sum(ex.n_labeled for ex in self.val_set)
+        return float(self.acc.reduce(total, "sum")) / labeled
+
+    # --- loop -----------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        s = self.state
+        elapsed_before = s["wall_time"]
+        session_start = time.perf_counter()
+        kill_steps = _fault_steps(FAULT_KILL_ENV)
+        writer = self.tensorboard()
+        progress, task = self.progress(s["step"])
+        n = len(self.train_set)
+        try:
+            while s["step"] < self.total and not s["stopped_early"]:
+                t0 = time.perf_counter()
+                out = self.train_step(s["step"])
+                s["train_time"] += time.perf_counter() - t0
+                s["step"] += 1
+                s["tokens"] += out["tokens"]
+                s["wall_time"] = elapsed_before + time.perf_counter() - session_start
+                if not out["finite"]:
+                    s["skipped_steps"] += 1
+                self.log_train(s, out, n, writer)
+                if not out["finite"] and s["skipped_steps"] > self.tc.max_bad_steps:
+                    raise TunebenchError(
+                        f"training aborted at step {s['step']}: {s['skipped_steps']} non-finite steps "
+                        f"(> training.max_bad_steps {self.tc.max_bad_steps}); lower training.learning_rate, "
+                        "keep training.packing on, or use model.attn_implementation: eager"
+                    )
+                if s["step"] in kill_steps:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                self.maybe_evaluate_and_save(s, writer)
+                if progress is not None:
+                    tps = s["tokens"] / max(s["train_time"], 1e-9)
+                    progress.update(task, completed=s["step"], loss=out["loss"], tps=tps)
+        except KeyboardInterrupt:
+            last = ckpt.latest_checkpoint(self.run.checkpoints_dir)
+            where = f"last checkpoint {last.name}" if last else "no checkpoint yet"
+            raise TunebenchError(
+                f"training interrupted at step {s['step']} ({where}); run the same "
+                "`tunebench train CONFIG` again to resume (--no-resume starts over)"
+            ) from None
+        except torch.cuda.OutOfMemoryError:
+            raise TunebenchError(
+                f"out of GPU memory at step {s['step'] + 1}: lower training.tokens_per_micro_batch "
+                f"(now {self.tc.tokens_per_micro_batch}) or training.micro_batch_size, or set "
+                "training.gradient_checkpointing: true"
+            ) from None
+        finally:
+            if progress is not None:
+                progress.stop()
+            if writer is not None:
+                writer.close()
+        return self.finish()
+
+    def maybe_evaluate_and_save(self, s: dict[str, Any], writer: Any) -> None:
+        tc = self.tc
+        step = s["step"]
+        final = step >= self.total
+        evaluate = step % tc.eval_every == 0 or final
+        save = evaluate or (tc.save_every is not None and step % tc.save_every == 0)
+        if evaluate:
+            val = self.validation_loss()
+            if val is not None:
+                self.log_row(
+                    {"step": step, "split": "validation", "loss": val, **self.progress_fields(s)}, writer
+                )
+                best = s["best_loss"]
+                if best is None or val < best - tc.early_stopping_min_delta:
+                    s["best_loss"], s["best_step"], s["bad_evals"] = val, step, 0
+                else:
+                    s["bad_evals"] += 1
+                    patience = tc.early_stopping_patience
+                    if patience is not None and s["bad_evals"] >= patience and not final:
+                        s["stopped_early"] = True
+                        if self.main:
+                            self.say(
+                                f"early stopping at step {step}: best validation loss {best:.4f} at step {s['best_step']}"
+                            )
+            else:  # no validation split: the latest adapter is the one kept
+                s["best_step"] = step
+        if save or s["stopped_early"]:
+            self.save(s)
+
+    def save(self, s: dict[str, Any]) -> None:
+        if self.main:
+            root = self.run.checkpoints_dir
+            ckpt.save_checkpoint(
+                root, s["step"], self.model, self.optimizer, self.scheduler, dict(s), ckpt.rng_state()
+            )
+            ckpt.prune(root, {s["step"], s["best_step"] or s["step"]})
+        self.acc.wait_for_everyone()
+
+    def finish(self) -> dict[str, Any]:
+        s = self.state
+        gpu = torch.cuda.get_device_name(0) if self.device.type == "cuda" else None
+        tps = s["tokens"] / s["train_time"] if s["train_time"] > 0 else 0.0
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        summary = {
+            "provider": "local",
+            "model": self.config.model.name,
+            "steps": s["step"],
+            "epochs": s["step"] * self.tc.batch_size / len(self.train_set),
+            "train_tokens": s["tokens"],
+            "wall_time_s": s["wall_time"],
+            "gpu_type": gpu or "cpu",
+            "gpu_count": self.world if gpu else 0,
+            "peak_memory_gb": peak,
+            "best_validation_loss": s["best_loss"],
+            "best_step": s["best_step"],
+            "tokens_per_s": tps,
+            "skipped_steps": s["skipped_steps"],
+            "mfu": mfu(tps, self.flops_per_token, gpu, self.world),
+            "flops_per_token": self.flops_per_token,
+            "stopped_early": s["stopped_early"],
+            "truncated_prompts": self.train_stats.truncated,
+            "processes": self.world,
+            "packing": self.tc.packing,
+        }
+        if self.main:
+            best = self.run.checkpoints_dir / f"step-{s['best_step']}"
+            ckpt.publish_adapter(best / "adapter", self.run.adapter_dir)
+            write_json(self.run.train_summary, summary)
+            self.run.record_stage(
+                "train",
+                steps=s["step"],
+                best_step=s["best_step"],
+                best_validation_loss=s["best_loss"],
+                wall_time_s=s["wall_time"],
+                tokens_per_s=tps,
+                gpu_type=summary["gpu_type"],
+                gpu_count=summary["gpu_count"],
+            )
+        self.acc.wait_for_everyone()
+        return summary
+
+    # --- logging --------------------------------------------------------------------------
+    def progress_fields(self, s: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "epoch": s["step"] * self.tc.batch_size / len(self.train_set),
+            "tokens": s["tokens"],
+            "wall_time": round(s["wall_time"], 3),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+
+    def log_train(self, s: dict[str, Any], out: dict[str, Any], n: int, writer: Any) -> None:
+        row = {"step": s["step"], "split": "train", "loss": out["loss"], **self.progress_fields(s)}
+        row["lr"], row["grad_norm"] = out["lr"], out["grad_norm"]
+        if not out["finite"]:
+            row["skipped"] = True
+            if self.main:
+                self.say(f"step {s['step']}: non-finite loss/gradient, update skipped")
+        self.log_row(row, writer)
+
+    def log_row(self, row: dict[str, Any], writer: Any) -> None:
+        if not self.main:
+            return
+        append_jsonl(self.run.metrics_log, {k: _json_float(v) for k, v in row.items()})
+        if writer is not None and math.isfinite(row["loss"]):
+            writer.add_scalar(f"loss/{row['split']}", row["loss"], row["step"])
+
+    def tensorboard(self) -> Any:
+        if not self.main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except Exception:  # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.run.root / "tensorboard"))
+
+    def progress(self, done: int) -> tuple[Any, Any]:
+        if not self.main or not sys.stderr.isatty():
+            return None, None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("{task.fields[tps]:.0f} tok/s"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        task = progress.add_task("train", total=self.total, completed=done, loss=float("nan"), tps=0.0)
+        progress.start()
+        return progress, task
+
+    def say(self, message: str) -> None:
+        from rich.console import Console
+
+        Console(stderr=True).print(message, highlight=False)
+
+
+def _json_float(v: Any) -> Any:
+    """NaN/inf as null in JSON (metrics.jsonl stays valid JSON)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _metrics_rows(path: Path) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path)) if path.is_file() else []
+
+
+def load_prepared_or_empty(run: RunDir, split: str) -> list[Any]:
+    from tunebench.data.prepare import load_prepared
+
+    path = run.prepared(split)
+    if not path.is_file() or not path.read_text(encoding="utf-8").strip():
+        return []
+    return load_prepared(run, split)
+
+
+def train(config: ExperimentConfig, run: RunDir, resume: bool = True) -> dict[str, Any]:
+    """LoRA-fine-tune ``config.model`` on the run's prepared train split; returns train_summary.
+
+    Writes ``metrics.jsonl``, ``checkpoints/step-N/`` (latest + best), ``adapter/`` (the best
+    adapter by validation loss), ``train_summary.json`` and the manifest's "train" stage.
+    With ``resume`` it continues from the latest checkpoint.
+    """
+    trainer = Trainer(config, run, resume)
+    trainer.setup()
+    return trainer.fit()
+
+
+__all__ = ["TokenizedExample", "train"]
