@@ -1,0 +1,105 @@
+"""Cost accounting: GPU-hours, A40 conversion, OpenAI tokens, missing prices, break-even."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_report_fixtures import make_run
+from tunebench.config import ExperimentConfig
+from tunebench.cost import HOURS_PER_MONTH, break_even, compute_cost, write_cost
+from tunebench.errors import TunebenchError
+from tunebench.io import read_json, read_jsonl
+from tunebench.prices import GPU_PRICES, OPENAI_PRICES
+
+
+def test_self_hosted_cost_from_wall_time(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "oracle", "sql", 4)
+    record = write_cost(run.load_config(), run)
+    assert read_json(run.cost_path) == record and run.stage_done("cost")
+    a40 = GPU_PRICES["A40"].price_per_hour
+    summary = read_json(run.train_summary)
+    assert record["price"]["gpu_type"] == "A40"  # "NVIDIA A40" resolved through the table
+    assert record["training"]["cost_usd"] == pytest.approx(summary["wall_time_s"] / 3600 * a40)
+    info = run.manifest()["stages"]["predict:test"]
+    inference = record["inference"]["test"]
+    assert inference["cost_usd"] == pytest.approx(info["wall_time_s"] / 3600 * a40, abs=1e-6)
+    assert inference["cost_per_1k_predictions"] == pytest.approx(
+        inference["cost_usd"] / info["n"] * 1000, abs=1e-5
+    )
+    assert "not a measurement on an A40" in record["a40_price"]["label"]
+
+
+def test_price_override_gpu_count_and_missing_gpu(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "oracle", "viggo", 4)
+    cfg = run.load_config()
+    priced = compute_cost(
+        cfg.model_copy(
+            update={"cost": cfg.cost.model_copy(update={"gpu_price_per_hour": 2.0, "price_date": "2026-01"})}
+        ),
+        run,
+    )
+    assert priced["training"]["cost_usd"] == pytest.approx(2.0)
+    assert priced["price"] == {
+        "gpu_type": "NVIDIA A40",
+        "price_per_hour": 2.0,
+        "date": "2026-01",
+        "source": "config cost.gpu_price_per_hour",
+    }
+    missing = cfg.model_copy(update={"cost": cfg.cost.model_copy(update={"gpu_type": "B300"})})
+    with pytest.raises(TunebenchError, match=r"no price for GPU 'B300'"):
+        compute_cost(missing, run)
+
+
+def test_cpu_run_has_only_the_labelled_conversion(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "perturbed", "sql", 4)  # provider base, predictions on cpu
+    record = write_cost(run.load_config(), run)
+    assert record["price"] is None and "A40 price conversion" in record["note"]
+    assert record["training_cost_usd"] == 0.0
+    info = run.manifest()["stages"]["predict:test"]
+    a40 = GPU_PRICES["A40"].price_per_hour
+    assert record["inference"]["test"]["a40_conversion_usd"] == pytest.approx(
+        info["wall_time_s"] / 3600 * a40, abs=1e-6
+    )
+    assert record["inference"]["test"]["cost_usd"] is None
+
+
+def test_openai_cost_from_tokens(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "gpt", "viggo", 6)
+    record = write_cost(run.load_config(), run)
+    price = OPENAI_PRICES["gpt-3.5-turbo-0125"]
+    trained = read_json(run.train_summary)["trained_tokens"]
+    assert record["training_cost_usd"] == pytest.approx(trained * price.training / 1e6)
+    rows = read_jsonl(run.predictions("test"))
+    expected = (
+        sum(r["prompt_tokens"] * price.input + r["completion_tokens"] * price.output for r in rows) / 1e6
+    )
+    assert record["openai"]["inference"]["test"]["cost_usd"] == pytest.approx(expected)
+    assert record["openai"]["price"]["date"] == price.date
+
+
+def test_openai_model_without_price_names_it(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "gpt", "sql", 3)
+    cfg = run.load_config()
+    unknown = cfg.model_copy(update={"openai": cfg.openai.model_copy(update={"model": "gpt-9"})})
+    with pytest.raises(TunebenchError, match="gpt-9"):
+        compute_cost(unknown, run)
+
+
+def test_break_even_maths() -> None:
+    be = break_even(price_per_hour=0.5, gpu_count=2, predictions_per_s=1.0, api_cost_per_query=0.001)
+    monthly = 0.5 * 2 * HOURS_PER_MONTH
+    assert be["monthly_self_hosted_usd"] == pytest.approx(monthly)
+    assert be["capacity_queries_per_month"] == pytest.approx(3600 * HOURS_PER_MONTH)
+    assert be["queries_per_month"] == pytest.approx(monthly / 0.001)
+    # slower than the API's price at full load: no break-even at any volume
+    never = break_even(price_per_hour=10.0, gpu_count=1, predictions_per_s=0.01, api_cost_per_query=0.001)
+    assert never["queries_per_month"] is None
+    with pytest.raises(TunebenchError):
+        break_even(1.0, 1, 0.0, 0.001)
+
+
+def test_config_cost_section_is_strict() -> None:
+    with pytest.raises(Exception, match="extra"):
+        ExperimentConfig.model_validate({"name": "x", "cost": {"gpu": "A40"}})
