@@ -12,6 +12,7 @@ The real ``openai`` SDK is pointed at ``emu.base_url``; nothing here is tunebenc
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.parser
 import email.policy
 import itertools
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -52,6 +54,9 @@ class Emulator:
     calls: list[tuple[str, str, float]] = field(default_factory=list)
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     seen_models: Counter[str] = field(default_factory=Counter)
+    delay_s: float = 0.0  # per completion request, to make concurrency observable
+    in_flight: int = 0
+    max_in_flight: int = 0
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     server: ThreadingHTTPServer | None = None
@@ -89,6 +94,19 @@ class Emulator:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+    @contextlib.contextmanager
+    def tracked(self) -> Iterator[None]:
+        """Count requests being answered at once (and hold each for ``delay_s``)."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay_s)
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     # --- files ----------------------------------------------------------------------------
     def add_file(self, filename: str, data: bytes, purpose: str) -> dict[str, Any]:
@@ -304,7 +322,9 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
             elif parts[:2] == ["fine_tuning", "jobs"] and len(parts) >= 3:
                 self.job_endpoint(method, parts[2], parts[3:])
             elif method == "POST" and parts == ["chat", "completions"]:
-                self.send(200, self.chat(json.loads(raw)))
+                with emu.tracked():
+                    answer = self.chat(json.loads(raw))
+                self.send(200, answer)
             elif method == "POST" and parts == ["completions"]:
                 self.send(200, self.completion(json.loads(raw)))
             else:
