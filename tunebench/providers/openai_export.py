@@ -272,7 +272,12 @@ class Estimate:
         return dict(self.__dict__)
 
     def lines(self) -> list[str]:
-        epochs = f"{self.epochs} ({'auto: OpenAI default rule, ' if self.epochs_auto else ''}config)"
+        how = (
+            f"auto: OpenAI's default rule for {self.n_train} examples"
+            if self.epochs_auto
+            else "openai.n_epochs"
+        )
+        epochs = f"{self.epochs} ({how})"
         return [
             f"model {self.model}: {self.n_train} training / {self.n_validation} validation examples",
             f"training tokens per epoch: {self.train_tokens:,} ({self.token_count})",
