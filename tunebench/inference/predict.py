@@ -1,0 +1,356 @@
+"""Predict stage: one split's prompts -> ``predictions/<split>.jsonl`` (resumable, atomic, timed).
+
+Providers:
+
+* ``local``: the base model with the run's LoRA adapter (``run.adapter_dir``), batched
+  generation in :mod:`tunebench.inference.local`.
+* ``base``: the base model alone: zero-shot, or k-shot with ``generation.few_shot: k``.
+* ``endpoint`` / ``openai``: requests to an OpenAI-compatible server, delegated to
+  :mod:`tunebench.inference.endpoint` (which writes and resumes its own output file).
+
+**k-shot format** (provider ``base``, ``generation.few_shot: k``): k training examples, drawn
+once with ``training.seed`` from the prepared train split (the same shots for every prompt),
+each written exactly as the model would see it in training, ``prompt + target + "\\n"``,
+followed by a blank line; then the example's own prompt. The ``prompt`` field of each
+prediction row holds the full text sent to the model.
+
+**Resume.** Finished batches are appended to ``predictions/<split>.partial.jsonl`` (fsync'd per
+batch) beside ``<split>.partial.json`` (a fingerprint of model, adapter and decoding settings,
+and the generation time so far). A rerun with the same fingerprint skips the ids already there;
+a different fingerprint starts over. At the end the rows are sorted into example order,
+written atomically to ``<split>.jsonl``, and the partial files are removed.
+
+``TUNEBENCH_FAULT_AFTER_BATCHES=N`` raises ``KeyboardInterrupt`` after N batches have been
+written: a deliberate crash, used by the tests (and by anyone checking resume on real hardware).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tunebench.config import ExperimentConfig
+from tunebench.data.prepare import load_prepared
+from tunebench.errors import TunebenchError
+from tunebench.io import iter_jsonl, read_json, write_json, write_jsonl
+from tunebench.rundir import RunDir
+from tunebench.tasks import Example, Task, get_task
+
+FAULT_ENV = "TUNEBENCH_FAULT_AFTER_BATCHES"
+
+
+def predict(config: ExperimentConfig, run: RunDir, split: str) -> Path:
+    """Generate predictions for ``split`` into ``run.predictions(split)``; returns that path."""
+    task = get_task(config.task)
+    examples = load_prepared(run, split)
+    if config.provider in ("endpoint", "openai"):
+        return predict_remote(config, run, split, task, examples)
+    return predict_local(config, run, split, task, examples)
+
+
+# --- prompts -----------------------------------------------------------------------------
+def few_shot_prefix(config: ExperimentConfig, run: RunDir, task: Task) -> str:
+    """The k-shot block prepended to every prompt ("" for zero-shot); format in the module doc."""
+    k = config.generation.few_shot
+    if k == 0:
+        return ""
+    train = load_prepared(run, "train")
+    if len(train) < k:
+        raise TunebenchError(f"generation.few_shot: {k} shots requested, the train split has {len(train)}")
+    shots = random.Random(config.training.seed).sample(train, k)
+    return "".join(f"{s.prompt}{s.completion}{task.completion_suffix}\n" for s in shots)
+
+
+def model_prompts(config: ExperimentConfig, run: RunDir, task: Task, examples: list[Example]) -> list[str]:
+    prefix = few_shot_prefix(config, run, task) if config.provider == "base" else ""
+    return [prefix + ex.prompt for ex in examples]
+
+
+# --- resume bookkeeping -------------------------------------------------------------------
+def partial_paths(final: Path) -> tuple[Path, Path]:
+    stem = final.name.removesuffix(".jsonl")
+    return final.with_name(f"{stem}.partial.jsonl"), final.with_name(f"{stem}.partial.json")
+
+
+def fingerprint(config: ExperimentConfig, run: RunDir, split: str) -> str:
+    """What the predictions depend on: a changed adapter or decoding setting voids a partial file."""
+    adapter = []
+    if config.provider == "local" and run.adapter_dir.is_dir():
+        for path in sorted(run.adapter_dir.iterdir()):
+            if path.is_file():
+                stat = path.stat()
+                adapter.append([path.name, stat.st_size, stat.st_mtime_ns])
+    payload = {
+        "split": split,
+        "provider": config.provider,
+        "model": config.model.model_dump(mode="json"),
+        "task": config.task.model_dump(mode="json"),
+        "generation": config.generation.model_dump(mode="json"),
+        "seed": config.training.seed,
+        "adapter": adapter,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_partial(partial: Path, meta_path: Path, key: str) -> tuple[dict[str, dict[str, Any]], float]:
+    """Rows already generated (by id) and generation seconds spent on them, if still valid."""
+    if not partial.is_file() or not meta_path.is_file():
+        return {}, 0.0
+    meta = read_json(meta_path)
+    if meta.get("fingerprint") != key:
+        partial.unlink()
+        return {}, 0.0
+    rows: dict[str, dict[str, Any]] = {}
+    lines = partial.read_text(encoding="utf-8").splitlines()
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a torn last line from a crash mid-write: regenerate that batch
+        rows[row["id"]] = row
+    return rows, float(meta.get("generation_s", 0.0))
+
+
+def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append a finished batch with one write and one fsync (per-row fsyncs cost seconds on a GPU run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finish_file(final: Path, examples: list[Example], rows: dict[str, dict[str, Any]]) -> None:
+    write_jsonl(final, (rows[ex.id] for ex in examples))
+    for path in partial_paths(final):
+        path.unlink(missing_ok=True)
+
+
+def fault_after() -> int | None:
+    value = os.environ.get(FAULT_ENV)
+    if not value:
+        return None
+    if not value.isdigit():
+        raise TunebenchError(f"{FAULT_ENV}={value!r}: expected a number of batches")
+    return int(value)
+
+
+# --- local / base ---------------------------------------------------------------------------
+def predict_local(
+    config: ExperimentConfig, run: RunDir, split: str, task: Task, examples: list[Example]
+) -> Path:
+    """Batched generation with the base model (+ the run's adapter for provider local)."""
+    from tunebench.inference.local import SamplingParams, generate_adaptive, load_generator
+
+    final = run.predictions(split)
+    partial, meta_path = partial_paths(final)
+    key = fingerprint(config, run, split)
+    done, spent = load_partial(partial, meta_path, key)
+    resumed = len(done)
+    prompts = model_prompts(config, run, task, examples)
+    gen = config.generation
+    start_load = time.perf_counter()
+    adapter = run.adapter_dir if config.provider == "local" else None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise TunebenchError(
+            f"{adapter}: no LoRA adapter; run `tunebench train` first (or use provider: base)"
+        )
+    generator = load_generator(config.model, adapter, merge=gen.merge_adapter, long_prompts=gen.long_prompts)
+    load_s = time.perf_counter() - start_load
+    params = SamplingParams(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        n=gen.num_candidates,
+        stop_on_newline=task.stops_on_newline,
+        seed=config.training.seed if gen.do_sample else None,
+    )
+    todo = [i for i, ex in enumerate(examples) if ex.id not in done]
+    batches = length_sorted_batches(generator, [prompts[i] for i in todo], gen.batch_size)
+    write_json(meta_path, {"fingerprint": key, "generation_s": spent})
+    limit = fault_after()
+    started = time.perf_counter()
+    with ProgressBar(split, len(examples), resumed) as advance:
+        for number, batch in enumerate(batches, start=1):
+            indexes = [todo[j] for j in batch]
+            results = generate_adaptive(
+                generator, [prompts[i] for i in indexes], params, [examples[i].id for i in indexes]
+            )
+            rows = [
+                prediction_row(task, examples[i], prompts[i], r)
+                for i, r in zip(indexes, results, strict=True)
+            ]
+            append_rows(partial, rows)
+            done.update((row["id"], row) for row in rows)
+            write_json(meta_path, {"fingerprint": key, "generation_s": spent + time.perf_counter() - started})
+            advance(len(indexes))
+            if limit is not None and number >= limit:
+                raise KeyboardInterrupt(f"{FAULT_ENV}={limit}: stopped after {number} batches")
+    generation_s = spent + time.perf_counter() - started
+    finish_file(final, examples, done)
+    rows = [done[ex.id] for ex in examples]
+    info = timing_info(rows, generation_s)
+    info.update(
+        load_time_s=round(load_s, 3),
+        provider=config.provider,
+        batch_size=gen.batch_size,
+        merged_adapter=bool(adapter is not None and gen.merge_adapter),
+        few_shot=gen.few_shot if config.provider == "base" else 0,
+        truncated_prompts=sum(1 for r in rows if r.get("truncated")),
+        resumed_rows=resumed,
+        dtype=str(generator.dtype).removeprefix("torch."),
+    )
+    run.record_stage(f"predict:{split}", **info)
+    return final
+
+
+def length_sorted_batches(generator: Any, prompts: list[str], batch_size: int) -> list[list[int]]:
+    """Indexes into ``prompts`` in batches of similar token length, longest batch first.
+
+    Similar lengths waste little compute on padding; the longest batch needs the most memory,
+    so running it first surfaces an out-of-memory error at once instead of at the end.
+    """
+    if not prompts:
+        return []
+    lengths = [len(t) for t in generator.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def prediction_row(task: Task, example: Example, prompt: str, result: Any) -> dict[str, Any]:
+    """One predictions-file row (format in notes/TEAM.md)."""
+    first = result.completions[0]
+    row: dict[str, Any] = {
+        "id": example.id,
+        "prompt": prompt,
+        "prediction": task.postprocess(first.text),
+        "gold": example.completion,
+        **task.eval_fields(example),
+        "raw": first.text,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": sum(c.completion_tokens for c in result.completions),
+        "finish_reason": first.finish_reason,
+    }
+    if len(result.completions) > 1:
+        row["candidates"] = [task.postprocess(c.text) for c in result.completions]
+        row["candidates_raw"] = [c.text for c in result.completions]
+    if result.truncated:
+        row["truncated"] = True
+    return row
+
+
+def timing_info(rows: list[dict[str, Any]], wall_time_s: float) -> dict[str, Any]:
+    """The manifest's predict-stage record (TEAM.md: timing of predictions)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    prompt_tokens = sum(int(r.get("prompt_tokens") or 0) for r in rows)
+    completion_tokens = sum(int(r.get("completion_tokens") or 0) for r in rows)
+    return {
+        "wall_time_s": round(wall_time_s, 3),
+        "n": len(rows),
+        "predictions_per_s": round(len(rows) / wall_time_s, 3) if wall_time_s > 0 else None,
+        "gpu_type": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "gpu_count": 1 if cuda else 0,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "completion_tokens_per_s": round(completion_tokens / wall_time_s, 1) if wall_time_s > 0 else None,
+    }
+
+
+class ProgressBar:
+    """A rich progress bar with predictions/s; ``advance(n)`` after each batch."""
+
+    def __init__(self, split: str, total: int, done: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn(f"predict {split}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not sys.stderr.isatty(),
+        )
+        self.task = self.progress.add_task("predict", total=total, completed=done, rate="")
+        self.count = 0
+        self.start = time.perf_counter()
+
+    def __enter__(self) -> Any:
+        self.progress.start()
+        return self.advance
+
+    def advance(self, n: int) -> None:
+        self.count += n
+        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+        self.progress.update(self.task, advance=n, rate=f"{rate:.1f} pred/s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+# --- endpoint / openai ------------------------------------------------------------------------
+def predict_remote(
+    config: ExperimentConfig, run: RunDir, split: str, task: Task, examples: list[Example]
+) -> Path:
+    """Predictions from an OpenAI-compatible server (a fine-tuned OpenAI model or any endpoint)."""
+    from tunebench.inference.endpoint import predict_endpoint
+
+    gen = config.generation
+    if config.provider == "endpoint":
+        assert config.endpoint is not None  # the config validator guarantees it
+        e = config.endpoint
+        settings: dict[str, Any] = {
+            "base_url": e.base_url,
+            "model": e.model,
+            "api": e.api,
+            "api_key_env": e.api_key_env,
+            "max_concurrency": e.max_concurrency,
+            "max_retries": e.max_retries,
+        }
+    else:
+        settings = {
+            "base_url": config.openai.base_url,
+            "model": fine_tuned_model(run),
+            "api": "chat",
+            "api_key_env": "OPENAI_API_KEY",
+            "max_concurrency": config.openai.max_concurrency,
+            "max_retries": 5,
+        }
+    final = run.predictions(split)
+    started = time.perf_counter()
+    predict_endpoint(
+        examples,
+        task=task,
+        max_new_tokens=gen.max_new_tokens,
+        temperature=gen.temperature if gen.do_sample else 0.0,
+        out_path=final,
+        resume=True,
+        **settings,
+    )
+    wall = time.perf_counter() - started
+    rows = list(iter_jsonl(final))
+    info = timing_info(rows, wall)
+    info.update(gpu_type=None, gpu_count=0, provider=config.provider, model=settings["model"])
+    run.record_stage(f"predict:{split}", **info)
+    return final
+
+
+def fine_tuned_model(run: RunDir) -> str:
+    """The OpenAI fine-tuned model name the train stage recorded."""
+    if not run.train_summary.is_file():
+        raise TunebenchError(f"{run.train_summary}: missing; run `tunebench train` for the OpenAI job first")
+    name = read_json(run.train_summary).get("fine_tuned_model")
+    if not name:
+        raise TunebenchError(f"{run.train_summary}: field 'fine_tuned_model': missing (job not finished?)")
+    return str(name)
