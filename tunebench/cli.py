@@ -259,6 +259,72 @@ def config_reference() -> None:
     print(reference_markdown())
 
 
+# --- tunebench openai ... : the OpenAI fine-tuning provider's own commands -------------------
+openai_app = typer.Typer(help="OpenAI fine-tuning: export files, estimate cost, train, status, cancel.")
+app.add_typer(openai_app, name="openai")
+RunDirArg = Annotated[Path, typer.Argument(help="Run directory (runs/<name>).", show_default=False)]
+
+
+@openai_app.command("export")
+def openai_export(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Write and validate RUN/openai/{train,validation}.jsonl (OpenAI chat format); no upload."""
+    from tunebench.pipeline import open_run
+    from tunebench.providers.openai import export_files
+
+    cfg = load_config(config, overrides)
+    for split, info in export_files(cfg, open_run(cfg)).items():
+        console.print(f"{split}: {len(info['rows'])} examples -> {info['path']}")
+
+
+@openai_app.command("estimate")
+def openai_estimate(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Export, validate and print the estimated training cost; nothing is uploaded."""
+    from tunebench.pipeline import open_run
+    from tunebench.providers.openai import estimate_for, export_files
+
+    cfg = load_config(config, overrides)
+    for line in estimate_for(cfg, export_files(cfg, open_run(cfg))).lines():
+        Console().print(line, highlight=False)
+
+
+@openai_app.command("train")
+def openai_train(
+    config: ConfigArg,
+    yes: Annotated[bool, typer.Option("--yes", help="Allow spending: upload and start the job.")] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option("--retry-failed", help="After a failed/cancelled job, create a NEW job (billed again)."),
+    ] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Run (or resume following) the run's OpenAI fine-tuning job."""
+    from tunebench.pipeline import open_run
+    from tunebench.providers.openai import train_openai
+
+    cfg = load_config(config, overrides)
+    summary = train_openai(cfg, open_run(cfg), yes=yes, retry_failed=retry_failed)
+    Console().print_json(json.dumps(summary, default=str))
+
+
+@openai_app.command("status")
+def openai_status(run_dir: RunDirArg) -> None:
+    """Show what RUN/openai_job.json records: job id, status, files, error (no network)."""
+    from tunebench.providers.openai import status
+    from tunebench.rundir import RunDir
+
+    Console().print_json(json.dumps(status(RunDir(run_dir)), default=str))
+
+
+@openai_app.command("cancel")
+def openai_cancel(run_dir: RunDirArg) -> None:
+    """Cancel the run's remote OpenAI job."""
+    from tunebench.providers.openai import cancel_job
+    from tunebench.rundir import RunDir
+
+    run = RunDir(run_dir)
+    console.print(f"job status: {cancel_job(run, run.load_config().openai.base_url)}")
+
+
 def main() -> None:
     """Entry point: one-line errors, no tracebacks (unless TUNEBENCH_DEBUG=1)."""
     from pydantic import ValidationError
