@@ -44,6 +44,7 @@ class Emulator:
     api_key: str = "sk-test-emulator-key-0123456789"
     answers: dict[str, str] = field(default_factory=dict)
     job_outcome: str = "succeeded"  # or "failed"
+    hold_running: bool = False  # jobs never get past "running" (to test interrupting a follow)
     job_error: str = "The job failed due to an invalid training file. Line 3: missing assistant message."
     steps: int = 6
     trained_tokens: int = 12345
@@ -182,6 +183,8 @@ class Emulator:
             return
         job["_polls"] += 1
         status = PROGRESSION[min(job["_polls"], len(PROGRESSION) - 1)]
+        if self.hold_running and status == "succeeded":
+            status = "running"
         if status == "running" and job["status"] != "running":
             self.add_event(job["id"], "Fine-tuning job started")
         if status == "running":

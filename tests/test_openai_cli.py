@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +69,62 @@ def test_cli_estimate_refusal_train_and_status(tmp_path: Path, emu: Emulator) ->
     status = cli("openai", "status", str(tmp_path / "runs" / "cli"), key=None)
     assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
     assert emu.count("POST", "/v1/fine_tuning/jobs") == 1
+
+
+def write_config(tmp_path: Path, emu: Emulator) -> Path:
+    config = tmp_path / "oai.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ctrl-c",
+                "runs_dir": str(tmp_path / "runs"),
+                "provider": "openai",
+                "task": {"name": "viggo", "max_train_examples": 20, "max_eval_examples": 5},
+                "openai": {"base_url": emu.base_url, "poll_interval_s": 0.05, "yes": True},
+            }
+        )
+    )
+    return config
+
+
+def start_following(config: Path, emu: Emulator, stdin: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OPENAI_API_KEY": emu.api_key}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunebench", "train", str(config)],
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while emu.count("GET", f"/v1/fine_tuning/jobs/{next(iter(emu.jobs), '?')}") < 3:
+        assert time.monotonic() < deadline and proc.poll() is None, "the job was never followed"
+        time.sleep(0.05)
+    return proc
+
+
+def test_ctrl_c_without_a_terminal_leaves_the_job_running(tmp_path: Path, emu: Emulator) -> None:
+    emu.hold_running = True
+    proc = start_following(write_config(tmp_path, emu), emu, subprocess.DEVNULL)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == 130
+    job = next(iter(emu.jobs.values()))
+    assert job["status"] == "running" and emu.count("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel") == 0
+    assert "keeps running at OpenAI" in text and "tunebench openai cancel" in text
+
+
+def test_ctrl_c_on_a_terminal_asks_and_cancels(tmp_path: Path, emu: Emulator) -> None:
+    emu.hold_running = True
+    master, slave = pty.openpty()
+    try:
+        proc = start_following(write_config(tmp_path, emu), emu, slave)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        os.write(master, b"y\n")
+        proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    job = next(iter(emu.jobs.values()))
+    assert job["status"] == "cancelled" and emu.count("POST", f"/v1/fine_tuning/jobs/{job['id']}/cancel") == 1
+    state = json.loads((tmp_path / "runs" / "ctrl-c" / "openai_job.json").read_text())
+    assert state["status"] == "cancelled"
