@@ -17,16 +17,9 @@ from tests.openai_emulator import Emulator
 from tunebench.config import ExperimentConfig
 from tunebench.data.prepare import load_prepared
 from tunebench.errors import TunebenchError
-from tunebench.evaluation import evaluate
 from tunebench.io import read_json, read_jsonl
-from tunebench.pipeline import open_run
-from tunebench.providers.openai import (
-    FAULT_ENV,
-    InjectedFault,
-    predict_openai,
-    state_path,
-    train_openai,
-)
+from tunebench.pipeline import evaluate_stage, open_run, predict_stage
+from tunebench.providers.openai import FAULT_ENV, InjectedFault, state_path, train_openai
 
 
 @pytest.fixture
@@ -119,17 +112,18 @@ def test_full_lifecycle_then_predict_and_evaluate(tmp_path: Path, emu: Emulator,
     assert train_openai(cfg, run, yes=True, console=recording_console())["job_id"] == job["id"]
     assert len(emu.calls) == calls
 
-    # predictions with the fine-tuned model, then the viggo scorer
+    # predictions with the fine-tuned model (the pipeline's predict stage), then the viggo scorer
     test = load_prepared(run, "test")
     emu.answers = {ex.fields["sentence"]: ex.completion for ex in test[:9]}
-    info = predict_openai(cfg, run, "test")
+    predict_stage(cfg, run, "test")
     assert emu.seen_models == {job["fine_tuned_model"]: 12}
-    assert info["n"] == 12 and run.stage_done("predict:test")
+    assert run.manifest()["stages"]["predict:test"]["n"] == 12
     rows = read_jsonl(run.predictions("test"))
     assert [r["id"] for r in rows] == [ex.id for ex in test]
     assert rows[0]["prediction"] == test[0].completion and rows[0]["finish_reason"] == "stop"
-    metrics = evaluate("viggo", run.predictions("test"), run.eval_dir("test"), {})
+    metrics = evaluate_stage(cfg, run, "test")
     assert metrics["exact_match"] == pytest.approx(9 / 12)
+    assert read_json(run.eval_dir("test") / "metrics.json")["exact_match"] == pytest.approx(9 / 12)
 
     # the key is in no file of the run directory
     for path in run.root.rglob("*"):

@@ -479,35 +479,7 @@ def finish(
     return summary
 
 
-# --- predictions ---------------------------------------------------------------------------------
-def predict_openai(config: ExperimentConfig, run: RunDir, split: str) -> dict[str, Any]:
-    """Predict ``split`` with the run's fine-tuned model (chat completions, temperature 0)."""
-    from tunebench.data.prepare import load_prepared
-    from tunebench.inference.endpoint import predict_endpoint
-    from tunebench.tasks import get_task
-
-    if not run.train_summary.is_file():
-        raise TunebenchError(f"{run.train_summary}: no fine-tuned model yet; run the train stage first")
-    model = read_json(run.train_summary).get("fine_tuned_model")
-    if not model:
-        raise TunebenchError(f"{run.train_summary}: field 'fine_tuned_model' is missing")
-    info = predict_endpoint(
-        load_prepared(run, split),
-        task=get_task(config.task),
-        base_url=config.openai.base_url,
-        model=model,
-        api="chat",
-        max_new_tokens=config.generation.max_new_tokens,
-        temperature=0.0,
-        api_key_env=API_KEY_ENV,
-        max_concurrency=config.openai.max_concurrency,
-        max_retries=SDK_RETRIES,
-        out_path=run.predictions(split),
-    )
-    run.record_stage(f"predict:{split}", **info)
-    return info
-
-
+# --- status ----------------------------------------------------------------------------------
 def status(run: RunDir) -> dict[str, Any]:
     """What ``openai_job.json`` records (no network): for ``tunebench openai status``."""
     state = load_state(run)
