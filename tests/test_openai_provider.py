@@ -105,7 +105,12 @@ def test_full_lifecycle_then_predict_and_evaluate(tmp_path: Path, emu: Emulator,
     assert [m["step"] for m in valid] == [2, 4, 6] and valid[0]["loss"] == 1.1
     assert summary["best_validation_loss"] == valid[-1]["loss"] and summary["best_step"] == 6
     assert run.stage_done("train")
-    assert "Step 2/6" in console.export_text()
+    shown = console.export_text()
+    assert (
+        shown.index("Fine-tuning job started")
+        < shown.index("Step 2/6")
+        < shown.index("successfully completed")
+    )
 
     # a rerun after success does nothing remote
     calls = len(emu.calls)

@@ -319,7 +319,7 @@ def new_events(client: Any, job_id: str, seen: set[str]) -> list[Any]:
     page = client.fine_tuning.jobs.list_events(job_id, limit=50)
     fresh = [e for e in page.data if e.id not in seen]
     seen.update(e.id for e in fresh)
-    return sorted(fresh, key=lambda e: e.created_at)
+    return sorted(reversed(fresh), key=lambda e: e.created_at)  # stable: same-second events keep order
 
 
 def event_step(event: Any) -> tuple[int | None, int | None]:
