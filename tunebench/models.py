@@ -226,7 +226,7 @@ def resolve_model_dir(name_or_path: str, cache_dir: str | None = None) -> str:
         if path.suffix.lower() != ".gguf":
             raise TunebenchError(f"{path}: not a model folder or a .gguf file")
         return str(_resolve_gguf(path, cache_root(cache_dir)))
-    looks_local = name.startswith((".", "/", "~")) or name.lower().endswith(".gguf") or os.sep in name[:1]
+    looks_local = name.startswith((".", "/", "~")) or name.lower().endswith(".gguf")
     if not looks_local and _HUB_ID.match(name):
         return name
     raise TunebenchError(
@@ -235,13 +235,17 @@ def resolve_model_dir(name_or_path: str, cache_dir: str | None = None) -> str:
     )
 
 
-def _resolve_preset(preset: Preset, root: Path) -> Path:
+def _resolve_preset(preset: Preset, root: Path, local: tuple[Path, str] | None = None) -> Path:
+    """The preset's cache folder, converting on first use from its packages (or from ``local``:
+    an already-verified ``(gguf_path, sha256)`` of the same file)."""
     target = root / preset.name
     if _cached(target, preset.sha256):
         return target
-    files = _preset_files(preset)
+    files = [local[0]] if local else _preset_files(preset)
     with _staging(root, preset.name) as stage:
-        if len(files) == 1:
+        if local:
+            gguf_path, (size, digest) = local[0], (preset.size, local[1])
+        elif len(files) == 1:
             gguf_path = files[0]
             size, digest = gguf_path.stat().st_size, _sha256(gguf_path)
         else:
@@ -266,7 +270,24 @@ def _resolve_preset(preset: Preset, root: Path) -> Path:
         return _publish(out, target)
 
 
+def _preset_of(path: Path) -> tuple[Preset, str] | None:
+    """The preset whose GGUF ``path`` is (same size, then same SHA-256), with the digest."""
+    size = path.stat().st_size
+    candidates = [p for p in PRESETS.values() if p.size == size]
+    if not candidates:
+        return None
+    digest = _sha256(path)
+    return next(((p, digest) for p in candidates if p.sha256 == digest), None)
+
+
 def _resolve_gguf(path: Path, root: Path) -> Path:
+    # A preset's own GGUF (e.g. reassembled by hand where its packages cannot be installed) goes
+    # to the preset's cache folder with the preset's stop ids, so its name works from then on.
+    # Costs one SHA-256 pass (~1 s per GB) per call, only for files of a preset's exact size.
+    match = _preset_of(path)
+    if match is not None:
+        preset, digest = match
+        return _resolve_preset(preset, root, local=(path, digest))
     key = _file_key(path)
     target = root / f"gguf-{path.stem}-{key[:10]}"
     if _cached(target, key):
