@@ -28,13 +28,13 @@ from tunebench.tasks.base import Example, Task
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 
 
-def read_api_key(api_key_env: str, base_url: str | None) -> str:
-    """The key from ``$api_key_env``; local servers that ignore keys get a placeholder."""
+def read_api_key(api_key_env: str, base_url: str | None, required: bool = False) -> str:
+    """The key from ``$api_key_env``; local servers that ignore keys get a placeholder unless ``required``."""
     key = os.environ.get(api_key_env, "").strip()
     if key:
         return key
     host = urlparse(base_url or "").hostname
-    if host in LOCAL_HOSTS:
+    if host in LOCAL_HOSTS and not required:
         return "no-key-needed"
     where = base_url or "the OpenAI API"
     raise TunebenchError(f"${api_key_env} is not set: export your API key for {where} in that variable")

@@ -144,7 +144,7 @@ def train_openai(
             f"not starting a paid OpenAI fine-tuning job (estimated ${estimate.cost_usd:,.2f}); "
             "rerun with --yes or set openai.yes: true to upload the files and start it"
         )
-    key = read_api_key(API_KEY_ENV, cfg.base_url if cfg.base_url else "https://api.openai.com/v1")
+    key = read_api_key(API_KEY_ENV, cfg.base_url or "https://api.openai.com/v1", required=True)
     client = make_client(cfg.base_url, key, SDK_RETRIES)
     try:
         if not state.get("job_id"):
@@ -350,7 +350,7 @@ def cancel_job(run: RunDir, base_url: str | None = None) -> str:
     state = load_state(run)
     if not state.get("job_id"):
         raise TunebenchError(f"{state_path(run)}: no OpenAI job recorded for this run")
-    key = read_api_key(API_KEY_ENV, base_url or "https://api.openai.com/v1")
+    key = read_api_key(API_KEY_ENV, base_url or "https://api.openai.com/v1", required=True)
     client = make_client(base_url, key, SDK_RETRIES)
     job = client.fine_tuning.jobs.cancel(state["job_id"])
     record_status(run, state, job)
