@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,47 +75,9 @@ def default_device() -> str:
 
 def load_base_model(model_cfg: ModelConfig, device: str) -> tuple[Any, Any]:
     """Base model + tokenizer through :mod:`tunebench.models` (presets, GGUF, dtype rules)."""
-    try:
-        from tunebench.models import load_model
-    except ImportError:  # TODO(models.py): drop this fallback once tunebench.models lands
-        return _load_plain(model_cfg, device)
+    from tunebench.models import load_model
+
     return load_model(model_cfg, device=device, for_training=False)
-
-
-def _load_plain(model_cfg: ModelConfig, device: str) -> tuple[Any, Any]:
-    """A local safetensors folder with plain transformers (fallback until models.py exists)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(model_cfg.name)
-    if not path.is_dir():
-        raise TunebenchError(f"model.name: {model_cfg.name}: not a local model folder")
-    dtype = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-    chosen = dtype[model_cfg.dtype] or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=chosen).to(device)
-    return model, AutoTokenizer.from_pretrained(path)
-
-
-def model_stop_ids(tokenizer: Any, generation_config: Any) -> list[int]:
-    """Token ids that end a generation (generation config's EOS list + the tokenizer's EOS)."""
-    try:
-        from tunebench.models import stop_token_ids
-    except ImportError:
-        ids = getattr(generation_config, "eos_token_id", None)
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-            ids.append(tokenizer.eos_token_id)
-        return ids
-    return list(stop_token_ids(tokenizer, generation_config))
-
-
-def model_pad_id(tokenizer: Any, generation_config: Any) -> int:
-    try:
-        from tunebench.models import pad_token_id
-    except ImportError:
-        pad = getattr(generation_config, "pad_token_id", None)
-        pad = tokenizer.pad_token_id if pad is None else pad
-        return int(pad if pad is not None else model_stop_ids(tokenizer, generation_config)[0])
-    return int(pad_token_id(tokenizer, generation_config))
 
 
 def apply_adapter(model: Any, adapter_dir: Path, merge: bool) -> Any:
@@ -229,9 +191,11 @@ class LocalGenerator:
         self.tokenizer = tokenizer
         self.device = device
         self.long_prompts = long_prompts
+        from tunebench.models import pad_token_id, stop_token_ids
+
         source = getattr(model, "generation_config", None)
-        self.stop_ids = model_stop_ids(tokenizer, source)
-        self.pad_id = model_pad_id(tokenizer, source)
+        self.stop_ids = stop_token_ids(tokenizer, source)
+        self.pad_id = pad_token_id(tokenizer, source)
         # A clean generation config: the checkpoint's own defaults (repetition_penalty, top_k,
         # sampling on for chat models) must not leak into the study's plain greedy decoding.
         model.generation_config = GenerationConfig(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
@@ -284,6 +248,12 @@ class LocalGenerator:
 
         if not prompts:
             return []
+        if params.n > 1 and not params.do_sample:
+            # greedy candidates are all the same: decode once, copy (generate refuses n>1 greedy)
+            single = self.generate(prompts, replace(params, n=1), ids)
+            for result in single:
+                result.completions = [replace(result.completions[0]) for _ in range(params.n)]
+            return single
         token_lists, cut = self.encode(prompts, params.max_new_tokens, ids)
         input_ids, attention_mask = self._left_pad(token_lists)
         prompt_len = input_ids.shape[1]

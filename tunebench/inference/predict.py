@@ -38,7 +38,7 @@ from typing import Any
 from tunebench.config import ExperimentConfig
 from tunebench.data.prepare import load_prepared
 from tunebench.errors import TunebenchError
-from tunebench.io import iter_jsonl, read_json, write_json, write_jsonl
+from tunebench.io import read_json, write_json, write_jsonl
 from tunebench.rundir import RunDir
 from tunebench.tasks import Example, Task, get_task
 
@@ -328,8 +328,7 @@ def predict_remote(
             "max_retries": 5,
         }
     final = run.predictions(split)
-    started = time.perf_counter()
-    predict_endpoint(
+    info = predict_endpoint(
         examples,
         task=task,
         max_new_tokens=gen.max_new_tokens,
@@ -338,11 +337,7 @@ def predict_remote(
         resume=True,
         **settings,
     )
-    wall = time.perf_counter() - started
-    rows = list(iter_jsonl(final))
-    info = timing_info(rows, wall)
-    info.update(gpu_type=None, gpu_count=0, provider=config.provider, model=settings["model"])
-    run.record_stage(f"predict:{split}", **info)
+    run.record_stage(f"predict:{split}", **info, provider=config.provider)
     return final
 
 
