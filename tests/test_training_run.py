@@ -1,0 +1,201 @@
+"""Training runs end to end on the tiny real model and real SQL data (CPU, a few steps each):
+determinism, resume after a real SIGKILL, early stopping, skipped non-finite steps, and the
+2-process gloo run equal to the 1-process one."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tunebench.config import load_experiment
+from tunebench.errors import TunebenchError
+from tunebench.io import read_json, read_jsonl
+from tunebench.pipeline import open_run
+from tunebench.training import train
+from tunebench.training.loop import FAULT_KILL_ENV, FAULT_NAN_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(tmp: Path, model: Path, data: Path, name: str, **training: Any) -> Path:
+    lora = training.pop("lora", {"dropout": 0.0})
+    cfg = {
+        "name": name,
+        "runs_dir": str(tmp / "runs"),
+        "model": {"name": str(model)},
+        "task": {"data_dir": str(data), "max_train_examples": 32, "max_eval_examples": 8},
+        "lora": lora,
+        "training": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "eval_every": 2,
+            "warmup_steps": 1,
+            "learning_rate": 2e-3,
+            "tokens_per_micro_batch": 512,  # ~2 micro-batches per step: accumulation is exercised
+            "early_stopping_patience": None,
+            **training,
+        },
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def run_train(path: Path, resume: bool = True) -> tuple[dict[str, Any], Path]:
+    cfg = load_experiment(path)
+    run = open_run(cfg)
+    return train(cfg, run, resume=resume), run.root
+
+
+def losses(root: Path, split: str = "train") -> list[float | None]:
+    return [r["loss"] for r in read_jsonl(root / "metrics.jsonl") if r["split"] == split]
+
+
+def adapter(root: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(root / "adapter" / "adapter_model.safetensors"))
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (FAULT_KILL_ENV, FAULT_NAN_ENV)}
+    env["PYTHONPATH"] = str(REPO)
+    return {**env, **extra}
+
+
+def test_identical_runs_give_identical_curves_and_files(tmp_path, tiny_model_dir, data_dir) -> None:
+    _a, root_a = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "a"))
+    _b, root_b = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "b"))
+    assert losses(root_a) == losses(root_b) and len(losses(root_a)) == 4
+    assert losses(root_a, "validation") == losses(root_b, "validation")
+    assert losses(root_a)[-1] < losses(root_a)[0]  # it learns
+    wa, wb = adapter(root_a), adapter(root_b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summary = read_json(root_a / "train_summary.json")
+    for key in (
+        "steps",
+        "train_tokens",
+        "tokens_per_s",
+        "best_validation_loss",
+        "best_step",
+        "skipped_steps",
+    ):
+        assert key in summary
+    assert summary["steps"] == 4 and summary["gpu_type"] == "cpu" and summary["skipped_steps"] == 0
+    rows = read_jsonl(root_a / "metrics.jsonl")
+    assert {"step", "split", "loss", "epoch", "tokens", "wall_time", "lr"} <= rows[0].keys()
+    assert [r["tokens"] for r in rows if r["split"] == "train"] == sorted({r["tokens"] for r in rows})
+    manifest = read_json(root_a / "manifest.json")
+    assert manifest["stages"]["train"]["best_step"] == summary["best_step"]
+    # the final adapter is the best checkpoint's; only latest + best checkpoints are kept
+    kept = sorted(p.name for p in (root_a / "checkpoints").iterdir())
+    assert f"step-{summary['best_step']}" in kept and "step-4" in kept and len(kept) <= 2
+    # a padded (non-packed) run sees the same loss: packing changes the speed, not the maths
+    _c, root_c = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "c", packing=False, max_steps=1))
+    assert losses(root_c)[0] == pytest.approx(losses(root_a)[0], rel=1e-5)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir, data_dir) -> None:
+    opts = {"max_steps": 6, "lora": {"dropout": 0.1}}  # dropout on: the RNG must resume too
+    full, root_full = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "full", **opts))
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "killed", **opts)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunebench", "train", str(path)],
+        env=cli_env(**{FAULT_KILL_ENV: "5"}),  # killed after step 5's update; last checkpoint: step 4
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    root = tmp_path / "runs" / "killed"
+    assert max(r["step"] for r in read_jsonl(root / "metrics.jsonl")) == 5
+    assert not (root / "adapter").exists()
+    resumed, _ = run_train(path)
+    assert resumed["steps"] == 6
+    assert resumed["best_validation_loss"] == pytest.approx(full["best_validation_loss"], rel=1e-6)
+    assert losses(root) == pytest.approx(losses(root_full), rel=1e-6)  # step 5 logged once, redone
+    wa, wb = adapter(root), adapter(root_full)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-7) for k in wa)
+
+
+def test_early_stopping_keeps_the_best_adapter(tmp_path, tiny_model_dir, data_dir) -> None:
+    path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        data_dir,
+        "early",
+        learning_rate=0.3,  # far too high: validation loss climbs after the first steps
+        lr_scheduler="constant",
+        warmup_steps=0,
+        max_steps=12,
+        eval_every=1,
+        early_stopping_patience=2,
+    )
+    summary, root = run_train(path)
+    assert summary["stopped_early"] and summary["steps"] < 12
+    val = losses(root, "validation")
+    assert summary["best_validation_loss"] == min(val)
+    assert summary["steps"] == summary["best_step"] + 2  # two evaluations without improvement
+    best = load_file(
+        str(root / "checkpoints" / f"step-{summary['best_step']}" / "adapter" / "adapter_model.safetensors")
+    )
+    final = adapter(root)
+    assert all(torch.equal(best[k], final[k]) for k in best)
+
+
+def test_non_finite_step_is_skipped_and_counted(tmp_path, tiny_model_dir, data_dir, monkeypatch) -> None:
+    _clean, root_clean = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "clean", max_steps=2))
+    monkeypatch.setenv(FAULT_NAN_ENV, "2")
+    summary, root = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan", max_steps=3))
+    rows = [r for r in read_jsonl(root / "metrics.jsonl") if r["split"] == "train"]
+    assert rows[1]["skipped"] is True and rows[1]["loss"] is None
+    assert "skipped" not in rows[0] and "skipped" not in rows[2]
+    assert summary["skipped_steps"] == 1
+    assert all(torch.isfinite(w).all() for w in adapter(root).values())
+    # the skipped step changed nothing: step 3 trains on step 3's data from step 1's weights
+    assert math.isfinite(rows[2]["loss"]) and rows[0]["loss"] == losses(root_clean)[0]
+    monkeypatch.setenv(FAULT_NAN_ENV, "1,2")
+    with pytest.raises(
+        TunebenchError, match=r"aborted at step 2: 2 non-finite steps \(> training.max_bad_steps 1\)"
+    ):
+        run_train(write_config(tmp_path, tiny_model_dir, data_dir, "abort", max_bad_steps=1))
+
+
+def test_bad_target_modules_fail_before_training(tmp_path, tiny_model_dir, data_dir) -> None:
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "badtarget", lora={"target_modules": ["qproj"]})
+    with pytest.raises(TunebenchError, match=r"lora\.target_modules: qproj match no module"):
+        run_train(path)
+    assert not (tmp_path / "runs" / "badtarget" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_dir) -> None:
+    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "one"))
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "two")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunebench", "train", str(path), "--gpus", "2"],
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "runs" / "two"
+    two = read_json(root / "train_summary.json")
+    assert two["processes"] == 2
+    assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
+    assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
+    assert two["train_tokens"] == one["train_tokens"]
+    wa, wb = adapter(root), adapter(root_one)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    rows = read_jsonl(root / "metrics.jsonl")  # the main process alone writes the log
+    assert len(rows) == len({(r["step"], r["split"]) for r in rows})
+    assert json.loads(json.dumps(two))["gpu_count"] == 0
