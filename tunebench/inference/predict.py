@@ -144,9 +144,18 @@ def fault_after() -> int | None:
 
 # --- local / base ---------------------------------------------------------------------------
 def predict_local(
-    config: ExperimentConfig, run: RunDir, split: str, task: Task, examples: list[Example]
+    config: ExperimentConfig,
+    run: RunDir,
+    split: str,
+    task: Task,
+    examples: list[Example],
+    generator: Any | None = None,
 ) -> Path:
-    """Batched generation with the base model (+ the run's adapter for provider local)."""
+    """Batched generation with the base model (+ the run's adapter for provider local).
+
+    ``generator``: an already loaded :class:`~tunebench.inference.local.LocalGenerator` for this
+    config (the benchmark reuses one across batch sizes); by default it is loaded here.
+    """
     from tunebench.inference.local import SamplingParams, generate_adaptive, load_generator
 
     final = run.predictions(split)
@@ -162,7 +171,10 @@ def predict_local(
         raise TunebenchError(
             f"{adapter}: no LoRA adapter; run `tunebench train` first (or use provider: base)"
         )
-    generator = load_generator(config.model, adapter, merge=gen.merge_adapter, long_prompts=gen.long_prompts)
+    if generator is None:
+        generator = load_generator(
+            config.model, adapter, merge=gen.merge_adapter, long_prompts=gen.long_prompts
+        )
     load_s = time.perf_counter() - start_load
     params = SamplingParams(
         max_new_tokens=gen.max_new_tokens,
