@@ -1,0 +1,342 @@
+"""LoRA training throughput: plain HF Trainer + peft (padded) vs tunebench's engine (packed).
+
+Every variant trains the same base model with the same LoRA (study defaults), learning-rate
+schedule and seed on the *same examples in the same order* (optimizer step s uses the examples
+of tunebench's data order for step s), so loss curves are comparable step by step. Measured
+after ``--warmup`` steps: real (non-pad) tokens/s, MFU by the LoRA formula
+(:mod:`tunebench.training.mfu`, the engine's useful FLOPs for every variant so MFU ratios equal
+throughput ratios), peak GPU memory, and the per-step losses.
+
+Variants (``--variants``, comma-separated):
+  hf-b8, hf-b32      transformers.Trainer, pad to longest, micro-batch 8/32, accumulation to --batch
+  packed             tunebench, padding-free packing, 16384-token micro-batches (the defaults)
+  packed-4k          same with 4096-token micro-batches (less attention over a packed row)
+  padded             tunebench without packing (length-grouped padded micro-batches of 8)
+  packed-liger       packed + liger-kernel fused linear cross-entropy (skipped when not installed)
+  packed-flex        packed with attn_implementation flex_attention
+  packed-compile     packed + torch.compile of the decoder
+
+Usage (GPU):  python benchmarks/bench_train.py --model qwen2.5-coder-1.5b
+Smoke (CPU):  python benchmarks/bench_train.py --model <tiny dir> --device cpu --steps 3
+Writes a table to stdout and JSON to $OUT/train.json (else benchmarks/results/train.json),
+rewritten after every variant so a time-out keeps what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_VARIANTS = "hf-b8,hf-b32,packed,packed-4k,padded,packed-liger,packed-flex,packed-compile"
+ENGINE = {
+    "packed": {},
+    "packed-4k": {"training.tokens_per_micro_batch": 4096},
+    "padded": {"training.packing": False, "training.micro_batch_size": 8},
+    "packed-liger": {"training.liger": True},
+    "packed-flex": {"model.attn_implementation": "flex_attention"},
+    "packed-compile": {"training.compile": True},
+}
+HF = {"hf-b8": 8, "hf-b32": 32}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="qwen2.5-coder-1.5b", help="preset, folder or GGUF")
+    p.add_argument("--task", default="sql", choices=["sql", "viggo"])
+    p.add_argument(
+        "--data-dir", default=None, help="data mirror (default: $TUNEBENCH_DATA_DIR or ../shared/data)"
+    )
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps per variant")
+    p.add_argument("--warmup", type=int, default=2, help="steps excluded from the timing")
+    p.add_argument("--batch", type=int, default=128, help="examples per optimizer step (study: 128)")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS)
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument(
+        "--out", default=None, help="JSON path (default $OUT/train.json or benchmarks/results/train.json)"
+    )
+    args = p.parse_args(argv)
+    args.warmup = min(args.warmup, max(0, args.steps - 1))
+    return args
+
+
+def make_config(args: argparse.Namespace, workdir: Path, name: str, overrides: dict[str, Any]) -> Any:
+    from tunebench.config import ExperimentConfig, set_dotted
+
+    data: dict[str, Any] = {
+        "name": name,
+        "runs_dir": str(workdir),
+        "model": {"name": args.model},
+        "task": {
+            "name": args.task,
+            "data_dir": args.data_dir,
+            "max_train_examples": args.steps * args.batch,
+            "max_eval_examples": 8,
+        },
+        "training": {
+            "max_steps": args.steps,
+            "batch_size": args.batch,
+            "warmup_steps": 2,
+            "eval_every": 10**6,
+            "early_stopping_patience": None,
+            "liger": False,
+        },
+    }
+    for key, value in overrides.items():
+        set_dotted(data, key, value)
+    return ExperimentConfig.model_validate(data)
+
+
+def sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def reset_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+# --- tunebench engine ---------------------------------------------------------------------------
+def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
+    from tunebench.pipeline import open_run
+    from tunebench.training.loop import Trainer
+    from tunebench.training.lora import liger_loss_fn
+
+    overrides = ENGINE[name]
+    if overrides.get("training.liger") and liger_loss_fn() is None:
+        return {"status": "skipped: liger-kernel not installed"}
+    cfg = make_config(args, workdir, name, overrides)
+    trainer = Trainer(cfg, open_run(cfg), resume=False)
+    trainer.setup()
+    if overrides.get("training.liger") and trainer.device.type != "cuda":
+        return {"status": "skipped: liger needs CUDA"}
+    reset_memory()
+    losses, times, tokens = [], [], []
+    for step in range(args.steps):
+        t0 = time.perf_counter()
+        out = trainer.train_step(step)
+        sync()
+        times.append(time.perf_counter() - t0)
+        losses.append(out["loss"])
+        tokens.append(out["tokens"])
+    result = summarize(args, times, tokens, losses, trainer.flops_per_token)
+    result["peak_memory_gb"] = peak_gb()
+    result["micro_batches_note"] = f"tokens_per_micro_batch={cfg.training.tokens_per_micro_batch}"
+    del trainer
+    return result
+
+
+# --- baseline: transformers.Trainer -------------------------------------------------------------
+def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import SequentialSampler
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from tunebench.data.prepare import load_prepared, prepare
+    from tunebench.pipeline import open_run
+    from tunebench.tasks import get_task
+    from tunebench.training.data import step_example_indices, tokenize_examples
+    from tunebench.training.lora import apply_lora, load_base
+    from tunebench.training.mfu import model_flops_per_token
+
+    micro = min(HF[name], args.batch)
+    cfg = make_config(args, workdir, name, {})
+    run = open_run(cfg)
+    prepare(cfg, run)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base, tokenizer, eos, pad = load_base(cfg, device)
+    model = apply_lora(base, cfg.lora, cfg.training.seed)
+    train_set, stats = tokenize_examples(
+        load_prepared(run, "train"),
+        tokenizer,
+        eos,
+        get_task(cfg.task).completion_suffix,
+        cfg.training.max_length,
+    )
+    order = [
+        i
+        for s in range(args.steps)
+        for i in step_example_indices(len(train_set), args.batch, s, cfg.training.seed)
+    ]
+    rows = [{"input_ids": train_set[i].input_ids, "labels": train_set[i].labels} for i in order]
+    step_tokens = [
+        sum(len(r["input_ids"]) for r in rows[s * args.batch : (s + 1) * args.batch])
+        for s in range(args.steps)
+    ]
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = pad
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: Any, **k: Any) -> None:
+            if not times or len(times) % 2 == 0:
+                sync()
+                times.append(time.perf_counter())
+
+        def on_step_end(self, *a: Any, **k: Any) -> None:
+            sync()
+            times.append(time.perf_counter())
+
+    class InOrder(Trainer):
+        def _get_train_sampler(self, *a: Any, **k: Any) -> SequentialSampler:
+            return SequentialSampler(self.train_dataset)
+
+    training_args = TrainingArguments(
+        output_dir=str(workdir / name / "hf"),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=max(1, args.batch // micro),
+        max_steps=args.steps,
+        learning_rate=cfg.training.learning_rate,
+        lr_scheduler_type=cfg.training.lr_scheduler,
+        warmup_steps=cfg.training.warmup_steps,
+        max_grad_norm=cfg.training.max_grad_norm,
+        bf16=device.type == "cuda",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=cfg.training.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=device.type == "cpu",
+    )
+    losses: list[float] = []
+
+    class Losses(TrainerCallback):
+        def on_log(
+            self, _args: Any, _state: Any, _control: Any, logs: dict[str, Any] | None = None, **k: Any
+        ) -> None:
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    trainer = InOrder(
+        model=model,
+        args=training_args,
+        train_dataset=rows,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
+        callbacks=[Clock(), Losses()],
+    )
+    reset_memory()
+    trainer.train()
+    step_times = [times[2 * i + 1] - times[2 * i] for i in range(len(times) // 2)]
+    context = sum(len(ex) for ex in train_set) / len(train_set)
+    flops = model_flops_per_token(model, context, stats.labeled_tokens / max(1, stats.tokens))
+    result = summarize(args, step_times, step_tokens[: len(step_times)], losses, flops)
+    result["peak_memory_gb"] = peak_gb()
+    del trainer, model, base
+    return result
+
+
+# --- common ---------------------------------------------------------------------------------------
+def summarize(
+    args: argparse.Namespace, times: list[float], tokens: list[int], losses: list[float], flops: float
+) -> dict[str, Any]:
+    import torch
+
+    from tunebench.training.mfu import mfu
+
+    w = args.warmup
+    measured_time = sum(times[w:])
+    tps = sum(tokens[w:]) / measured_time if measured_time > 0 else 0.0
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "status": "ok",
+        "tokens_per_s": tps,
+        "step_time_s": measured_time / max(1, len(times) - w),
+        "mfu": mfu(tps, flops, gpu),
+        "flops_per_token": flops,
+        "losses": losses,
+        "tokens_per_step": sum(tokens) / max(1, len(tokens)),
+    }
+
+
+def print_table(results: dict[str, Any], reference: list[float] | None) -> None:
+    head = f"{'variant':16} {'status':8} {'tok/s':>10} {'s/step':>8} {'MFU':>7} {'peak GB':>8} {'loss[0]':>8} {'loss[-1]':>8} {'max rel Δ':>9}"
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        if r.get("status") != "ok":
+            print(f"{name:16} {r.get('status', '?')[:60]}")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        mem = f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-"
+        diff = "-"
+        if reference and len(reference) == len(r["losses"]):
+            diff = f"{max(abs(a - b) / abs(b) for a, b in zip(r['losses'], reference, strict=True)):.2e}"
+        print(
+            f"{name:16} ok       {r['tokens_per_s']:10.0f} {r['step_time_s']:8.3f} {mfu:>7} {mem:>8} "
+            f"{r['losses'][0]:8.4f} {r['losses'][-1]:8.4f} {diff:>9}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import torch
+
+    from tunebench.rundir import environment
+
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(os.environ["OUT"]) / "train.json"
+        if os.environ.get("OUT")
+        else (Path(__file__).resolve().parent / "results" / "train.json")
+    )
+    results: dict[str, Any] = {}
+    report = {
+        "benchmark": "train",
+        "args": vars(args),
+        "environment": environment(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "results": results,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for name in [v.strip() for v in args.variants.split(",") if v.strip()]:
+            if name not in ENGINE and name not in HF:
+                raise SystemExit(f"unknown variant {name}; choose from {DEFAULT_VARIANTS}")
+            t0 = time.perf_counter()
+            try:
+                results[name] = (run_hf if name in HF else run_engine)(args, Path(tmp), name)
+            except torch.cuda.OutOfMemoryError:
+                results[name] = {"status": "oom"}
+            except Exception as exc:  # one broken variant must not lose the others
+                results[name] = {"status": f"error: {type(exc).__name__}: {exc}".splitlines()[0][:300]}
+            results[name]["wall_s"] = time.perf_counter() - t0
+            reset_memory()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+            print(
+                f"[{name}] {results[name].get('status')} in {results[name]['wall_s']:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    ref = results.get("packed", {}).get("losses")
+    print_table(results, ref)
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
