@@ -1,21 +1,13 @@
 """Inference: predictions for a split (local LoRA, base model, or an OpenAI-compatible endpoint)
-and an OpenAI-compatible server for a fine-tuned run (:mod:`tunebench.inference.serve`)."""
+and an OpenAI-compatible server for a fine-tuned run (:mod:`tunebench.inference.serve`).
+
+``predict`` is imported eagerly: the submodule of the same name would otherwise replace the
+package attribute with the module the first time it is imported. (torch and transformers are
+only imported when generation starts.)
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from tunebench.config import ExperimentConfig
-    from tunebench.rundir import RunDir
+from tunebench.inference.predict import predict
 
 __all__ = ["predict"]
-
-
-def predict(config: ExperimentConfig, run: RunDir, split: str) -> Path:
-    """Write ``run.predictions(split)`` (resumable) and record stage ``predict:<split>``."""
-    from tunebench.inference.predict import predict as _predict
-
-    return _predict(config, run, split)
