@@ -95,13 +95,26 @@ def _sql(node: exp.Expression) -> str:
     return node.sql(dialect="sqlite", normalize=True, identify=False).lower()
 
 
+def _canonical_text(value: Any) -> str:
+    """Text of a component value that does not depend on set iteration order.
+
+    ``repr`` of a frozenset lists its items in hash order, which varies with the process's
+    hash seed and insertion history: two equal right-hand sides of a UNION could compare unequal.
+    """
+    if isinstance(value, frozenset | set):
+        return "{" + ", ".join(sorted(_canonical_text(v) for v in value)) + "}"
+    if isinstance(value, tuple | list):
+        return "(" + ", ".join(_canonical_text(v) for v in value) + ")"
+    return repr(value)
+
+
 def components(tree: exp.Expression) -> dict[str, Any]:
     """The canonical components of a (canonicalised) query."""
     set_op = None
     for cls, name in _SET_OPS.items():
         if isinstance(tree, cls):
             right = components(tree.expression)
-            set_op = (name, tuple(sorted((k, repr(v)) for k, v in right.items())))
+            set_op = (name, tuple(sorted((k, _canonical_text(v)) for k, v in right.items())))
             tree = tree.this
             break
     if not isinstance(tree, exp.Select):
