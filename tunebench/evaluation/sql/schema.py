@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import sqlglot
@@ -65,6 +66,11 @@ class Schema:
     tables: dict[str, str] = field(default_factory=dict)  # lower -> original name
     columns: dict[str, dict[str, ColumnInfo]] = field(default_factory=dict)  # table -> col -> info
     parent: dict[ColumnKey, ColumnKey] = field(default_factory=dict)  # union-find over columns
+    # Each AND-chain of a WHERE / HAVING / ON clause: the values that satisfy its column-literal
+    # conditions, per column. The generator writes them together into some rows, so a filter
+    # with several literals (cylinders = 8 AND year = 1974) matches more than one row by chance.
+    conjunctions: list[dict[ColumnKey, list[Any]]] = field(default_factory=list)
+    aggregated: bool = False  # the gold aggregates or groups: bigger tables wanted
 
     def add_table(self, name: str) -> str:
         key = name.lower()
@@ -102,24 +108,78 @@ class Schema:
         return out
 
 
+# The sql-create-context form: ``CREATE TABLE name (col TYPE, ...)`` joined by ``;``. Contexts of
+# this shape (all of the dataset) are read with a regular expression; anything else goes through
+# sqlglot. Both give the same Schema (checked in the tests); the fast path exists because the
+# context is read for every example, twice (component match and suite generation).
+_SIMPLE_CREATE = re.compile(r"\s*CREATE\s+TABLE\s+([A-Za-z_]\w*)\s*\(([^()]*)\)\s*", re.IGNORECASE)
+_SIMPLE_COLUMN = re.compile(r"\s*([A-Za-z_]\w*)\s+([A-Za-z]+)\s*")
+Declared = tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # ((table, ((column, type), ...)), ...)
+
+
+@lru_cache(maxsize=64)
+def _type_sql(declared: str) -> str:
+    """How sqlglot spells a declared column type (``INTEGER`` -> ``INT``), as the slow path does."""
+    return exp.DataType.build(declared, dialect="sqlite").sql()
+
+
+def _simple_declarations(context: str) -> Declared | None:
+    """Tables and columns of a context in the plain sql-create-context form, else ``None``."""
+    out = []
+    for statement in context.split(";"):
+        if not statement.strip():
+            continue
+        match = _SIMPLE_CREATE.fullmatch(statement)
+        if match is None:
+            return None
+        columns = []
+        for coldef in match.group(2).split(","):
+            col = _SIMPLE_COLUMN.fullmatch(coldef)
+            if col is None or col.group(1).upper() in _RESERVED_COLUMN_WORDS:
+                return None
+            columns.append((col.group(1), _type_sql(col.group(2))))
+        out.append((match.group(1), tuple(columns)))
+    return tuple(out)
+
+
+# words that would make a ``name TYPE`` pair mean something else (constraints): left to sqlglot
+_RESERVED_COLUMN_WORDS = {"PRIMARY", "FOREIGN", "UNIQUE", "CHECK", "CONSTRAINT"}
+
+
+def _sqlglot_declarations(context: str) -> Declared:
+    try:
+        statements = sqlglot.parse(context, read="sqlite")
+    except SqlglotError:
+        statements = []
+    out = []
+    for statement in statements:
+        if not isinstance(statement, exp.Create) or not isinstance(statement.this, exp.Schema):
+            continue
+        columns = []
+        for coldef in statement.this.expressions:
+            if isinstance(coldef, exp.ColumnDef):
+                kind = coldef.args.get("kind")
+                columns.append((coldef.name, kind.sql() if kind else ""))
+        out.append((statement.this.this.name, tuple(columns)))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def context_declarations(context: str, fast: bool = True) -> Declared:
+    """Declared tables and columns of a context (cached: each example's context is read twice)."""
+    simple = _simple_declarations(context) if fast else None
+    return simple if simple is not None else _sqlglot_declarations(context)
+
+
 def parse_context(context: str | None) -> Schema:
     """Tables and declared columns of a ``CREATE TABLE ...; CREATE TABLE ...`` context string."""
     schema = Schema()
     if not context:
         return schema
-    try:
-        statements = sqlglot.parse(context, read="sqlite")
-    except SqlglotError:
-        statements = []
-    for statement in statements:
-        if not isinstance(statement, exp.Create) or not isinstance(statement.this, exp.Schema):
-            continue
-        table = statement.this.this.name
+    for table, columns in context_declarations(context):
         schema.add_table(table)
-        for coldef in statement.this.expressions:
-            if isinstance(coldef, exp.ColumnDef):
-                kind = coldef.args.get("kind")
-                schema.add_column(table, coldef.name, kind.sql() if kind else "")
+        for name, declared in columns:
+            schema.add_column(table, name, declared)
     return schema
 
 
@@ -254,8 +314,53 @@ class GoldAnalyzer:
                 if other:
                     self.schema.union(key, other)
 
+    def satisfying(self, node: exp.Expression) -> tuple[ColumnKey, list[Any]] | None:
+        """(column, values that make ``node`` true) for a column-vs-literal condition."""
+        if isinstance(node, exp.Like):
+            key, lit = self.target(node.this), self.literal(node.expression)
+            if key and lit and not lit[0]:
+                return key, [str(lit[1]).replace("%", "").replace("_", "a")]
+            return None
+        if isinstance(node, exp.Between):
+            key = self.target(node.this)
+            bounds = [self.literal(node.args.get("low")), self.literal(node.args.get("high"))]
+            values = [b[1] for b in bounds if b]
+            return (key, values) if key and values else None
+        if isinstance(node, exp.In) and node.expressions:
+            key = self.target(node.this)
+            values = [lit[1] for lit in map(self.literal, node.expressions) if lit]
+            return (key, values) if key and values else None
+        if not isinstance(node, _COMPARISONS) or isinstance(node, exp.NEQ):
+            return None
+        key, lit, flipped = self.target(node.left), self.literal(node.right), False
+        if not (key and lit):
+            key, lit, flipped = self.target(node.right), self.literal(node.left), True
+        if not (key and lit):
+            return None
+        value = lit[1]
+        if isinstance(node, exp.EQ) or not lit[0]:
+            return key, [value]
+        # value + step satisfies "column > value" (and "value < column")
+        above = isinstance(node, exp.GT | exp.GTE) != flipped
+        step = 1 if above else -1
+        return key, [value + step] if isinstance(node, exp.GT | exp.LT) else [value, value + step]
+
+    def _record_conjunctions(self) -> None:
+        for clause in self.tree.find_all(exp.Where, exp.Having, exp.Join):
+            node = clause.args.get("on") if isinstance(clause, exp.Join) else clause.this
+            if node is None:
+                continue
+            conditions: dict[ColumnKey, list[Any]] = {}
+            for conjunct in _and_operands(node):
+                found = self.satisfying(conjunct)
+                if found:
+                    conditions.setdefault(found[0], []).extend(found[1])
+            if conditions:
+                self.schema.conjunctions.append(conditions)
+
     def run(self) -> None:
         tree = self.tree
+        self.schema.aggregated = any(True for _ in tree.find_all(exp.AggFunc, exp.Group, exp.Having))
         for column in tree.find_all(exp.Column):  # every referenced column must exist
             self.resolve(column)
         for node in tree.find_all(*_COMPARISONS):
@@ -287,6 +392,15 @@ class GoldAnalyzer:
                 key = self.resolve(column)
                 if key:
                     self.schema.info(key).ordered = True
+        self._record_conjunctions()
+
+
+def _and_operands(node: exp.Expression) -> list[exp.Expression]:
+    while isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.And):
+        return _and_operands(node.left) + _and_operands(node.right)
+    return [node]
 
 
 def link_same_names(schema: Schema) -> None:

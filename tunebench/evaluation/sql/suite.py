@@ -125,8 +125,12 @@ class ValuePools:
 
 
 def _table_sizes(schema: Schema, rng: random.Random, db_index: int) -> dict[str, int]:
-    """Rows per table: tiny, small and medium databases alternate (LIMIT and GROUP BY differ)."""
-    upper = (3, 6, 10, 15)[db_index % 4]
+    """Rows per table: tiny, small and medium databases alternate (LIMIT and GROUP BY differ).
+
+    Aggregating golds get bigger tables: groups of several sizes (HAVING count(*) >= 3 vs > 3)
+    and several rows per filter (MIN vs MAX) need more rows to appear.
+    """
+    upper = ((4, 8, 12, 20) if schema.aggregated else (3, 6, 10, 15))[db_index % 4]
     return {t: rng.randint(max(1, upper // 3), upper) for t in schema.tables}
 
 
@@ -179,6 +183,27 @@ class Generator:
                 values.append(rng.choice(pool))
         return values
 
+    def _plant_conjunctions(self, table: str, names: list[str], columns: list[list[Any]]) -> None:
+        """Write the satisfying values of each gold AND-chain together into about a third of the
+        rows (never all: the filter must still exclude something), so that rows meeting every
+        condition at once exist and are several (MIN differs from MAX, COUNT from 1)."""
+        n = len(columns[0]) if columns else 0
+        if n < 2:
+            return
+        for conditions in self.schema.conjunctions:
+            mine = [
+                (i, values)
+                for i, col in enumerate(names)
+                if (values := conditions.get((table, col)))
+                and not _is_key(self.schema.info((table, col)), table)
+            ]
+            if not mine:
+                continue
+            count = min(n - 1, max(2, round(n * 0.3))) if n >= 3 else 1
+            for row in self.rng.sample(range(n), count):
+                for i, values in mine:
+                    columns[i][row] = self.rng.choice(values)
+
     def build(self) -> sqlite3.Connection:
         """Create the tables with inferred types and fill them; returns an open connection."""
         conn = sqlite3.connect(":memory:", check_same_thread=False)
@@ -197,6 +222,7 @@ class Generator:
             conn.execute(f"CREATE TABLE {tname} ({', '.join(decls)})")
             n = self.sizes[table]
             columns = [self._column_values(table, col, n) for col in names]
+            self._plant_conjunctions(table, names, columns)
             rows = list(zip(*columns, strict=True))
             marks = ", ".join("?" for _ in names)
             conn.executemany(f"INSERT INTO {tname} VALUES ({marks})", rows)
