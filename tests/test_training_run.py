@@ -199,3 +199,25 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
     rows = read_jsonl(root / "metrics.jsonl")  # the main process alone writes the log
     assert len(rows) == len({(r["step"], r["split"]) for r in rows})
     assert json.loads(json.dumps(two))["gpu_count"] == 0
+
+
+@pytest.mark.slow
+def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir) -> None:
+    """Killed on 1 process after step 3 (checkpoint: step 2), resumed on 2: same result."""
+    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "ref"))
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved")
+    base = [sys.executable, "-m", "tunebench", "train", str(path)]
+    killed = subprocess.run(
+        base, env=cli_env(**{FAULT_KILL_ENV: "3"}), capture_output=True, text=True, timeout=300
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    proc = subprocess.run(
+        [*base, "--gpus", "2"], env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr and "step-2" in proc.stderr
+    root = tmp_path / "runs" / "moved"
+    assert read_json(root / "train_summary.json")["best_validation_loss"] == pytest.approx(
+        one["best_validation_loss"], rel=1e-5
+    )
+    assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
