@@ -237,3 +237,24 @@ def test_readonly_connection_cannot_write_even_without_authorizer(spider_db_dir)
     conn.set_authorizer(None)
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("DELETE FROM singer")
+
+
+def test_suite_cache_round_trip_gives_same_verdicts(eval_rows, spider_db_dir, tmp_path):
+    rows = [dict(r, prediction=r["gold"].replace("count(*)", "count(*) + 1")) for r in eval_rows[:40]]
+    rows += eval_rows[:40]
+    options = {"db_dir": str(spider_db_dir), "workers": 1, "suite_cache_dir": str(tmp_path)}
+    cold, _ = score(rows, options)
+    assert len(list(tmp_path.glob("*/*.marshal"))) >= 30
+    warm, _ = score(rows, options)
+    uncached, _ = score(rows, {**options, "suite_cache_dir": None})
+    assert cold == warm == uncached
+    assert any(r["suite_match"] is False for r in warm) and any(r["suite_match"] for r in warm)
+
+
+def test_plain_context_reader_matches_sqlglot(data_dir):
+    from tunebench.evaluation.sql.schema import context_declarations
+
+    rows = json.loads((data_dir / EVAL_FILE).read_text())
+    contexts = {r["context"] for r in rows} | {"CREATE TABLE t (a INT PRIMARY KEY, b TEXT)"}
+    for context in contexts:
+        assert context_declarations(context) == context_declarations(context, fast=False), context

@@ -27,6 +27,11 @@ Options (all optional):
     keep DISTINCT when executing; by default it is removed from both queries, as upstream does.
 ``component_ignore_values`` (bool, default True)
     component match ignores literal values, as Spider's exact-set match does.
+``components`` (bool, default True)
+    compute the component match (False: its verdict is null; execution-only scoring).
+``suite_cache_dir`` (str, default ``$XDG_CACHE_HOME/tunebench/sql-suites``)
+    where generated suites (and the gold's results on them) are kept between runs, keyed by
+    seed, context, gold and the generator's source; empty or null turns the cache off.
 ``workers`` (int, default ``os.cpu_count()``)
     processes used; small inputs are scored in-process.
 ``progress`` (bool, default False)
@@ -44,10 +49,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 from tunebench.evaluation.common import add_rate
-from tunebench.evaluation.sql.execution import Evaluator, Settings
+from tunebench.evaluation.sql.compare import prepare_pair
+from tunebench.evaluation.sql.execution import Evaluator, Settings, default_suite_cache_dir
 
 REQUIRED_FIELDS = ("prediction", "gold")
-INLINE_BELOW = 64  # rows: below this a process pool costs more than it saves
+# Suites to generate below which one process is faster: real-DB execution, string and component
+# matches and cached suites cost well under a millisecond per row, less than forking and
+# shipping results back; generating a suite costs a few milliseconds.
+INLINE_BELOW = 64
 
 _WORKER: Evaluator | None = None
 
@@ -63,6 +72,10 @@ def settings_from(options: dict[str, Any]) -> Settings:
         max_rows=int(options.get("max_rows", 100_000)),
         keep_distinct=bool(options.get("keep_distinct", False)),
         component_ignore_values=bool(options.get("component_ignore_values", True)),
+        components=bool(options.get("components", True)),
+        suite_cache_dir=str(cache)
+        if (cache := options.get("suite_cache_dir", default_suite_cache_dir()))
+        else None,
     )
 
 
@@ -119,12 +132,37 @@ def _run_inline(
         evaluator.close()
 
 
+def _suites_to_generate(rows: list[dict[str, Any]], settings: Settings) -> int:
+    """Distinct (context, gold) suites not in the on-disk cache: the work worth parallelising."""
+    if settings.suite_size <= 0:
+        return 0
+    probe = Evaluator(settings)
+    keys = {(r.get("context"), r.get("gold")) for r in rows}
+    todo = 0
+    for context, gold in keys:
+        if isinstance(context, str) and isinstance(gold, str):
+            executed_gold = prepare_pair(gold, gold, settings.keep_distinct)[1]  # the suite's key
+            path = probe.cache_path(context, executed_gold)
+            todo += not (path and os.path.exists(path))
+    return todo
+
+
+def clear_caches() -> None:
+    """Forget this process's parse caches (benchmarks time every run from cold)."""
+    from tunebench.evaluation.sql import components, normalize, schema
+
+    for fn in (components._cached_components, components._context_schema, normalize.normalize):
+        fn.cache_clear()
+    schema.context_declarations.cache_clear()
+    schema._type_sql.cache_clear()
+
+
 def score_rows(
     rows: list[dict[str, Any]], settings: Settings, workers: int, progress: bool = False
 ) -> list[dict[str, Any]]:
     """Per-example rows in input order, scored in ``workers`` processes."""
     out: list[dict[str, Any] | None] = [None] * len(rows)
-    parallel = workers > 1 and len(rows) >= INLINE_BELOW
+    parallel = workers > 1 and _suites_to_generate(rows, settings) >= INLINE_BELOW
 
     def consume(advance: Callable[[int], None]) -> None:
         results = (

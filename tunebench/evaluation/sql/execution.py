@@ -7,16 +7,41 @@ the generated suite (with the gold's results on it) per (context, prepared gold)
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import marshal
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunebench.evaluation.sql import schema as _schema_module
+from tunebench.evaluation.sql import suite as _suite_module
 from tunebench.evaluation.sql.compare import prepare_pair, results_equal
 from tunebench.evaluation.sql.components import component_match
 from tunebench.evaluation.sql.normalize import exact_match, exact_match_normalized
 from tunebench.evaluation.sql.sandbox import QueryResult, open_readonly, run_query
 from tunebench.evaluation.sql.suite import Suite, build_suite
+
+
+def default_suite_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/tunebench/sql-suites`` (``~/.cache/...`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tunebench", "sql-suites")
+
+
+def _generator_fingerprint() -> str:
+    """Hash of the generator's source: a changed generator never reads an old cached suite."""
+    digest = hashlib.sha256()
+    for module in (_suite_module, _schema_module):
+        with open(module.__file__ or "", "rb") as handle:
+            digest.update(handle.read())
+    digest.update(sqlite3.sqlite_version.encode())
+    return digest.hexdigest()[:16]
+
+
+_FINGERPRINT = _generator_fingerprint()
 
 
 @dataclass(frozen=True)
@@ -30,6 +55,8 @@ class Settings:
     max_rows: int = 100_000
     keep_distinct: bool = False
     component_ignore_values: bool = True
+    components: bool = True
+    suite_cache_dir: str | None = None
 
 
 @dataclass
@@ -55,8 +82,7 @@ class Evaluator:
         for conn in self.connections.values():
             conn.close()
         for suite, _ in self.suites.values():
-            for conn in suite.dbs:
-                conn.close()
+            suite.close()
         self.connections.clear()
         self.suites.clear()
 
@@ -110,16 +136,54 @@ class Evaluator:
             return Verdict(None, "no context to generate test databases from", "no_context")
         key = (context, gold)
         if key not in self.suites:
-            self.suites[key] = build_suite(context, gold, s.suite_size, s.seed, s.timeout_s, s.max_rows)
+            self.suites[key] = self._load_or_build_suite(context, gold)
         suite, gold_results = self.suites[key]
         if suite.error:
             return Verdict(None, suite.error, "gold_error")
-        for conn, gold_result in zip(suite.dbs, gold_results, strict=True):
+        if prediction == gold:  # as on the real DB: the gold's own results, already known good
+            return Verdict(True)
+        for conn, gold_result in zip(suite.connections(), gold_results, strict=True):
             pred_result = run_query(conn, prediction, s.timeout_s, s.max_rows)
             verdict = _compare(gold_result, pred_result, order_matters)
             if not verdict.match:
                 return verdict
         return Verdict(True)
+
+    def cache_path(self, context: str, gold: str) -> str | None:
+        s = self.settings
+        if not s.suite_cache_dir:
+            return None
+        text = f"{_FINGERPRINT}\x00{s.seed}\x00{s.suite_size}\x00{s.timeout_s}\x00{s.max_rows}\x00{context}\x00{gold}"
+        name = hashlib.sha256(text.encode()).hexdigest()
+        return os.path.join(s.suite_cache_dir, name[:2], name + ".marshal")
+
+    def _load_or_build_suite(self, context: str, gold: str) -> tuple[Suite, list[QueryResult]]:
+        """The suite of (context, gold) from the on-disk cache, or generated (and then cached).
+
+        Suites are deterministic given (seed, context, gold, generator), and every prediction
+        file of a study is scored against the same golds: generating them once saves most of
+        the suite's cost. Entries are marshal data (plain values, never code), written atomically.
+        """
+        s = self.settings
+        path = self.cache_path(context, gold)
+        if path and os.path.exists(path):
+            try:
+                with open(path, "rb") as handle:
+                    error, images, golds = marshal.load(handle)
+                results = [QueryResult(None if rows is None else list(rows), e, k) for rows, e, k in golds]
+                return Suite([], error, images=list(images)), results
+            except (OSError, EOFError, ValueError, TypeError):
+                pass  # unreadable entry: regenerate and overwrite
+        suite, results = build_suite(context, gold, s.suite_size, s.seed, s.timeout_s, s.max_rows)
+        if path:
+            entry = (
+                suite.error,
+                suite.serialized(),
+                [(None if r.rows is None else list(r.rows), r.error, r.kind) for r in results],
+            )
+            with contextlib.suppress(OSError, ValueError):  # an unwritable cache only costs speed
+                _atomic_marshal(path, entry)
+        return suite, results
 
     # --- one example --------------------------------------------------------------------
     def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -137,8 +201,10 @@ class Evaluator:
             prediction = ""
         out["exact_match"] = exact_match(prediction, gold)
         out["exact_match_normalized"] = exact_match_normalized(prediction, gold)
-        comp, mismatched, comp_error = component_match(
-            prediction, gold, row.get("context"), self.settings.component_ignore_values
+        comp, mismatched, comp_error = (
+            component_match(prediction, gold, row.get("context"), self.settings.component_ignore_values)
+            if self.settings.components
+            else (None, [], None)
         )
         out["component_match"] = comp
         out["component_mismatch"] = mismatched
@@ -168,3 +234,11 @@ def _compare(gold: QueryResult, pred: QueryResult, order_matters: bool) -> Verdi
     if results_equal(gold.rows, pred.rows or [], order_matters):
         return Verdict(True)
     return Verdict(False, "result differs from gold", "wrong_result")
+
+
+def _atomic_marshal(path: str, value: Any) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        marshal.dump(value, handle)
+    os.replace(tmp, path)

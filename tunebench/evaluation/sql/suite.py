@@ -40,10 +40,40 @@ REDRAWS = 4  # attempts per database to get a non-empty gold result
 
 @dataclass
 class Suite:
-    """K hardened in-memory databases, or the reason none could be built."""
+    """K hardened in-memory databases, or the reason none could be built.
+
+    A suite read from the cache holds serialized ``images`` instead; they are opened on first
+    use (a prediction equal to the gold never needs them).
+    """
 
     dbs: list[sqlite3.Connection]
     error: str | None = None
+    images: list[bytes] | None = None
+
+    def connections(self) -> list[sqlite3.Connection]:
+        if self.images is not None:
+            for image in self.images:
+                conn = sqlite3.connect(":memory:", check_same_thread=False)
+                conn.deserialize(image)
+                self.dbs.append(harden(conn))
+            self.images = None
+        return self.dbs
+
+    def serialized(self) -> list[bytes]:
+        """The databases as SQLite images (serializing reads pages the authorizer would deny)."""
+        images = []
+        for conn in self.dbs:
+            conn.set_authorizer(None)
+            try:
+                images.append(conn.serialize())
+            finally:
+                harden(conn)
+        return images
+
+    def close(self) -> None:
+        for conn in self.dbs:
+            conn.close()
+        self.dbs.clear()
 
 
 def _quote(name: str) -> str:
