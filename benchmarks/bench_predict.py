@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--task", default="sql")
     parser.add_argument("--split", default="test")
     parser.add_argument("--limit", type=int, default=None, help="cap on prompts (CPU smoke runs)")
-    parser.add_argument("--batch-sizes", default="568,284", help="comma-separated batch sizes to time")
+    parser.add_argument("--batch-sizes", default="568,284,142", help="comma-separated batch sizes to time")
     parser.add_argument("--baseline-limit", type=int, default=16, help="prompts in the batch-1 loop")
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--dtype", default="auto")
@@ -139,11 +139,14 @@ def floor_seconds(
     model = generator.model
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
-    embed = model.get_input_embeddings().weight.numel()
+    embed = model.get_input_embeddings().weight
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    head = embed.numel()  # lm_head: V x d, the same matrix when tied
+    body = params - embed.numel() - (0 if tied else head)  # per-token matmuls besides lm_head
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if getattr(cfg, "tie_word_embeddings", False):
-        weight_bytes += embed * model.get_input_embeddings().weight.element_size()  # read again as lm_head
-    matmul_params = params - embed + cfg.vocab_size * cfg.hidden_size  # lookups are free, lm_head is not
+    if tied:
+        weight_bytes += head * embed.element_size()  # read once more as the lm_head
+    matmul_params = body + head  # embedding lookups are free, the lm_head is not
     heads = getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_per_token = 2 * cfg.num_hidden_layers * heads * head_dim * generator.dtype.itemsize
@@ -160,7 +163,7 @@ def floor_seconds(
             compute = 2 * matmul_params * len(batch) / peak
             decode += max(memory, compute)
     prompt_tokens = sum(r["prompt_tokens"] for r in rows)
-    prefill = 2 * (params - embed) * prompt_tokens / peak  # lm_head only on the last position
+    prefill = 2 * body * prompt_tokens / peak  # the lm_head runs on the last position only
     return {
         "decode_floor_s": decode,
         "prefill_floor_s": prefill,
