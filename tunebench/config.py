@@ -101,8 +101,12 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights/compute dtype: auto = bfloat16 on GPU, float32 on CPU."
     )
-    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel: auto = sdpa (padding-free packing keeps it NaN-free)."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "varlen"] = (
+        Field(
+            "auto",
+            description="Attention kernel. auto: `varlen` for packed training on a CUDA GPU (PyTorch's "
+            "var-len flash kernel: attention only within each packed example), else sdpa.",
+        )
     )
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="bitsandbytes 8-/4-bit loading (GPU only), as the study did for Code Llama 34B."

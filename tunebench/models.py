@@ -546,6 +546,20 @@ def _quantization_config(kind: str, device: torch.device, compute_dtype: torch.d
     )
 
 
+def attention_implementation(requested: str, device: torch.device, for_training: bool) -> str:
+    """The transformers attention name: ``auto`` is the var-len flash kernel for training on
+    CUDA (packed rows, see :mod:`tunebench.training.varlen`) and sdpa otherwise."""
+    from tunebench.training import varlen
+
+    if requested == "auto":
+        requested = "varlen" if for_training and device.type == "cuda" and varlen.available() else "sdpa"
+    if requested == "varlen":
+        if not varlen.available():
+            raise TunebenchError("model.attn_implementation: varlen needs a CUDA GPU and torch >= 2.9")
+        return varlen.register()
+    return requested
+
+
 def load_model(
     cfg: ModelConfig,
     *,
@@ -567,7 +581,7 @@ def load_model(
     tokenizer = load_tokenizer(folder)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": "sdpa" if cfg.attn_implementation == "auto" else cfg.attn_implementation,
+        "attn_implementation": attention_implementation(cfg.attn_implementation, dev, for_training),
         "trust_remote_code": cfg.trust_remote_code,
     }
     if quant is not None:

@@ -194,6 +194,7 @@ def collate_packed(examples: Sequence[TokenizedExample]) -> dict[str, torch.Tens
         "position_ids": torch.tensor([pos], dtype=torch.long),
         "attention_mask": None,
         "targets": torch.tensor([tgt], dtype=torch.long),
+        "seq_lens": [len(ex) for ex in examples],  # example boundaries for var-len attention
     }
 
 

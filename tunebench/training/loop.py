@@ -207,8 +207,10 @@ class Trainer:
         return contextlib.nullcontext()
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Tensors to the device; other entries (the packed example lengths) as they are."""
         return {
-            k: (v.to(self.device, non_blocking=True) if v is not None else None) for k, v in batch.items()
+            k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+            for k, v in batch.items()
         }
 
     def train_step(self, step: int) -> dict[str, Any]:

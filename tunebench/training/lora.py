@@ -20,6 +20,7 @@ from torch import nn
 
 from tunebench.config import ExperimentConfig, LoraConfig
 from tunebench.errors import TunebenchError
+from tunebench.training import varlen
 
 log = logging.getLogger("tunebench.training")
 
@@ -170,10 +171,18 @@ class LossModel(nn.Module):
         targets: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        seq_lens: list[int] | None = None,
     ) -> torch.Tensor:
         lm = causal_lm(self.model)
+        extra: dict[str, Any] = {}
+        if seq_lens is not None and getattr(lm.config, "_attn_implementation", None) == varlen.NAME:
+            extra = varlen.boundaries(seq_lens, input_ids.device)
         out = lm.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False
+            input_ids=input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **extra,
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         keep = targets != -100
