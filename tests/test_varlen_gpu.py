@@ -9,13 +9,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_training import make_config, sql_examples  # noqa: F401  (fixture)
+from tests.test_training import make_config
 from tunebench.config import LoraConfig
+from tunebench.tasks import get_task
 from tunebench.training import varlen
 from tunebench.training.data import collate_packed, tokenize_examples
 from tunebench.training.lora import LossModel, apply_lora, load_base
 
 pytestmark = pytest.mark.skipif(not varlen.available(), reason="needs CUDA and torch.nn.attention.varlen")
+
+
+@pytest.fixture(scope="module")
+def sql_examples(data_dir):
+    return get_task("sql").splits()["train"][:8]
 
 
 def packed_loss_and_grads(cfg, sql_examples, attn: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
