@@ -258,3 +258,19 @@ def test_plain_context_reader_matches_sqlglot(data_dir):
     contexts = {r["context"] for r in rows} | {"CREATE TABLE t (a INT PRIMARY KEY, b TEXT)"}
     for context in contexts:
         assert context_declarations(context) == context_declarations(context, fast=False), context
+
+
+def test_table_star_with_string_arithmetic_does_not_crash_component_match() -> None:
+    # A real SmolLM2 zero-shot prediction that once crashed the canonicaliser (`t.*` is a Star).
+    from tunebench.evaluation.sql.components import component_match
+
+    prediction = (
+        "SELECT singer_in_concert.* FROM singer_in_concert WHERE singer_in_concert.concert_name = "
+        "'Singer in the ' + singer_in_concert.concert_name + ' concert';"
+    )
+    verdict, mismatched, error = component_match(
+        prediction,
+        "SELECT count(*) FROM singer_in_concert",
+        "CREATE TABLE singer_in_concert (concert_name VARCHAR)",
+    )
+    assert verdict is False and mismatched and error is None

@@ -187,6 +187,19 @@ class Evaluator:
 
     # --- one example --------------------------------------------------------------------
     def score_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The per-example output row; an unexpected failure on one row nulls that row's
+        verdicts (reason in ``error``) instead of stopping the whole evaluation."""
+        try:
+            return self._score_row(row)
+        except Exception as exc:
+            out: dict[str, Any] = {"id": row.get("id"), "db_id": row.get("db_id")}
+            out.update(dict.fromkeys(_VERDICTS))
+            out.update(
+                error=f"internal error scoring this row: {type(exc).__name__}: {exc}", failure_kind="error"
+            )
+            return out
+
+    def _score_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """The per-example output row for one predictions row."""
         prediction = row.get("prediction")
         gold = row.get("gold")
