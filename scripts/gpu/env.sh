@@ -1,0 +1,18 @@
+# Sourced at the start of every command on a lent GPU machine (see scripts/gpu/README.md).
+# keep/ survives between calls on a warm machine because .git/info/exclude lists it.
+grep -qx '/keep/' .git/info/exclude 2>/dev/null || echo '/keep/' >> .git/info/exclude
+mkdir -p keep/parts keep/site keep/cache
+# Data and wheels travel once (carried .stage/data and .whl) and stay in keep/.
+[ -d .stage/data ] && { rm -rf keep/data; mv .stage/data keep/data; }
+if [ -d .whl ] && [ ! -f keep/site/.done ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target keep/site .whl/*.whl && touch keep/site/.done
+fi
+# Model pieces: each call carries one; they wait in keep/parts until all are there.
+for piece in .stage/qwen15/part_* .stage/qwen05/part_*; do
+  [ -f "$piece" ] && mv "$piece" "keep/parts/$(basename "$(dirname "$piece")")-$(basename "$piece")"
+done
+export PYTHONPATH="$PWD:$PWD/keep/site${PYTHONPATH:+:$PYTHONPATH}"
+export TUNEBENCH_DATA_DIR="$PWD/keep/data" TUNEBENCH_CACHE="$PWD/keep/cache"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+ls keep/parts | wc -l | xargs echo "pieces staged:"
