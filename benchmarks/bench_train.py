@@ -36,7 +36,8 @@ from typing import Any
 
 DEFAULT_VARIANTS = "hf-b8,hf-b32,packed,packed-4k,padded,packed-liger,packed-flex,packed-compile"
 ENGINE = {
-    "packed": {},
+    "packed": {},  # attention auto: var-len flash kernel on CUDA
+    "packed-sdpa": {"model.attn_implementation": "sdpa"},
     "packed-4k": {"training.tokens_per_micro_batch": 4096},
     "padded": {"training.packing": False, "training.micro_batch_size": 8},
     "packed-liger": {"training.liger": True},

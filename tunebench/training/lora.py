@@ -44,7 +44,11 @@ def load_base(config: ExperimentConfig, device: torch.device) -> tuple[Any, Any,
         from tunebench import models
     except ImportError:  # models.py not in this checkout yet: local folders only
         return _load_local_folder(config, device)
-    model, tokenizer = models.load_model(config.model, device=str(device), for_training=True)
+    model_cfg = config.model
+    if not config.training.packing and model_cfg.attn_implementation == "auto":
+        # var-len attention (auto's choice on CUDA) needs packed rows; padded batches use sdpa
+        model_cfg = model_cfg.model_copy(update={"attn_implementation": "sdpa"})
+    model, tokenizer = models.load_model(model_cfg, device=str(device), for_training=True)
     gen = getattr(model, "generation_config", None)
     return model, tokenizer, models.training_eos_id(tokenizer, gen), models.pad_token_id(tokenizer, gen)
 
