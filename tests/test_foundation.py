@@ -298,3 +298,15 @@ def test_example_configs_validate(path: Path) -> None:
         load_study(path)
     else:
         load_experiment(path)
+
+
+def test_rerun_accepts_operational_changes_but_refuses_a_different_experiment(tmp_path: Path) -> None:
+    from tunebench.pipeline import open_run
+
+    cfg = ExperimentConfig(name="same", runs_dir=str(tmp_path))
+    open_run(cfg)
+    faster = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"batch_size": 512})})
+    open_run(faster)  # only how it runs changed
+    other = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 16})})
+    with pytest.raises(TunebenchError, match="different config"):
+        open_run(other)

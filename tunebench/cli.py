@@ -110,7 +110,8 @@ def train(
     if not run.stage_done("prepare"):
         prepare_fn(cfg, run)
     summary = train_stage(cfg, run, resume=resume, yes=yes)
-    Console().print_json(json.dumps(summary, default=str))
+    if os.environ.get("RANK", "0") == "0":  # one summary, not one per process
+        Console().print_json(json.dumps(summary, default=str))
 
 
 @app.command()

@@ -16,12 +16,33 @@ from tunebench.rundir import RunDir
 from tunebench.tasks import get_task
 
 
+#: Settings that change how a run executes, not what it computes: a rerun may change them.
+OPERATIONAL_KEYS = {
+    "runs_dir": None,
+    "generation": {"batch_size"},
+    "training": {"num_workers"},
+    "openai": {"yes", "poll_interval_s", "max_concurrency"},
+}
+
+
+def comparable(config: ExperimentConfig) -> dict[str, Any]:
+    """The config without :data:`OPERATIONAL_KEYS`, for deciding whether a run is the same run."""
+    data = config.model_dump()
+    for section, keys in OPERATIONAL_KEYS.items():
+        if keys is None:
+            data.pop(section, None)
+        else:
+            for key in keys:
+                data.get(section, {}).pop(key, None)
+    return data
+
+
 def open_run(config: ExperimentConfig) -> RunDir:
     """Create (or reopen) the run directory; a different config for the same name is refused."""
     run = RunDir(config.run_dir)
     if run.config_path.is_file():
         existing = run.load_config()
-        if existing.model_dump() != config.model_dump():
+        if comparable(existing) != comparable(config):
             raise TunebenchError(
                 f"{run.root} holds a run with a different config; choose another name or delete it"
             )
