@@ -15,7 +15,6 @@ from tunebench.errors import TunebenchError
 from tunebench.rundir import RunDir
 from tunebench.tasks import get_task
 
-
 #: Settings that change how a run executes, not what it computes: a rerun may change them.
 OPERATIONAL_KEYS = {
     "runs_dir": None,
