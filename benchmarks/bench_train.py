@@ -160,7 +160,9 @@ def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]
     from tunebench.training.mfu import model_flops_per_token
 
     micro = min(HF[name], args.batch)
-    cfg = make_config(args, workdir, name, {})
+    cfg = make_config(
+        args, workdir, name, {"model.attn_implementation": "sdpa"}
+    )  # HF Trainer: padded batches, sdpa
     run = open_run(cfg)
     prepare(cfg, run)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
