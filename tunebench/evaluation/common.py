@@ -45,7 +45,9 @@ def bootstrap_ci(
     return [round(float(low), 6), round(float(high), 6)]
 
 
-def add_rate(metrics: dict[str, Any], name: str, verdicts: Sequence[bool | None], with_n: bool = False) -> None:
+def add_rate(
+    metrics: dict[str, Any], name: str, verdicts: Sequence[bool | None], with_n: bool = False
+) -> None:
     """Store the mean of the non-null ``verdicts`` as ``name`` with its CI (and ``name_n``)."""
     known = [bool(v) for v in verdicts if v is not None]
     metrics[name] = round(sum(known) / len(known), 6) if known else None
