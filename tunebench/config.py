@@ -195,6 +195,17 @@ class GenerationConfig(Strict):
     num_candidates: int = Field(
         1, ge=1, description="Candidates per prompt; >1 enables execution-guided selection (SQL)."
     )
+    selection: Literal["first", "execution_vote"] = Field(
+        "first",
+        description="Which candidate becomes the prediction. `first`: candidate 0. `execution_vote` "
+        "(SQL, providers local/base): candidate 0 is greedy, the other num_candidates-1 are sampled "
+        "at temperature/top_p (whatever do_sample says; e.g. temperature 0.7); candidates that fail "
+        "on databases generated from the CREATE TABLE context are dropped, the rest grouped by "
+        "their results, and the first candidate of the largest group is kept.",
+    )
+    vote_suite_size: int = Field(
+        8, ge=1, description="execution_vote: databases generated per example to compare results on."
+    )
     merge_adapter: bool = Field(True, description="Merge LoRA into the weights before generating (faster).")
     few_shot: int = Field(0, ge=0, description="k training examples prepended to each prompt (baselines).")
     long_prompts: Literal["truncate_left", "error"] = Field(
@@ -278,6 +289,17 @@ class ExperimentConfig(Strict):
     def _endpoint_needs_settings(self) -> ExperimentConfig:
         if self.provider == "endpoint" and self.endpoint is None:
             raise ValueError("provider 'endpoint' needs an 'endpoint' section")
+        if self.generation.selection == "execution_vote":
+            if self.task.name != "sql":
+                raise ValueError(
+                    f"generation.selection: execution_vote needs task sql (task is '{self.task.name}')"
+                )
+            if self.provider not in ("local", "base"):
+                raise ValueError(
+                    f"generation.selection: execution_vote needs provider local or base (not '{self.provider}')"
+                )
+            if self.generation.num_candidates < 2:
+                raise ValueError("generation.selection: execution_vote needs generation.num_candidates >= 2")
         return self
 
     @property
