@@ -1,6 +1,8 @@
 # Sourced at the start of every command on a lent GPU machine (see scripts/gpu/README.md).
 # keep/ survives between calls on a warm machine because .git/info/exclude lists it.
-grep -qx '/keep/' .git/info/exclude 2>/dev/null || echo '/keep/' >> .git/info/exclude
+for pattern in /keep/ adapter/ checkpoints/ tensorboard/; do  # adapters survive between calls too
+  grep -qx "$pattern" .git/info/exclude 2>/dev/null || echo "$pattern" >> .git/info/exclude
+done
 mkdir -p keep/parts keep/site keep/cache
 # Data and wheels travel once (carried .stage/data and .whl) and stay in keep/.
 [ -d .stage/data ] && { rm -rf keep/data; mv .stage/data keep/data; }
