@@ -32,6 +32,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,7 @@ def predict_local(
     ``generator``: an already loaded :class:`~tunebench.inference.local.LocalGenerator` for this
     config (the benchmark reuses one across batch sizes); by default it is loaded here.
     """
-    from tunebench.inference.local import SamplingParams, generate_adaptive, load_generator
+    from tunebench.inference.local import load_generator
 
     final = run.predictions(split)
     partial, meta_path = partial_paths(final)
@@ -176,15 +177,7 @@ def predict_local(
             config.model, adapter, merge=gen.merge_adapter, long_prompts=gen.long_prompts
         )
     load_s = time.perf_counter() - start_load
-    params = SamplingParams(
-        max_new_tokens=gen.max_new_tokens,
-        do_sample=gen.do_sample,
-        temperature=gen.temperature,
-        top_p=gen.top_p,
-        n=gen.num_candidates,
-        stop_on_newline=task.stops_on_newline,
-        seed=config.training.seed if gen.do_sample else None,
-    )
+    passes = sampling_passes(config, task)
     todo = [i for i, ex in enumerate(examples) if ex.id not in done]
     batches = length_sorted_batches(generator, [prompts[i] for i in todo], gen.batch_size)
     write_json(meta_path, {"fingerprint": key, "generation_s": spent})
@@ -193,8 +186,8 @@ def predict_local(
     with ProgressBar(split, len(examples), resumed) as advance:
         for number, batch in enumerate(batches, start=1):
             indexes = [todo[j] for j in batch]
-            results = generate_adaptive(
-                generator, [prompts[i] for i in indexes], params, [examples[i].id for i in indexes]
+            results = generate_candidates(
+                generator, [prompts[i] for i in indexes], passes, [examples[i].id for i in indexes]
             )
             rows = [
                 prediction_row(task, examples[i], prompts[i], r)
@@ -207,9 +200,11 @@ def predict_local(
             if limit is not None and number >= limit:
                 raise KeyboardInterrupt(f"{FAULT_ENV}={limit}: stopped after {number} batches")
     generation_s = spent + time.perf_counter() - started
+    selection = apply_selection(config, done) if gen.selection == "execution_vote" else {}
     finish_file(final, examples, done)
     rows = [done[ex.id] for ex in examples]
     info = timing_info(rows, generation_s)
+    info.update(selection)
     info.update(
         load_time_s=round(load_s, 3),
         provider=config.provider,
@@ -222,6 +217,64 @@ def predict_local(
     )
     run.record_stage(f"predict:{split}", **info)
     return final
+
+
+def sampling_passes(config: ExperimentConfig, task: Task) -> list[Any]:
+    """The generate() calls per batch: one (``selection: first``), or greedy + samples (vote).
+
+    With ``execution_vote`` candidate 0 comes from a separate greedy pass, so it is exactly the
+    ``selection: first`` prediction; the other ``num_candidates - 1`` are sampled at
+    ``temperature`` / ``top_p`` with ``training.seed``.
+    """
+    from tunebench.inference.local import SamplingParams
+
+    gen = config.generation
+    base = SamplingParams(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        n=gen.num_candidates,
+        stop_on_newline=task.stops_on_newline,
+        seed=config.training.seed if gen.do_sample else None,
+    )
+    if gen.selection != "execution_vote":
+        return [base]
+    greedy = replace(base, do_sample=False, n=1, seed=None)
+    sampled = replace(base, do_sample=True, n=gen.num_candidates - 1, seed=config.training.seed)
+    return [greedy, sampled]
+
+
+def generate_candidates(generator: Any, prompts: list[str], passes: list[Any], ids: list[str]) -> list[Any]:
+    """One Result per prompt holding the completions of every pass, in pass order."""
+    from tunebench.inference.local import generate_adaptive
+
+    results = generate_adaptive(generator, prompts, passes[0], ids)
+    for params in passes[1:]:
+        more = generate_adaptive(generator, prompts, params, ids)
+        for result, extra in zip(results, more, strict=True):
+            result.completions.extend(extra.completions)
+    return results
+
+
+def apply_selection(config: ExperimentConfig, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Replace each row's ``prediction`` by its execution-voted candidate; manifest info back."""
+    from tunebench.inference.select import select_by_execution
+
+    start = time.perf_counter()
+    ids = list(rows)
+    selected = select_by_execution(
+        [rows[i] for i in ids], suite_size=config.generation.vote_suite_size, seed=config.training.seed
+    )
+    rows.update(zip(ids, selected, strict=True))
+    infos = [r["selection"] for r in selected]
+    return {
+        "selection": "execution_vote",
+        "num_candidates": config.generation.num_candidates,
+        "selection_s": round(time.perf_counter() - start, 3),
+        "selection_changed": sum(1 for i in infos if i["chosen"] != 0),
+        "selection_none_executable": sum(1 for i in infos if i["executable"] == 0),
+    }
 
 
 def length_sorted_batches(generator: Any, prompts: list[str], batch_size: int) -> list[list[int]]:
