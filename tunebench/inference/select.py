@@ -21,7 +21,6 @@ import hashlib
 import multiprocessing
 import os
 import random
-import sqlite3
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -84,13 +83,17 @@ def candidate_results(
     texts = [_executed(c) for c in candidates]
     unique = list(dict.fromkeys(texts))
     per_text: dict[str, list[QueryResult]] = {t: [] for t in unique}
+    # A candidate that failed once is out of the vote: never run it again (a runaway query
+    # would otherwise cost its time limit on every database).
+    failed: dict[str, QueryResult] = {}
     for index in range(suite_size):
         for attempt in range(REDRAWS):
             conn = Generator(schema, pools, rng, index + attempt).build()
             try:
-                results = [run_query(conn, t, timeout_s, MAX_ROWS) for t in unique]
+                results = [failed.get(t) or run_query(conn, t, timeout_s, MAX_ROWS) for t in unique]
             finally:
                 conn.close()
+            failed.update((t, r) for t, r in zip(unique, results, strict=True) if not r.ok)
             # A database on which every candidate returns nothing cannot tell them apart: redraw.
             if any(r.rows for r in results) or attempt == REDRAWS - 1:
                 break
@@ -128,7 +131,7 @@ def vote(candidates: list[str], results: list[list[QueryResult]]) -> dict[str, A
 
 
 def select_row(
-    row: dict[str, Any], suite_size: int = 8, seed: int = 0, timeout_s: float = 2.0
+    row: dict[str, Any], suite_size: int = 8, seed: int = 0, timeout_s: float = 1.0
 ) -> dict[str, Any]:
     """One predictions row with ``prediction`` set to the voted candidate and ``selection`` added."""
     out = dict(row)
@@ -141,8 +144,8 @@ def select_row(
     else:
         try:
             info = vote(candidates, candidate_results(context, candidates, suite_size, seed, timeout_s))
-        except (sqlite3.Error, SqlglotError, RecursionError, ValueError) as exc:
-            # the context itself cannot be turned into databases: keep the greedy output
+        except Exception as exc:  # one odd context must not stop a whole predictions file
+            # the context cannot be turned into databases: keep the greedy output, say why
             info = {"chosen": 0, "groups": [], "executable": 0, "error": f"{type(exc).__name__}: {exc}"[:200]}
     out["prediction"] = candidates[info["chosen"]]
     if row.get("candidates_raw") and len(row["candidates_raw"]) == len(candidates):
@@ -160,7 +163,7 @@ def select_by_execution(
     rows: list[dict[str, Any]],
     suite_size: int = 8,
     seed: int = 0,
-    timeout_s: float = 2.0,
+    timeout_s: float = 1.0,
     workers: int | None = None,
 ) -> list[dict[str, Any]]:
     """Apply :func:`select_row` to every row (in ``workers`` processes); input order is kept."""
