@@ -207,8 +207,8 @@ def pair_tests(runs: list[RunInfo], split: str, key: str) -> list[dict[str, Any]
     out = []
     for a, b in combinations(runs, 2):
         va, vb = verdicts(a, split, key), verdicts(b, split, key)
-        if va is None or vb is None:
-            continue
+        if va is None or vb is None or set(va) != set(vb):
+            continue  # paired tests need the same examples (validation splits may differ by design)
         ids = sorted(va)
         test = mcnemar_exact([va[i] for i in ids], [vb.get(i) for i in ids])
         out.append({"first": a.system, "second": b.system, **test})

@@ -185,12 +185,19 @@ def load_run(run: RunDir, system: str, task: str, description: str | None) -> Ru
 
 
 def check_same_examples(runs: list[RunInfo], task: str) -> None:
-    """Every system of a task must be scored on the same ids with the same golds, in any order."""
+    """Every system of a task must be scored on the same ids with the same golds, in any order.
+
+    The validation split is compared among systems with the same ``task.validation`` setting
+    only: a system that validates on the test set (the original study's setting) has, by design,
+    another validation split; its test split is still held to the same examples.
+    """
     first = runs[0]
     for split in first.predictions:
         reference = {r["id"]: r["gold"] for r in first.predictions[split]}
         for other in runs[1:]:
             if split not in other.predictions:
+                continue
+            if split == "validation" and other.config.task.validation != first.config.task.validation:
                 continue
             theirs = {r["id"]: r["gold"] for r in other.predictions[split]}
             where = f"task '{task}' split '{split}': systems '{first.system}' and '{other.system}'"

@@ -1,0 +1,31 @@
+"""The committed GPU results re-score to exactly the committed metrics (issue: anyone can check them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunebench.evaluation import evaluate
+from tunebench.io import read_json
+from tunebench.rundir import RunDir
+from tunebench.tasks import get_task
+
+RUNS = Path(__file__).resolve().parents[1] / "results" / "qwen15-study" / "runs"
+CELLS = sorted(p.parent.parent.parent.name for p in RUNS.glob("*/eval/test/metrics.json"))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_committed_predictions_rescore_to_committed_metrics(
+    cell: str, tmp_path: Path, data_dir: Path
+) -> None:
+    run = RunDir(RUNS / cell)
+    config = run.load_config()
+    config = config.model_copy(update={"task": config.task.model_copy(update={"data_dir": str(data_dir)})})
+    options = {**get_task(config.task).scorer_options(), "suite_cache_dir": ""}
+    fresh = evaluate(config.task.name, run.predictions("test"), tmp_path, options)
+    committed = read_json(run.eval_dir("test") / "metrics.json")
+    for key in ("predictions", "task", "seconds", "options"):  # where and how fast, not what
+        fresh.pop(key, None)
+        committed.pop(key, None)
+    assert fresh == committed
