@@ -180,6 +180,15 @@ def write(path: Path, text: str | bytes) -> Path:
     return path
 
 
+def write_custom_config(folder: Path, name: str, data_file: str) -> Path:
+    """``<name>.yaml``: a custom task reading ``data_file`` for train and test."""
+    return write(
+        folder / f"{name}.yaml",
+        f"name: {name}\ntask:\n  name: custom\n  train_file: {data_file}\n  test_file: {data_file}\n"
+        "  prompt_template: '{q}'\n",
+    )
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -222,41 +231,25 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     assert_one_line_error(cli("prepare", "nope.yaml", cwd=tmp_path), "nope.yaml: file not found")
     # non-UTF-8 data file (custom task)
     write(tmp_path / "latin.jsonl", b'{"q": "caf\xe9", "target": "x"}\n')
-    write(
-        tmp_path / "d.yaml",
-        "name: d\ntask:\n  name: custom\n  train_file: latin.jsonl\n  test_file: latin.jsonl\n"
-        "  prompt_template: '{q}'\n",
-    )
+    write_custom_config(tmp_path, "d", "latin.jsonl")
     assert_one_line_error(cli("prepare", "d.yaml", cwd=tmp_path), "latin.jsonl:1: not valid UTF-8")
     # malformed JSONL names the line
     write(tmp_path / "broken.jsonl", '{"q": "a", "target": "b"}\n{"q": oops}\n')
-    write(
-        tmp_path / "e.yaml",
-        (tmp_path / "d.yaml").read_text().replace("latin", "broken").replace("name: d", "name: e"),
-    )
+    write_custom_config(tmp_path, "e", "broken.jsonl")
     assert_one_line_error(cli("prepare", "e.yaml", cwd=tmp_path), "broken.jsonl:2: invalid JSON")
     # missing field names row and field
     write(tmp_path / "nofield.jsonl", '{"q": "a", "target": "b"}\n{"q": "c"}\n')
-    write(
-        tmp_path / "f.yaml",
-        (tmp_path / "d.yaml").read_text().replace("latin", "nofield").replace("name: d", "name: f"),
-    )
+    write_custom_config(tmp_path, "f", "nofield.jsonl")
     assert_one_line_error(
         cli("prepare", "f.yaml", cwd=tmp_path), "nofield.jsonl: row 2: field 'target': missing"
     )
     # empty file
     write(tmp_path / "empty.jsonl", "")
-    write(
-        tmp_path / "g.yaml",
-        (tmp_path / "d.yaml").read_text().replace("latin", "empty").replace("name: d", "name: g"),
-    )
+    write_custom_config(tmp_path, "g", "empty.jsonl")
     assert_one_line_error(cli("prepare", "g.yaml", cwd=tmp_path), "empty.jsonl: file is empty")
     # malformed CSV row
     write(tmp_path / "bad.csv", "q,target\na,b\nc,d,e\n")
-    write(
-        tmp_path / "h.yaml",
-        (tmp_path / "d.yaml").read_text().replace("latin.jsonl", "bad.csv").replace("name: d", "name: h"),
-    )
+    write_custom_config(tmp_path, "h", "bad.csv")
     assert_one_line_error(cli("prepare", "h.yaml", cwd=tmp_path), "bad.csv:3: expected 2 cells, found 3")
     # a data mirror without the task's files
     write(tmp_path / "i.yaml", "name: i\ntask:\n  name: viggo\n  data_dir: nowhere\n")
