@@ -103,12 +103,10 @@ def train(
         from tunebench.training.distributed import launch
 
         raise typer.Exit(launch(config, gpus, sys.argv))
-    from tunebench.data.prepare import prepare as prepare_fn
-    from tunebench.pipeline import open_run, train_stage
+    from tunebench.pipeline import ensure_prepared, open_run, train_stage
 
     run = open_run(cfg)
-    if not run.stage_done("prepare"):
-        prepare_fn(cfg, run)
+    ensure_prepared(cfg, run)
     summary = train_stage(cfg, run, resume=resume, yes=yes)
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per process
         Console().print_json(json.dumps(summary, default=str))
@@ -122,8 +120,7 @@ def predict(
     overrides: SetOpt = None,
 ) -> None:
     """Generate predictions for a split into RUN/predictions/<split>.jsonl (resumable)."""
-    from tunebench.data.prepare import prepare as prepare_fn
-    from tunebench.pipeline import open_run, predict_stage
+    from tunebench.pipeline import ensure_prepared, open_run, predict_stage
     from tunebench.rundir import RunDir
 
     if run_dir is not None:
@@ -134,8 +131,7 @@ def predict(
         run = open_run(cfg)
     else:
         raise TunebenchError("give a config or --run-dir")
-    if not run.stage_done("prepare"):
-        prepare_fn(cfg, run)
+    ensure_prepared(cfg, run)
     predict_stage(cfg, run, split)
     console.print(f"predictions: {run.predictions(split)}")
 

@@ -50,6 +50,12 @@ def open_run(config: ExperimentConfig) -> RunDir:
     return run
 
 
+def ensure_prepared(config: ExperimentConfig, run: RunDir) -> None:
+    """Run the prepare stage unless the manifest records it as finished."""
+    if not run.stage_done("prepare"):
+        prepare(config, run)
+
+
 def train_stage(
     config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False
 ) -> dict[str, Any]:
@@ -85,8 +91,7 @@ def evaluate_stage(config: ExperimentConfig, run: RunDir, split: str, **options:
 def run_experiment(config: ExperimentConfig, yes: bool = False) -> RunDir:
     """Every stage of one experiment, skipping finished ones."""
     run = open_run(config)
-    if not run.stage_done("prepare"):
-        prepare(config, run)
+    ensure_prepared(config, run)
     if not run.stage_done("train"):
         train_stage(config, run, resume=True, yes=yes)
     for split in config.eval_splits:
