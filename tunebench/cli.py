@@ -99,14 +99,14 @@ def train(
 ) -> None:
     """Fine-tune: LoRA here (provider local) or an OpenAI job (provider openai)."""
     cfg = load_config(config, overrides)
-    if gpus > 1 and cfg.provider == "local" and "LOCAL_RANK" not in os.environ:
-        from tunebench.training.distributed import launch
-
-        raise typer.Exit(launch(config, gpus, sys.argv))
     from tunebench.pipeline import ensure_prepared, open_run, train_stage
 
     run = open_run(cfg)
-    ensure_prepared(cfg, run)
+    ensure_prepared(cfg, run)  # once, here, before N processes would race to do it
+    if gpus > 1 and cfg.provider == "local" and "LOCAL_RANK" not in os.environ:
+        from tunebench.training.distributed import launch
+
+        raise typer.Exit(launch(gpus, sys.argv))
     summary = train_stage(cfg, run, resume=resume, yes=yes)
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per process
         Console().print_json(json.dumps(summary, default=str))
@@ -117,6 +117,10 @@ def predict(
     config: Annotated[Path | None, typer.Argument(help="Experiment config (YAML).")] = None,
     run_dir: Annotated[Path | None, typer.Option(help="A run directory instead of a config.")] = None,
     split: Annotated[str, typer.Option(help="validation or test.")] = "test",
+    gpus: Annotated[
+        int,
+        typer.Option(help="Split the examples over N GPUs, one process each (local and base providers)."),
+    ] = 1,
     overrides: SetOpt = None,
 ) -> None:
     """Generate predictions for a split into RUN/predictions/<split>.jsonl (resumable)."""
@@ -131,9 +135,14 @@ def predict(
         run = open_run(cfg)
     else:
         raise TunebenchError("give a config or --run-dir")
-    ensure_prepared(cfg, run)
+    ensure_prepared(cfg, run)  # once, here, before N processes would race to do it
+    if gpus > 1 and cfg.provider in ("local", "base") and "LOCAL_RANK" not in os.environ:
+        from tunebench.training.distributed import launch
+
+        raise typer.Exit(launch(gpus, sys.argv))
     predict_stage(cfg, run, split)
-    console.print(f"predictions: {run.predictions(split)}")
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"predictions: {run.predictions(split)}")
 
 
 @app.command()

@@ -20,6 +20,12 @@ and the generation time so far). A rerun with the same fingerprint skips the ids
 a different fingerprint starts over. At the end the rows are sorted into example order,
 written atomically to ``<split>.jsonl``, and the partial files are removed.
 
+**Several GPUs** (``accelerate launch`` / ``torchrun``, ``WORLD_SIZE`` > 1; provider local or
+base): rank r generates examples r, r+W, r+2W, ... on ``cuda:LOCAL_RANK`` (CPU without CUDA)
+into its own ``<split>.rank<r>-of-<W>.jsonl`` (resumable like above, with its own partial
+files), then rank 0 waits for every rank (a gloo barrier), merges the rows in example order into
+``<split>.jsonl`` and alone records the manifest stage. Single-process runs are unaffected.
+
 ``TUNEBENCH_FAULT_AFTER_BATCHES=N`` raises ``KeyboardInterrupt`` after N batches have been
 written: a deliberate crash, used by the tests (and by anyone checking resume on real hardware).
 """
@@ -32,14 +38,15 @@ import os
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from tunebench.config import ExperimentConfig
 from tunebench.data.prepare import load_prepared
 from tunebench.errors import TunebenchError
-from tunebench.io import read_json, write_json, write_jsonl
+from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
 from tunebench.rundir import RunDir
 from tunebench.tasks import Example, Task, get_task
 
@@ -160,11 +167,14 @@ def predict_local(
     from tunebench.inference.local import load_generator
 
     final = run.predictions(split)
-    partial, meta_path = partial_paths(final)
+    shard = Shard.from_env()
+    mine = examples[shard.rank :: shard.world]
+    target = shard.rank_file(final)
+    partial, meta_path = partial_paths(target)
     key = fingerprint(config, run, split)
     done, spent = load_partial(partial, meta_path, key)
     resumed = len(done)
-    prompts = model_prompts(config, run, task, examples)
+    prompts = model_prompts(config, run, task, mine)
     gen = config.generation
     start_load = time.perf_counter()
     adapter = run.adapter_dir if config.provider == "local" else None
@@ -174,36 +184,50 @@ def predict_local(
         )
     if generator is None:
         generator = load_generator(
-            config.model, adapter, merge=gen.merge_adapter, long_prompts=gen.long_prompts
+            config.model,
+            adapter,
+            merge=gen.merge_adapter,
+            long_prompts=gen.long_prompts,
+            device=shard.device(),
         )
     load_s = time.perf_counter() - start_load
     passes = sampling_passes(config, task)
-    todo = [i for i, ex in enumerate(examples) if ex.id not in done]
+    todo = [i for i, ex in enumerate(mine) if ex.id not in done]
     batches = length_sorted_batches(generator, [prompts[i] for i in todo], gen.batch_size)
     write_json(meta_path, {"fingerprint": key, "generation_s": spent})
     limit = fault_after()
     started = time.perf_counter()
-    with ProgressBar(split, len(examples), resumed) as advance:
+    with ProgressBar(split, len(mine), resumed) as advance:
         for number, batch in enumerate(batches, start=1):
             indexes = [todo[j] for j in batch]
             results = generate_candidates(
-                generator, [prompts[i] for i in indexes], passes, [examples[i].id for i in indexes]
+                generator, [prompts[i] for i in indexes], passes, [mine[i].id for i in indexes]
             )
             rows = [
-                prediction_row(task, examples[i], prompts[i], r)
-                for i, r in zip(indexes, results, strict=True)
+                prediction_row(task, mine[i], prompts[i], r) for i, r in zip(indexes, results, strict=True)
             ]
             append_rows(partial, rows)
             done.update((row["id"], row) for row in rows)
             write_json(meta_path, {"fingerprint": key, "generation_s": spent + time.perf_counter() - started})
             advance(len(indexes))
             if limit is not None and number >= limit:
+                # every rank crashes at the same point: a launcher that kills the survivors
+                # when the first rank dies must not race a rank that has not written yet
+                if shard.world > 1:
+                    shard.barrier()
                 raise KeyboardInterrupt(f"{FAULT_ENV}={limit}: stopped after {number} batches")
     generation_s = spent + time.perf_counter() - started
+    if shard.world > 1:
+        merged = shard.gather(final, mine, done, resumed, generation_s)
+        if merged is None:  # ranks other than 0: rank 0 writes the file and the manifest
+            return final
+        done, resumed, generation_s = merged
     selection = apply_selection(config, done) if gen.selection == "execution_vote" else {}
     finish_file(final, examples, done)
     rows = [done[ex.id] for ex in examples]
     info = timing_info(rows, generation_s)
+    if shard.world > 1:
+        info.update(gpu_count=shard.world if info["gpu_count"] else 0, processes=shard.world)
     info.update(selection)
     info.update(
         load_time_s=round(load_s, 3),
@@ -216,7 +240,110 @@ def predict_local(
         dtype=str(generator.dtype).removeprefix("torch."),
     )
     run.record_stage(f"predict:{split}", **info)
+    shard.release(final)
     return final
+
+
+# --- several processes (one per GPU) --------------------------------------------------------
+# Generation can run for hours; a rank that resumed with less left waits that long at the barrier.
+BARRIER_TIMEOUT = timedelta(hours=24)
+
+
+@dataclass
+class Shard:
+    """This process's place among ``world`` prediction processes (RANK/WORLD_SIZE/LOCAL_RANK)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    group: Any = None  # the gloo group used for barriers, created on first use
+    owns_default_group: bool = False
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        try:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+        except ValueError as exc:
+            raise TunebenchError(f"RANK/WORLD_SIZE/LOCAL_RANK: not integers ({exc})") from exc
+        if world > 1 and not 0 <= rank < world:
+            raise TunebenchError(f"RANK={rank}: outside 0..{world - 1} (WORLD_SIZE={world})")
+        return cls(rank=rank, world=max(world, 1), local_rank=local_rank)
+
+    def device(self) -> str | None:
+        """``cuda:LOCAL_RANK`` (or cpu) when sharded; None keeps the single-process default."""
+        if self.world == 1:
+            return None
+        import torch
+
+        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+
+    def rank_file(self, final: Path) -> Path:
+        """Where this rank's rows go: ``final`` itself for one process, else a per-rank file."""
+        if self.world == 1:
+            return final
+        stem = final.name.removesuffix(".jsonl")
+        return final.with_name(f"{stem}.rank{self.rank}-of-{self.world}.jsonl")
+
+    def barrier(self) -> None:
+        """Wait for every rank over gloo (works on CPU and beside an NCCL group alike)."""
+        import torch.distributed as dist
+
+        if self.group is None:
+            if dist.is_initialized():
+                self.group = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+            else:
+                dist.init_process_group(
+                    "gloo", rank=self.rank, world_size=self.world, timeout=BARRIER_TIMEOUT
+                )
+                self.owns_default_group = True
+                self.group = dist.group.WORLD
+        dist.barrier(group=self.group)
+
+    def gather(
+        self,
+        final: Path,
+        mine: list[Example],
+        done: dict[str, dict[str, Any]],
+        resumed: int,
+        generation_s: float,
+    ) -> tuple[dict[str, dict[str, Any]], int, float] | None:
+        """Write this rank's rows, wait for all ranks; on rank 0 the merged rows, resumed count
+        and generation time (the slowest rank's); None on the other ranks (after rank 0 is done)."""
+        own = self.rank_file(final)
+        finish_file(own, mine, done)
+        write_json(own.with_suffix(".json"), {"resumed": resumed, "generation_s": generation_s})
+        self.barrier()
+        if self.rank != 0:
+            self.barrier()  # rank 0 has written the merged file and the manifest
+            self.release(final)
+            return None
+        merged: dict[str, dict[str, Any]] = {}
+        total_resumed, slowest = 0, 0.0
+        for rank in range(self.world):
+            path = replace(self, rank=rank).rank_file(final)
+            merged.update((row["id"], row) for row in read_jsonl(path, required=("id",), allow_empty=True))
+            stats = read_json(path.with_suffix(".json"))
+            total_resumed += int(stats["resumed"])
+            slowest = max(slowest, float(stats["generation_s"]))
+        return merged, total_resumed, slowest
+
+    def release(self, final: Path) -> None:
+        """Rank 0: remove the per-rank files and let the other ranks go; then drop our group."""
+        if self.world == 1:
+            return
+        if self.rank == 0:
+            for rank in range(self.world):
+                path = replace(self, rank=rank).rank_file(final)
+                path.unlink(missing_ok=True)
+                path.with_suffix(".json").unlink(missing_ok=True)
+            self.barrier()
+        if self.owns_default_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_default_group = False
 
 
 def sampling_passes(config: ExperimentConfig, task: Task) -> list[Any]:

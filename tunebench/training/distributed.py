@@ -1,4 +1,4 @@
-"""``tunebench train CONFIG --gpus N``: re-execute the same command on N processes.
+"""``tunebench train|predict ... --gpus N``: re-execute the same command on N processes.
 
 On GPUs the command goes through ``accelerate launch --multi_gpu --num_processes N``: DDP, one
 process per GPU, for models whose bf16 weights fit one GPU (every size the study used). For a
@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from tunebench.errors import TunebenchError
 
@@ -73,14 +72,12 @@ def launch_command(gpus: int, args: Sequence[str], cuda: bool | None = None) -> 
     return [*launcher, "-m", "tunebench", *args]
 
 
-def launch(config_path: str | Path, gpus: int, argv: Sequence[str]) -> int:
-    """Run ``argv`` (``sys.argv`` of ``tunebench train ... --gpus N``) on ``gpus`` processes;
-    returns the launcher's exit status."""
+def launch(gpus: int, argv: Sequence[str]) -> int:
+    """Run ``argv`` (``sys.argv`` of ``tunebench train|predict ... --gpus N``) on ``gpus``
+    processes; returns the launcher's exit status."""
     if gpus < 1:
         raise TunebenchError(f"--gpus {gpus}: must be >= 1")
     args = strip_gpus(list(argv)[1:])
-    if "train" not in args:
-        args = ["train", str(config_path), *args]
     import torch
 
     cuda = torch.cuda.is_available()
