@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=DEFAULT_VARIANTS)
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bfloat16", "float32"],
+        help="model.dtype of every variant",
+    )
+    p.add_argument(
         "--out", default=None, help="JSON path (default $OUT/train.json or benchmarks/results/train.json)"
     )
     args = p.parse_args(argv)
@@ -73,7 +79,7 @@ def make_config(args: argparse.Namespace, workdir: Path, name: str, overrides: d
     data: dict[str, Any] = {
         "name": name,
         "runs_dir": str(workdir),
-        "model": {"name": args.model},
+        "model": {"name": args.model, "dtype": args.dtype},
         "task": {
             "name": args.task,
             "data_dir": args.data_dir,
@@ -131,7 +137,7 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
     if overrides.get("training.liger") and trainer.device.type != "cuda":
         return {"status": "skipped: liger needs CUDA"}
     reset_memory()
-    losses, times, tokens = [], [], []
+    losses, times, tokens, norms, rates = [], [], [], [], []
     for step in range(args.steps):
         t0 = time.perf_counter()
         out = trainer.train_step(step)
@@ -139,7 +145,10 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
         times.append(time.perf_counter() - t0)
         losses.append(out["loss"])
         tokens.append(out["tokens"])
+        norms.append(out["grad_norm"])  # non-finite: the step was skipped
+        rates.append(out["lr"])
     result = summarize(args, times, tokens, losses, trainer.flops_per_token)
+    result.update(grad_norms=norms, learning_rates=rates)
     result["peak_memory_gb"] = peak_gb()
     result["micro_batches_note"] = f"tokens_per_micro_batch={cfg.training.tokens_per_micro_batch}"
     del trainer
@@ -213,7 +222,7 @@ def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]
         lr_scheduler_type=cfg.training.lr_scheduler,
         warmup_steps=cfg.training.warmup_steps,
         max_grad_norm=cfg.training.max_grad_norm,
-        bf16=device.type == "cuda",
+        bf16=base.dtype == torch.bfloat16,  # autocast, as on the GPU
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -223,6 +232,8 @@ def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]
         use_cpu=device.type == "cpu",
     )
     losses: list[float] = []
+    norms: list[float] = []
+    rates: list[float] = []
 
     class Losses(TrainerCallback):
         def on_log(
@@ -230,6 +241,8 @@ def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]
         ) -> None:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
+                norms.append(float(logs.get("grad_norm", float("nan"))))
+                rates.append(float(logs.get("learning_rate", float("nan"))))
 
     trainer = InOrder(
         model=model,
@@ -244,6 +257,7 @@ def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]
     context = sum(len(ex) for ex in train_set) / len(train_set)
     flops = model_flops_per_token(model, context, stats.labeled_tokens / max(1, stats.tokens))
     result = summarize(args, step_times, step_tokens[: len(step_times)], losses, flops)
+    result.update(grad_norms=norms, learning_rates=rates)
     result["peak_memory_gb"] = peak_gb()
     del trainer, model, base
     return result
