@@ -190,7 +190,7 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "runs" / "two"
     two = read_json(root / "train_summary.json")
-    assert two["processes"] == 2
+    assert two["processes"] == 2 and two["sharding"] == "ddp"
     assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
     assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
     assert two["train_tokens"] == one["train_tokens"]
@@ -221,3 +221,47 @@ def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir)
         one["best_validation_loss"], rel=1e-5
     )
     assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_fsdp_on_two_processes_equals_one_process_and_resumes_a_one_process_checkpoint(
+    tmp_path, tiny_model_dir, data_dir
+) -> None:
+    """FSDP2 over 2 gloo processes: same losses and adapter as 1 process; and a run killed on 1
+    process (checkpoint: step 2) resumes sharded on 2, since checkpoints are keyed by name."""
+    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "one"))
+    sharded = ["--gpus", "2", "--set", "training.fsdp=true"]
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "fsdp")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunebench", "train", str(path), *sharded],
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "runs" / "fsdp"
+    two = read_json(root / "train_summary.json")
+    assert two["processes"] == 2 and two["sharding"] == "fsdp"
+    assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
+    assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
+    assert losses(root, "validation") == pytest.approx(losses(root_one, "validation"), rel=1e-5)
+    wa, wb = adapter(root), adapter(root_one)
+    assert wa.keys() == wb.keys() and wa  # the gathered adapter is whole, not one shard
+    assert all(wa[k].shape == wb[k].shape and torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+
+    moved = write_config(tmp_path, tiny_model_dir, data_dir, "moved")
+    base = [sys.executable, "-m", "tunebench", "train", str(moved)]
+    killed = subprocess.run(
+        base, env=cli_env(**{FAULT_KILL_ENV: "3"}), capture_output=True, text=True, timeout=300
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    proc = subprocess.run(
+        [*base, *sharded], env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stderr and "step-2" in proc.stderr
+    resumed = tmp_path / "runs" / "moved"
+    assert losses(resumed) == pytest.approx(losses(root_one), rel=1e-5)
+    wc = adapter(resumed)
+    assert all(torch.allclose(wc[k], wb[k], rtol=1e-4, atol=1e-6) for k in wb)

@@ -182,6 +182,15 @@ class TrainingConfig(Strict):
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
     )
     num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+    fsdp: bool = Field(
+        False,
+        description=(
+            "With several processes, shard the frozen base and the LoRA weights and optimizer "
+            "state across them (PyTorch FSDP2, one unit per decoder layer) instead of a full copy "
+            "per GPU (DDP): for models whose weights do not fit one GPU. Same results as DDP; "
+            "checkpoints resume under either setting and any process count."
+        ),
+    )
 
 
 class GenerationConfig(Strict):

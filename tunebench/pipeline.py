@@ -19,7 +19,7 @@ from tunebench.tasks import get_task
 OPERATIONAL_KEYS = {
     "runs_dir": None,
     "generation": {"batch_size"},
-    "training": {"num_workers"},
+    "training": {"num_workers", "fsdp"},  # how, not what: FSDP and DDP give the same run
     "openai": {"yes", "poll_interval_s", "max_concurrency"},
 }
 

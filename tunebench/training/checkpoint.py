@@ -1,7 +1,8 @@
 """Resumable training state: ``checkpoints/step-N/``, written atomically.
 
-A checkpoint holds the adapter (peft, safetensors), the optimizer and scheduler states, the
-RNG states (python, numpy, torch, CUDA) and ``state.json`` (global step, tokens seen, wall
+A checkpoint holds the adapter (peft, safetensors), the optimizer state (full tensors keyed by
+parameter name, through ``torch.distributed.checkpoint``, so it loads under DDP or FSDP and on
+any process count), the scheduler state, the RNG states (python, numpy, torch, CUDA) and ``state.json`` (global step, tokens seen, wall
 time, early-stopping state, best loss/step, skipped steps). Data order is a pure function of
 (seed, global step) (see :mod:`.data`), so the step *is* the data position and a run can
 resume on a different number of processes. Each checkpoint is built in a temporary folder
@@ -62,23 +63,53 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's full state keyed by parameter name, on CPU (the main process's copy).
+
+    A collective under FSDP (sharded states are gathered): every process calls it.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(module, optimizer, options=options)
+
+
+def load_optimizer_state(
+    module: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]
+) -> None:
+    """Restore what :func:`optimizer_state` saved (each process passes the full state); a
+    checkpoint from before name-keyed states (integer keys) loads as a plain state dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    params = [p for group in saved.get("param_groups", []) for p in group["params"]]
+    if params and all(isinstance(p, int) for p in params):
+        optimizer.load_state_dict(saved)
+        return
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=saved, options=options)
+
+
 def save_checkpoint(
     root: Path,
     step: int,
     model: Any,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: Any,
     state: dict[str, Any],
     rng: dict[str, Any],
+    adapter_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``root/step-<step>/`` atomically (temp folder + rename); returns its path."""
+    """Write ``root/step-<step>/`` atomically (temp folder + rename); returns its path.
+
+    ``adapter_state``: the LoRA weights gathered in full (FSDP); None reads them from ``model``.
+    """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "adapter", safe_serialization=True)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=adapter_state)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng, tmp / "rng.pt")
     write_json(tmp / "state.json", state)  # last: its presence marks a complete checkpoint
@@ -94,9 +125,12 @@ def load_state(folder: Path) -> dict[str, Any]:
     return read_json(folder / "state.json")
 
 
-def load_checkpoint(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+def load_checkpoint(
+    folder: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict[str, Any]:
     """Restore optimizer and scheduler in place; returns (state, rng) for the caller."""
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
+    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
+    load_optimizer_state(module, optimizer, saved)
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
     rng = torch.load(folder / "rng.pt", weights_only=False)
     return {"state": load_state(folder), "rng": rng}

@@ -2,11 +2,9 @@
 
 On GPUs the command goes through ``accelerate launch --multi_gpu --num_processes N``: DDP, one
 process per GPU, for models whose bf16 weights fit one GPU (every size the study used). For a
-model that does not fit, pass an accelerate config with FSDP
-(``ACCELERATE_CONFIG_FILE=fsdp.yaml tunebench train cfg.yaml --gpus N``, made with
-``accelerate config``; use ``fsdp_use_orig_params: true`` so the frozen base and the LoRA
-parameters can share FSDP units): the loop only uses accelerate's ``prepare``, ``no_sync``,
-``clip_grad_norm_`` and ``reduce``, which FSDP implements (tested here: DDP only).
+model that does not fit, set ``training.fsdp: true``: the loop shards the base, the adapter and
+the optimizer state with PyTorch's FSDP2 (:mod:`.fsdp`). Checkpoints are keyed by parameter
+name, so a run resumes under DDP or FSDP on any number of processes.
 
 Without CUDA the processes are started by ``torch.distributed.run`` and accelerate uses gloo
 on CPU (what the tests run). The engine (:mod:`.loop`) gives each rank a strided share of each

@@ -50,7 +50,7 @@ from tunebench.training.data import (
     step_example_indices,
     tokenize_examples,
 )
-from tunebench.training.lora import LossModel, apply_lora, liger_loss_fn, load_base
+from tunebench.training.lora import LossModel, apply_lora, causal_lm, liger_loss_fn, load_base
 from tunebench.training.mfu import mfu, model_flops_per_token
 
 log = logging.getLogger("tunebench.training")
@@ -108,6 +108,7 @@ class Trainer:
         self.device = self.acc.device
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.main = self.acc.is_main_process
+        self.fsdp = self.tc.fsdp and self.world > 1  # one process: nothing to shard
         if self.tc.batch_size < self.world:
             raise TunebenchError(
                 f"training.batch_size {self.tc.batch_size} < {self.world} processes: every process needs an example"
@@ -157,7 +158,14 @@ class Trainer:
         if self.tc.compile:
             # In place (nn.Module.compile) so parameter names, and thus saved adapters, are unchanged.
             self.model.get_base_model().get_decoder().compile(dynamic=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.state = new_state()
+        self.restore_or_start()  # the adapter's weights, before FSDP would shard them
+        loss_model = LossModel(self.model, fused)
+        if self.fsdp:
+            from tunebench.training import fsdp
+
+            fsdp.shard(loss_model, list(causal_lm(self.model).get_decoder().layers), self.dtype)
+        params = [p for p in loss_model.parameters() if p.requires_grad]  # FSDP: the local shards
         self.params = params
         optimizer = torch.optim.AdamW(params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay)
         self.scheduler = get_scheduler(
@@ -166,11 +174,14 @@ class Trainer:
             num_warmup_steps=self.tc.warmup_steps,
             num_training_steps=self.total,
         )
-        self.state = new_state()
-        self.restore_or_start()
-        self.loss_model, self.optimizer = self.acc.prepare(LossModel(self.model, fused), optimizer)
+        if self.fsdp:  # sharded already: accelerate would wrap it in DDP
+            self.loss_model, self.optimizer = loss_model, optimizer
+        else:
+            self.loss_model, self.optimizer = self.acc.prepare(loss_model, optimizer)
         if self.resume_from is not None:
-            restored = ckpt.load_checkpoint(self.resume_from, self.optimizer, self.scheduler)
+            restored = ckpt.load_checkpoint(
+                self.resume_from, self.bare_loss_model(), self.bare_optimizer(), self.scheduler
+            )
             self.state = restored["state"]
             ckpt.set_rng_state(restored["rng"])
         context = sum(len(ex) for ex in self.train_set) / len(self.train_set)
@@ -200,6 +211,22 @@ class Trainer:
             self.run.metrics_log.unlink(missing_ok=True)
         self.acc.wait_for_everyone()
 
+    def bare_loss_model(self) -> torch.nn.Module:
+        """The LossModel without accelerate's DDP wrapper (FSDP's is the module itself)."""
+        return self.loss_model if self.fsdp else self.acc.unwrap_model(self.loss_model)
+
+    def bare_optimizer(self) -> torch.optim.Optimizer:
+        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
+
+    def passes_everywhere(self, count: int) -> int:
+        """FSDP: the most forward passes any process runs (each pass all-gathers, so all must
+        run as many); DDP: ``count`` (forwards are collective-free, see ``broadcast_buffers``)."""
+        if not self.fsdp:
+            return count
+        most = torch.tensor(count, device=self.device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        return int(most)
+
     # --- one step -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
@@ -221,30 +248,39 @@ class Trainer:
         labeled = sum(ex.n_labeled for ex in examples)  # global: every rank knows the whole step
         mine = [examples[i] for i in rank_share(range(len(examples)), self.rank, self.world)]
         micro = plan_micro_batches(mine, tc.packing, tc.tokens_per_micro_batch, tc.micro_batch_size)
+        passes = self.passes_everywhere(len(micro))
         torch.manual_seed(step_seed(tc.seed, step, self.rank))
         poison = (step + 1) in _fault_steps(FAULT_NAN_ENV)
         loss_sum = torch.zeros((), device=self.device)
         tokens = 0
-        for j, group in enumerate(micro):
-            batch = self.to_device(collate(group, tc.packing, self.pad_id))
-            # One gradient all-reduce per step, at this rank's last micro-batch.
-            sync = contextlib.nullcontext() if j == len(micro) - 1 else self.acc.no_sync(self.loss_model)
+        for j in range(passes):
+            # FSDP: a process out of micro-batches repeats its first one with weight 0
+            weight = 1.0 if j < len(micro) else 0.0
+            batch = self.to_device(collate(micro[j] if weight else micro[0], tc.packing, self.pad_id))
+            last = j == passes - 1  # one gradient all-reduce per step, at the last pass
+            if self.fsdp:
+                from tunebench.training.fsdp import set_gradient_sync
+
+                set_gradient_sync(self.loss_model, last)
+                sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            else:
+                sync = contextlib.nullcontext() if last else self.acc.no_sync(self.loss_model)
             with sync:
                 with self.autocast():
-                    total = self.loss_model(**batch)
-                # DDP averages gradients over ranks: scale by world / labeled so the result is
-                # sum(token losses) / labeled tokens of the whole step.
+                    total = self.loss_model(**batch) * weight
+                # DDP and FSDP average gradients over ranks: scale by world / labeled so the
+                # result is sum(token losses) / labeled tokens of the whole step.
                 scaled = total * (self.world / labeled)
                 if poison:
                     scaled = scaled * float("nan")
                 self.acc.backward(scaled)
             loss_sum += total.detach() * (float("nan") if poison else 1.0)
-            tokens += real_tokens(batch)
+            tokens += real_tokens(batch) if weight else 0
         reduced = self.acc.reduce(
             torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
         )
         loss = float(reduced[0]) / labeled
-        grad_norm = float(self.acc.clip_grad_norm_(self.params, tc.max_grad_norm))
+        grad_norm = self.clip_gradients()
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
         if finite:
@@ -253,20 +289,35 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss, "grad_norm": grad_norm, "tokens": int(reduced[1]), "finite": finite, "lr": lr}
 
+    def clip_gradients(self) -> float:
+        """Clip to ``training.max_grad_norm``; returns the norm before clipping (inf/nan kept)."""
+        if not self.fsdp:
+            return float(self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm))
+        from tunebench.training.fsdp import full_tensor
+
+        # the norm over DTensor shards is itself a DTensor: its full value is the global norm
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.tc.max_grad_norm)
+        return float(full_tensor(norm))
+
     @torch.no_grad()
     def validation_loss(self) -> float | None:
         """Same loss definition over the whole validation split (ranks share it, then reduce)."""
         if not self.val_set:
             return None
-        module = self.acc.unwrap_model(self.loss_model)  # no DDP collectives per forward
+        module = self.bare_loss_model()  # DDP: no collectives per forward; FSDP: needs its own
         module.eval()
         mine = rank_share(self.val_set, self.rank, self.world)
-        total = torch.zeros((), device=self.device)
-        for group in plan_micro_batches(
+        groups = plan_micro_batches(
             mine, self.tc.packing, self.tc.tokens_per_micro_batch, self.tc.micro_batch_size
-        ):
+        )
+        filler = groups[0] if groups else [self.train_set[0]]  # FSDP: a pass whose loss is dropped
+        total = torch.zeros((), device=self.device)
+        for j in range(self.passes_everywhere(len(groups))):
+            group = groups[j] if j < len(groups) else filler
             with self.autocast():
-                total += module(**self.to_device(collate(group, self.tc.packing, self.pad_id))).float()
+                loss = module(**self.to_device(collate(group, self.tc.packing, self.pad_id))).float()
+            if j < len(groups):
+                total += loss
         module.train()
         labeled = sum(ex.n_labeled for ex in self.val_set)
         return float(self.acc.reduce(total, "sum")) / labeled
@@ -353,10 +404,24 @@ class Trainer:
             self.save(s)
 
     def save(self, s: dict[str, Any]) -> None:
+        # every process joins the gathers (collectives under FSDP); the main process writes
+        optimizer_state = ckpt.optimizer_state(self.bare_loss_model(), self.bare_optimizer())
+        adapter_state = None
+        if self.fsdp:
+            from tunebench.training.fsdp import full_adapter_state
+
+            adapter_state = full_adapter_state(self.model)
         if self.main:
             root = self.run.checkpoints_dir
             ckpt.save_checkpoint(
-                root, s["step"], self.model, self.optimizer, self.scheduler, dict(s), ckpt.rng_state()
+                root,
+                s["step"],
+                self.model,
+                optimizer_state,
+                self.scheduler,
+                dict(s),
+                ckpt.rng_state(),
+                adapter_state=adapter_state,
             )
             ckpt.prune(root, {s["step"], s["best_step"] or s["step"]})
         self.acc.wait_for_everyone()
@@ -385,6 +450,7 @@ class Trainer:
             "stopped_early": s["stopped_early"],
             "truncated_prompts": self.train_stats.truncated,
             "processes": self.world,
+            "sharding": "fsdp" if self.fsdp else "ddp" if self.world > 1 else None,
             "packing": self.tc.packing,
         }
         if self.main:
