@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,27 @@ def test_ties_go_to_greedy_and_nothing_executable_keeps_candidate_0(eval_rows) -
     none = select_row({**row, "candidates": [BROKEN, "SELECT x FROM nowhere", ""]})
     assert none["selection"] == {"chosen": 0, "groups": [], "executable": 0}
     assert none["prediction"] == BROKEN
+
+
+def runaway(start: int) -> str:
+    return f"WITH RECURSIVE r(n) AS (SELECT {start} UNION ALL SELECT n + 1 FROM r) SELECT max(n) FROM r"
+
+
+def test_runaway_candidates_cost_one_limit_each_and_the_budget_caps_an_example(eval_rows) -> None:
+    row = next(r for r in eval_rows if r["id"] == "sql-eval-00026")
+    cands = ["SELECT count(*) FROM pets WHERE weight > 11", row["gold"], row["gold"]]
+    cands += [runaway(k) for k in range(4)]
+    start = time.monotonic()
+    free = select_row({**row, "candidates": cands}, timeout_s=0.3, budget_s=None)
+    spent = time.monotonic() - start
+    assert free["selection"]["chosen"] == 1 and free["selection"]["executable"] == 3
+    assert 4 * 0.3 <= spent < 4 * 0.3 + 2.0  # each runaway ran once (not once per database)
+
+    start = time.monotonic()
+    capped = select_row({**row, "candidates": cands}, timeout_s=0.3, budget_s=0.5)
+    assert time.monotonic() - start < 0.5 + 0.3 + 1.0
+    assert capped["selection"]["chosen"] == 0 and capped["prediction"] == cands[0]
+    assert capped["selection"]["error"] == "time budget of 0.5 s spent"
 
 
 def test_deterministic_and_parallel_equals_inline(eval_rows) -> None:

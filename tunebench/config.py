@@ -215,6 +215,15 @@ class GenerationConfig(Strict):
     vote_suite_size: int = Field(
         8, ge=1, description="execution_vote: databases generated per example to compare results on."
     )
+    vote_timeout_s: float = Field(
+        1.0, gt=0, description="execution_vote: time limit of one candidate query on one database."
+    )
+    vote_budget_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="execution_vote: time for all queries of one example together; when spent "
+        "(runaway samples) the example keeps its greedy candidate. null: no limit.",
+    )
     merge_adapter: bool = Field(True, description="Merge LoRA into the weights before generating (faster).")
     few_shot: int = Field(0, ge=0, description="k training examples prepended to each prompt (baselines).")
     long_prompts: Literal["truncate_left", "error"] = Field(

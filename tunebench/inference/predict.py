@@ -390,8 +390,13 @@ def apply_selection(config: ExperimentConfig, rows: dict[str, dict[str, Any]]) -
 
     start = time.perf_counter()
     ids = list(rows)
+    gen = config.generation
     selected = select_by_execution(
-        [rows[i] for i in ids], suite_size=config.generation.vote_suite_size, seed=config.training.seed
+        [rows[i] for i in ids],
+        suite_size=gen.vote_suite_size,
+        seed=config.training.seed,
+        timeout_s=gen.vote_timeout_s,
+        budget_s=gen.vote_budget_s,
     )
     rows.update(zip(ids, selected, strict=True))
     infos = [r["selection"] for r in selected]
@@ -401,6 +406,7 @@ def apply_selection(config: ExperimentConfig, rows: dict[str, dict[str, Any]]) -
         "selection_s": round(time.perf_counter() - start, 3),
         "selection_changed": sum(1 for i in infos if i["chosen"] != 0),
         "selection_none_executable": sum(1 for i in infos if i["executable"] == 0),
+        "selection_budget_spent": sum(1 for i in infos if "budget" in str(i.get("error", ""))),
     }
 
 

@@ -13,6 +13,11 @@ on all databases (the evaluator's comparison; row order counts when both queries
 first candidate of the largest group wins. Ties go to the group holding the earliest candidate,
 and candidate 0 is the greedy output, so greedy wins every tie. When nothing executes, candidate 0
 is kept. Everything is deterministic given (seed, context, candidates).
+
+Time: each query has a limit (``timeout_s``) and a candidate that failed once is not run again,
+so one runaway candidate costs one limit. Several runaway samples could still cost several seconds
+per example; a per-example budget (``budget_s``) caps that: once spent, the example keeps its
+greedy candidate, and the selection info says so.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import multiprocessing
 import os
 import random
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -73,10 +79,30 @@ def _executed(sql: str) -> str:
     return remove_distinct(repair(sql))
 
 
+class BudgetSpent(Exception):
+    """The example's time budget ran out before every candidate had run everywhere."""
+
+
 def candidate_results(
-    context: str, candidates: list[str], suite_size: int, seed: int, timeout_s: float
+    context: str,
+    candidates: list[str],
+    suite_size: int,
+    seed: int,
+    timeout_s: float,
+    budget_s: float | None = None,
 ) -> list[list[QueryResult]]:
-    """Each candidate's result on each generated database (same order as ``candidates``)."""
+    """Each candidate's result on each generated database (same order as ``candidates``);
+    raises :class:`BudgetSpent` when the queries together need more than ``budget_s``."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+
+    def limit() -> float:
+        if deadline is None:
+            return timeout_s
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BudgetSpent(f"time budget of {budget_s:g} s spent")
+        return min(timeout_s, left)
+
     schema = merged_schema(context, candidates)
     rng = _rng(seed, context, candidates)
     pools = ValuePools(schema, rng)
@@ -90,7 +116,7 @@ def candidate_results(
         for attempt in range(REDRAWS):
             conn = Generator(schema, pools, rng, index + attempt).build()
             try:
-                results = [failed.get(t) or run_query(conn, t, timeout_s, MAX_ROWS) for t in unique]
+                results = [failed.get(t) or run_query(conn, t, limit(), MAX_ROWS) for t in unique]
             finally:
                 conn.close()
             failed.update((t, r) for t, r in zip(unique, results, strict=True) if not r.ok)
@@ -131,7 +157,11 @@ def vote(candidates: list[str], results: list[list[QueryResult]]) -> dict[str, A
 
 
 def select_row(
-    row: dict[str, Any], suite_size: int = 8, seed: int = 0, timeout_s: float = 1.0
+    row: dict[str, Any],
+    suite_size: int = 8,
+    seed: int = 0,
+    timeout_s: float = 1.0,
+    budget_s: float | None = None,
 ) -> dict[str, Any]:
     """One predictions row with ``prediction`` set to the voted candidate and ``selection`` added."""
     out = dict(row)
@@ -143,7 +173,10 @@ def select_row(
         info: dict[str, Any] = {"chosen": 0, "groups": [], "executable": 0, "error": "no context"}
     else:
         try:
-            info = vote(candidates, candidate_results(context, candidates, suite_size, seed, timeout_s))
+            results = candidate_results(context, candidates, suite_size, seed, timeout_s, budget_s)
+            info = vote(candidates, results)
+        except BudgetSpent as exc:  # runaway samples: the greedy output stands
+            info = {"chosen": 0, "groups": [], "executable": 0, "error": str(exc)}
         except Exception as exc:  # one odd context must not stop a whole predictions file
             # the context cannot be turned into databases: keep the greedy output, say why
             info = {"chosen": 0, "groups": [], "executable": 0, "error": f"{type(exc).__name__}: {exc}"[:200]}
@@ -154,9 +187,11 @@ def select_row(
     return out
 
 
-def _select_chunk(args: tuple[list[dict[str, Any]], int, int, float]) -> list[dict[str, Any]]:
-    rows, suite_size, seed, timeout_s = args
-    return [select_row(r, suite_size, seed, timeout_s) for r in rows]
+def _select_chunk(
+    args: tuple[list[dict[str, Any]], int, int, float, float | None],
+) -> list[dict[str, Any]]:
+    rows, suite_size, seed, timeout_s, budget_s = args
+    return [select_row(r, suite_size, seed, timeout_s, budget_s) for r in rows]
 
 
 def select_by_execution(
@@ -165,13 +200,14 @@ def select_by_execution(
     seed: int = 0,
     timeout_s: float = 1.0,
     workers: int | None = None,
+    budget_s: float | None = None,
 ) -> list[dict[str, Any]]:
     """Apply :func:`select_row` to every row (in ``workers`` processes); input order is kept."""
     workers = max(1, workers or os.cpu_count() or 1)
     if workers == 1 or len(rows) < INLINE_BELOW:
-        return _select_chunk((rows, suite_size, seed, timeout_s))
+        return _select_chunk((rows, suite_size, seed, timeout_s, budget_s))
     size = max(1, len(rows) // (workers * 4))
-    chunks = [(rows[k : k + size], suite_size, seed, timeout_s) for k in range(0, len(rows), size)]
+    chunks = [(rows[k : k + size], suite_size, seed, timeout_s, budget_s) for k in range(0, len(rows), size)]
     methods = multiprocessing.get_all_start_methods()
     # fork, as the SQL evaluator: works from any script (spawn needs a __main__ guard); the
     # children only touch sqlite and sqlglot, never the parent's CUDA state or torch threads
