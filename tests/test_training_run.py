@@ -265,3 +265,43 @@ def test_fsdp_on_two_processes_equals_one_process_and_resumes_a_one_process_chec
     assert losses(resumed) == pytest.approx(losses(root_one), rel=1e-5)
     wc = adapter(resumed)
     assert all(torch.allclose(wc[k], wb[k], rtol=1e-4, atol=1e-6) for k in wb)
+
+
+def stop_a_transformers_trainer_mid_accumulation(model_dir: Path, out: Path) -> None:
+    """What a notebook user may have done before calling tunebench: a transformers.Trainer with
+    gradient accumulation that died in its first forward. It leaves accelerate's process-wide
+    GradientState saying "gradients not in sync"."""
+    from accelerate.state import GradientState
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+
+    def die(*_args: Any) -> None:
+        raise RuntimeError("stopped")
+
+    model.register_forward_pre_hook(die)
+    rows = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}] * 4
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=2,
+        max_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="stopped"):
+        Trainer(model=model, args=args, train_dataset=rows).train()
+    assert GradientState().sync_gradients is False  # the state the loop must not depend on
+
+
+def test_training_ignores_accelerate_state_left_by_another_trainer(
+    tmp_path, tiny_model_dir, data_dir
+) -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    _clean, root_clean = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "clean", max_steps=2))
+    stop_a_transformers_trainer_mid_accumulation(tiny_model_dir, tmp_path / "hf")
+    try:
+        _after, root = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "after", max_steps=2))
+    finally:
+        GradientState._reset_state()
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert losses(root) == losses(root_clean)
+    clean, after = adapter(root_clean), adapter(root)
+    assert all(torch.equal(clean[k], after[k]) for k in clean)

@@ -174,13 +174,16 @@ class Trainer:
             num_warmup_steps=self.tc.warmup_steps,
             num_training_steps=self.total,
         )
-        if self.fsdp:  # sharded already: accelerate would wrap it in DDP
-            self.loss_model, self.optimizer = loss_model, optimizer
-        else:
-            self.loss_model, self.optimizer = self.acc.prepare(loss_model, optimizer)
+        # The optimizer stays a plain torch one: accelerate's wrapper steps only when its
+        # process-wide GradientState says gradients are in sync, state that another
+        # library's loop in the same process (a transformers.Trainer stopped mid-accumulation)
+        # can leave False, and then no update would ever happen. The loop syncs by itself.
+        self.optimizer = optimizer
+        # FSDP: sharded already (accelerate would wrap it in DDP)
+        self.loss_model = loss_model if self.fsdp else self.acc.prepare(loss_model)
         if self.resume_from is not None:
             restored = ckpt.load_checkpoint(
-                self.resume_from, self.bare_loss_model(), self.bare_optimizer(), self.scheduler
+                self.resume_from, self.bare_loss_model(), self.optimizer, self.scheduler
             )
             self.state = restored["state"]
             ckpt.set_rng_state(restored["rng"])
@@ -214,9 +217,6 @@ class Trainer:
     def bare_loss_model(self) -> torch.nn.Module:
         """The LossModel without accelerate's DDP wrapper (FSDP's is the module itself)."""
         return self.loss_model if self.fsdp else self.acc.unwrap_model(self.loss_model)
-
-    def bare_optimizer(self) -> torch.optim.Optimizer:
-        return getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper
 
     def passes_everywhere(self, count: int) -> int:
         """FSDP: the most forward passes any process runs (each pass all-gathers, so all must
@@ -273,7 +273,7 @@ class Trainer:
                 scaled = total * (self.world / labeled)
                 if poison:
                     scaled = scaled * float("nan")
-                self.acc.backward(scaled)
+                scaled.backward()  # not acc.backward: it divides by a process-wide accumulation count
             loss_sum += total.detach() * (float("nan") if poison else 1.0)
             tokens += real_tokens(batch) if weight else 0
         reduced = self.acc.reduce(
@@ -405,7 +405,7 @@ class Trainer:
 
     def save(self, s: dict[str, Any]) -> None:
         # every process joins the gathers (collectives under FSDP); the main process writes
-        optimizer_state = ckpt.optimizer_state(self.bare_loss_model(), self.bare_optimizer())
+        optimizer_state = ckpt.optimizer_state(self.bare_loss_model(), self.optimizer)
         adapter_state = None
         if self.fsdp:
             from tunebench.training.fsdp import full_adapter_state
