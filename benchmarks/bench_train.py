@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="model.dtype of every variant",
     )
     p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every variant in this process (default: a fresh process each, so no variant "
+        "inherits another's CUDA memory or library state)",
+    )
+    p.add_argument(
         "--out", default=None, help="JSON path (default $OUT/train.json or benchmarks/results/train.json)"
     )
     args = p.parse_args(argv)
@@ -305,6 +311,38 @@ def print_table(results: dict[str, Any], reference: list[float] | None) -> None:
         )
 
 
+def run_variant(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
+    """One variant here; a failure becomes its status (one broken variant must not lose the rest)."""
+    import torch
+
+    try:
+        return (run_hf if name in HF else run_engine)(args, workdir, name)
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "oom"}
+    except Exception as exc:
+        return {"status": f"error: {type(exc).__name__}: {exc}".splitlines()[0][:300]}
+    finally:
+        reset_memory()
+
+
+def run_isolated(argv: list[str] | None, name: str, workdir: Path) -> dict[str, Any]:
+    """One variant in a fresh ``python bench_train.py --in-process --variants NAME``.
+
+    Why: a transformers.Trainer that fails mid-accumulation leaves accelerate's process-wide
+    GradientState behind (this once made a later variant skip every optimizer step), and
+    CUDA caching keeps earlier variants' memory around.
+    """
+    import subprocess
+
+    part = workdir / f"{name}.json"
+    rest = list(sys.argv[1:] if argv is None else argv)
+    command = [sys.executable, __file__, *rest, "--in-process", "--variants", name, "--out", str(part)]
+    proc = subprocess.run(command, check=False)
+    if not part.is_file():
+        return {"status": f"error: exit status {proc.returncode}, no result"}
+    return json.loads(part.read_text(encoding="utf-8"))["results"].get(name, {"status": "missing"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.device == "cpu":
@@ -334,14 +372,11 @@ def main(argv: list[str] | None = None) -> int:
             if name not in ENGINE and name not in HF:
                 raise SystemExit(f"unknown variant {name}; choose from {DEFAULT_VARIANTS}")
             t0 = time.perf_counter()
-            try:
-                results[name] = (run_hf if name in HF else run_engine)(args, Path(tmp), name)
-            except torch.cuda.OutOfMemoryError:
-                results[name] = {"status": "oom"}
-            except Exception as exc:  # one broken variant must not lose the others
-                results[name] = {"status": f"error: {type(exc).__name__}: {exc}".splitlines()[0][:300]}
+            if args.in_process:
+                results[name] = run_variant(args, Path(tmp), name)
+            else:
+                results[name] = run_isolated(argv, name, Path(tmp))
             results[name]["wall_s"] = time.perf_counter() - t0
-            reset_memory()
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
             print(
