@@ -17,12 +17,12 @@ token (with the measured tokens per query)?
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_json
+from tunebench.prices import GpuPrice
 from tunebench.rundir import RunDir
 
 HOURS_PER_MONTH = 730.0  # 365 * 24 / 12: a GPU rented around the clock
@@ -41,29 +41,11 @@ STUDY_REFERENCE: list[dict[str, Any]] = [
 ]
 
 
-@dataclass(frozen=True)
-class HourlyPrice:
-    """The $/GPU-hour used for a run, with where it came from."""
-
-    key: str
-    price_per_hour: float
-    date: str | None
-    source: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "gpu_type": self.key,
-            "price_per_hour": self.price_per_hour,
-            "date": self.date,
-            "source": self.source,
-        }
-
-
 def is_cpu(gpu_type: str | None) -> bool:
     return gpu_type is None or gpu_type.strip().lower() in ("", "cpu", "none")
 
 
-def hourly_price(config: ExperimentConfig, detected: str | None) -> HourlyPrice | None:
+def hourly_price(config: ExperimentConfig, detected: str | None) -> GpuPrice | None:
     """Price of the hardware a run used: the config's override, else the dated table.
 
     ``cost.gpu_type`` names the key to price (default: the GPU the run detected). A GPU missing
@@ -73,24 +55,22 @@ def hourly_price(config: ExperimentConfig, detected: str | None) -> HourlyPrice 
     cost = config.cost
     key = cost.gpu_type or detected or "cpu"
     if cost.gpu_price_per_hour is not None:
-        return HourlyPrice(key, cost.gpu_price_per_hour, cost.price_date, "config cost.gpu_price_per_hour")
+        return GpuPrice(key, cost.gpu_price_per_hour, cost.price_date, "config cost.gpu_price_per_hour")
     from tunebench.prices import GPU_PRICES, gpu_price
 
     if is_cpu(key) and not any(is_cpu(k) for k in GPU_PRICES):
         return None
-    found = gpu_price(key, {})
-    return HourlyPrice(found.key, found.price_per_hour, found.date, found.source)
+    return gpu_price(key, {})
 
 
-def study_gpu_price() -> HourlyPrice:
+def study_gpu_price() -> GpuPrice:
     """The study's A40 price from the table (for the labelled price conversion)."""
     from tunebench.prices import gpu_price
 
-    found = gpu_price(STUDY_GPU, {})
-    return HourlyPrice(STUDY_GPU, found.price_per_hour, found.date, found.source)
+    return gpu_price(STUDY_GPU, {})
 
 
-def dollars(hours: float | None, price: HourlyPrice | None, gpu_count: int) -> float | None:
+def dollars(hours: float | None, price: GpuPrice | None, gpu_count: int) -> float | None:
     if hours is None or price is None:
         return None
     return round(hours * price.price_per_hour * max(gpu_count, 1), 6)
@@ -130,9 +110,7 @@ def _summary(run: RunDir) -> dict[str, Any]:
     return read_json(run.train_summary) if run.train_summary.is_file() else {}
 
 
-def _self_hosted_training(
-    summary: dict[str, Any], price: HourlyPrice | None, a40: HourlyPrice
-) -> dict[str, Any]:
+def _self_hosted_training(summary: dict[str, Any], price: GpuPrice | None, a40: GpuPrice) -> dict[str, Any]:
     wall = summary.get("wall_time_s")
     count = int(summary.get("gpu_count") or 1)
     hours = wall / 3600.0 if wall is not None else None
@@ -146,9 +124,7 @@ def _self_hosted_training(
     }
 
 
-def _self_hosted_inference(
-    info: dict[str, Any], price: HourlyPrice | None, a40: HourlyPrice
-) -> dict[str, Any]:
+def _self_hosted_inference(info: dict[str, Any], price: GpuPrice | None, a40: GpuPrice) -> dict[str, Any]:
     wall = info.get("wall_time_s")
     count = int(info.get("gpu_count") or 1)
     n = info.get("n")

@@ -44,11 +44,12 @@ class OpenAIPrice:
 
 @dataclass(frozen=True)
 class GpuPrice:
-    """US$ per GPU-hour of renting one ``key`` GPU."""
+    """US$ per GPU-hour of renting one ``key`` GPU, with where the figure came from (a table
+    entry below, or a config override, whose date may be unknown)."""
 
     key: str
     price_per_hour: float
-    date: str
+    date: str | None
     source: str
     #: Regular expression over the upper-cased device name (``torch.cuda.get_device_name``).
     pattern: str = ""
