@@ -201,9 +201,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 def test_cli_help_lists_every_stage(tmp_path: Path) -> None:
     result = cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("prepare", "train", "predict", "evaluate", "report", "run", "serve"):
+    for command in ("prepare", "train", "predict", "evaluate", "report", "run", "serve", "export"):
         assert command in result.stdout
-    for command in ("prepare", "train", "predict", "evaluate", "report", "run", "serve"):
+    for command in ("prepare", "train", "predict", "evaluate", "report", "run", "serve", "export"):
         sub = cli(command, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and "Usage" in sub.stdout, command
 

@@ -233,6 +233,23 @@ def report(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run directory (provider local).")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN_DIR/merged).")] = None,
+    dtype: Annotated[
+        str, typer.Option(help="auto (bfloat16 with CUDA, else float32), float32, bfloat16 or float16.")
+    ] = "auto",
+) -> None:
+    """Merge the run's LoRA adapter into the base model: one folder any HF server can load."""
+    from tunebench.rundir import RunDir
+    from tunebench.training.export import export_merged
+
+    run = RunDir(run_dir)
+    path = export_merged(run.load_config(), run, out, dtype)
+    console.print(f"merged model: {path}")
+
+
+@app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (base model + adapter).")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",

@@ -3,7 +3,8 @@
 Modules: :mod:`.data` (tokenize, label by position, pack, micro-batches), :mod:`.lora` (base
 model, peft adapter, labeled-positions-only loss), :mod:`.loop` (the loop), :mod:`.checkpoint`
 (atomic resumable state), :mod:`.mfu` (model FLOPs utilisation), :mod:`.distributed`
-(``tunebench train --gpus N``).
+(``tunebench train --gpus N``), :mod:`.fsdp` (sharded training), :mod:`.export` (the adapter
+merged into the base model).
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""``tunebench export RUN_DIR``: the base model with the run's LoRA adapter merged in.
+
+The result is a plain transformers folder (``config.json``, safetensors weights, tokenizer,
+``generation_config.json``) that anything serving Hugging Face models loads with no peft
+(vLLM, TGI, llama.cpp's converter, or tunebench itself through ``model.name: DIR``). The merge
+runs in float32 and is cast to the requested dtype afterwards, so a bf16 export rounds once
+rather than at every LoRA addition. The generation config stops on the token the adapter was
+trained to end with (see :func:`tunebench.models.training_eos_id`), so a server that honours it
+stops where the fine-tune does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunebench.config import ExperimentConfig
+from tunebench.errors import TunebenchError
+from tunebench.rundir import RunDir
+
+
+def export_merged(
+    config: ExperimentConfig, run: RunDir, out: Path | None = None, dtype: str = "auto"
+) -> Path:
+    """Write base + adapter, merged, to ``out`` (default ``RUN/merged``) atomically; returns it.
+
+    ``dtype``: ``auto`` keeps the dtype the model trains in on this machine (bfloat16 with CUDA,
+    float32 without), or ``float32`` / ``bfloat16`` / ``float16``.
+    """
+    from tunebench.inference.local import apply_adapter
+    from tunebench.models import load_model, training_eos_id
+
+    if config.provider != "local":
+        raise TunebenchError(f"{run.root}: provider {config.provider} has no LoRA adapter to merge")
+    if config.model.quantization != "none":
+        raise TunebenchError(
+            "model.quantization: merging into 8/4-bit weights is not supported; export in bf16"
+        )
+    if not (run.adapter_dir / "adapter_config.json").is_file():  # before minutes of loading
+        raise TunebenchError(
+            f"{run.adapter_dir}: no LoRA adapter (adapter_config.json); run `tunebench train` first"
+        )
+    target = out or run.root / "merged"
+    final_dtype = _dtype(dtype)
+    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}), device="cpu")
+    merged = apply_adapter(model, run.adapter_dir, merge=True).to(final_dtype)
+    eos = training_eos_id(tokenizer, merged.generation_config)
+    stop = _ids(merged.generation_config.eos_token_id)
+    if eos not in stop:
+        merged.generation_config.eos_token_id = [eos, *stop] if stop else eos
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+    run.record_stage("export", path=str(target), dtype=str(final_dtype).removeprefix("torch."), bytes=size)
+    return target
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if name not in ("float32", "bfloat16", "float16"):
+        raise TunebenchError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
