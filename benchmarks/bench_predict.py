@@ -57,6 +57,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=100)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--unmerged", action="store_true", help="keep the LoRA adapter unmerged")
+    parser.add_argument(
+        "--cache",
+        default="dynamic",
+        choices=["dynamic", "static"],
+        help="generation.cache_implementation; static: one untimed pass per batch size first "
+        "(transformers compiles the decode step per shape on CUDA)",
+    )
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="override memory bandwidth (GB/s)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override peak bf16 TFLOP/s")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/predict.json)")
@@ -77,6 +84,7 @@ def make_config(args: argparse.Namespace, runs_dir: Path, provider: str, batch_s
                 "batch_size": batch_size,
                 "max_new_tokens": args.max_new_tokens,
                 "merge_adapter": not args.unmerged,
+                "cache_implementation": args.cache,
             },
         }
     )
@@ -205,7 +213,7 @@ def main() -> int:
         shutil.copytree(args.adapter, run.adapter_dir)
     if provider == "local":
         model = apply_adapter(model, run.adapter_dir, merge=not args.unmerged)
-    generator = LocalGenerator(model, tokenizer, device=device)
+    generator = LocalGenerator(model, tokenizer, device=device, cache_implementation=args.cache)
     load_s = time.perf_counter() - start
     print(
         f"device {gpu}, {n} prompts, model {args.model} ({generator.dtype}), adapter {args.adapter}, "
@@ -223,6 +231,9 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for size in sizes:
         cfg = make_config(args, work, provider, size)
+        if args.cache == "static":  # compile warm-up for this batch shape (untimed)
+            predict_local(cfg, run, args.split, task, examples, generator=generator)
+            run.predictions(args.split).unlink()
         sync()
         t0 = time.perf_counter()
         path = predict_local(cfg, run, args.split, task, examples, generator=generator)

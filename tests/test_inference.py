@@ -69,6 +69,21 @@ def test_batched_predictions_equal_batch_of_one(tmp_path: Path, lively_model_dir
     )
 
 
+def test_static_kv_cache_gives_the_same_predictions(tmp_path: Path, lively_model_dir: Path) -> None:
+    config_d, run_d = make_run(tmp_path, lively_model_dir, name="dynamic", provider="base", batch_size=6)
+    config_s, run_s = make_run(
+        tmp_path,
+        lively_model_dir,
+        name="static",
+        provider="base",
+        batch_size=6,
+        cache_implementation="static",
+    )
+    dynamic = rows_of(predict(config_d, run_d, "test"))
+    static = rows_of(predict(config_s, run_s, "test"))
+    assert static == dynamic and len({r["raw"] for r in static}) > 6
+
+
 def test_interrupted_run_resumes_and_equals_clean_run(
     tmp_path: Path, lively_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,7 @@ from tunebench.tasks import get_task
 #: Settings that change how a run executes, not what it computes: a rerun may change them.
 OPERATIONAL_KEYS = {
     "runs_dir": None,
-    "generation": {"batch_size"},
+    "generation": {"batch_size", "cache_implementation"},
     "training": {"num_workers", "fsdp"},  # how, not what: FSDP and DDP give the same run
     "openai": {"yes", "poll_interval_s", "max_concurrency"},
 }

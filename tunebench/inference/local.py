@@ -126,6 +126,7 @@ def load_generator(
     merge: bool = True,
     device: str | None = None,
     long_prompts: str = "truncate_left",
+    cache_implementation: str = "dynamic",
 ) -> LocalGenerator:
     """Base model (+ LoRA adapter, merged or not) ready for batched generation."""
     device = device or default_device()
@@ -133,7 +134,9 @@ def load_generator(
     if adapter_dir is not None:
         model = apply_adapter(model, Path(adapter_dir), merge)
     model.eval()
-    return LocalGenerator(model, tokenizer, device=device, long_prompts=long_prompts)
+    return LocalGenerator(
+        model, tokenizer, device=device, long_prompts=long_prompts, cache_implementation=cache_implementation
+    )
 
 
 # --- stopping ------------------------------------------------------------------------------
@@ -183,11 +186,18 @@ class LocalGenerator:
     """Batched generation over one loaded model; thread-unsafe (the server serialises calls)."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, device: str, long_prompts: str = "truncate_left"
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str,
+        long_prompts: str = "truncate_left",
+        cache_implementation: str = "dynamic",
     ) -> None:
         from transformers import GenerationConfig
 
         self.model = model
+        self.cache_implementation = cache_implementation
         self.tokenizer = tokenizer
         self.device = device
         self.long_prompts = long_prompts
@@ -266,6 +276,7 @@ class LocalGenerator:
             num_return_sequences=params.n,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
+            **({"cache_implementation": "static"} if self.cache_implementation == "static" else {}),
             **(
                 {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
                 if params.do_sample

@@ -189,6 +189,7 @@ def predict_local(
             merge=gen.merge_adapter,
             long_prompts=gen.long_prompts,
             device=shard.device(),
+            cache_implementation=gen.cache_implementation,
         )
     load_s = time.perf_counter() - start_load
     passes = sampling_passes(config, task)

@@ -212,7 +212,12 @@ def create_app(
     if generator is None:
         adapter = run.adapter_dir if config.provider == "local" else None
         generator = load_generator(
-            config.model, adapter, merge=gen.merge_adapter, device=device, long_prompts=gen.long_prompts
+            config.model,
+            adapter,
+            merge=gen.merge_adapter,
+            device=device,
+            long_prompts=gen.long_prompts,
+            cache_implementation=gen.cache_implementation,
         )
     batcher = MicroBatcher(generator, max_batch=gen.batch_size, wait_s=batch_wait_ms / 1000)
     pattern = chat_pattern(task)
