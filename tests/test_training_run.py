@@ -175,6 +175,22 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, tiny_model_dir, data_d
         run_train(write_config(tmp_path, tiny_model_dir, data_dir, "abort", max_bad_steps=1))
 
 
+def test_a_checkpoint_before_the_first_update_leaves_training_unchanged(
+    tmp_path, tiny_model_dir, data_dir, monkeypatch
+) -> None:
+    """Steps 1-2 non-finite (skipped): saving at step 2 finds AdamW without state. Gathering it
+    by name would run a zero-gradient step() and shift every later bias correction."""
+    monkeypatch.setenv(FAULT_NAN_ENV, "1,2")
+    opts = {"max_steps": 5, "max_bad_steps": 2}
+    _a, saved_early = run_train(
+        write_config(tmp_path, tiny_model_dir, data_dir, "early", eval_every=2, **opts)
+    )
+    _b, saved_late = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "late", eval_every=5, **opts))
+    assert losses(saved_early) == losses(saved_late)
+    wa, wb = adapter(saved_early), adapter(saved_late)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_bad_target_modules_fail_before_training(tmp_path, tiny_model_dir, data_dir) -> None:
     path = write_config(tmp_path, tiny_model_dir, data_dir, "badtarget", lora={"target_modules": ["qproj"]})
     with pytest.raises(TunebenchError, match=r"lora\.target_modules: qproj match no module"):

@@ -66,9 +66,16 @@ def latest_checkpoint(root: Path) -> Path | None:
 def optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's full state keyed by parameter name, on CPU (the main process's copy).
 
-    A collective under FSDP (sharded states are gathered): every process calls it.
+    A collective under FSDP (sharded states are gathered): every process calls it. Before the
+    first real update (every step so far skipped as non-finite) there is no state to gather, and
+    ``get_optimizer_state_dict`` would create one by running a zero-gradient ``step()``, which
+    advances AdamW's step count and so the bias correction of every later update. Then the plain
+    state dict (hyperparameters only, positional) is saved instead; it loads on any layout.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    if not optimizer.state:
+        return optimizer.state_dict()
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_optimizer_state_dict(module, optimizer, options=options)
