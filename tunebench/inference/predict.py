@@ -212,11 +212,9 @@ def predict_local(
             write_json(meta_path, {"fingerprint": key, "generation_s": spent + time.perf_counter() - started})
             advance(len(indexes))
             if limit is not None and number >= limit:
-                # every rank crashes at the same point: a launcher that kills the survivors
-                # when the first rank dies must not race a rank that has not written yet
-                if shard.world > 1:
-                    shard.barrier()
-                raise KeyboardInterrupt(f"{FAULT_ENV}={limit}: stopped after {number} batches")
+                stop_for_fault(shard, limit, number)
+        if limit is not None and shard.world > 1:  # this rank ran out of batches first
+            stop_for_fault(shard, limit, len(batches))
     generation_s = spent + time.perf_counter() - started
     if shard.world > 1:
         merged = shard.gather(final, mine, done, resumed, generation_s)
@@ -243,6 +241,15 @@ def predict_local(
     run.record_stage(f"predict:{split}", **info)
     shard.release(final)
     return final
+
+
+def stop_for_fault(shard: Shard, limit: int, written: int) -> None:
+    """The deliberate crash of ``TUNEBENCH_FAULT_AFTER_BATCHES``. With several processes every
+    rank stops after min(N, its own batches), all at one barrier first: a launcher that kills
+    the survivors when the first rank dies must not race a rank that has not written yet."""
+    if shard.world > 1:
+        shard.barrier()
+    raise KeyboardInterrupt(f"{FAULT_ENV}={limit}: stopped after {written} batches")
 
 
 # --- several processes (one per GPU) --------------------------------------------------------
