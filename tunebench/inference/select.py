@@ -95,13 +95,17 @@ def candidate_results(
     raises :class:`BudgetSpent` when the queries together need more than ``budget_s``."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
 
-    def limit() -> float:
+    def run(conn: Any, text: str) -> QueryResult:
         if deadline is None:
-            return timeout_s
+            return run_query(conn, text, timeout_s, MAX_ROWS)
         left = deadline - time.monotonic()
         if left <= 0:
             raise BudgetSpent(f"time budget of {budget_s:g} s spent")
-        return min(timeout_s, left)
+        result = run_query(conn, text, min(timeout_s, left), MAX_ROWS)
+        if result.kind == "timeout" and left < timeout_s:
+            # stopped by the budget, not by its own limit: not evidence against the candidate
+            raise BudgetSpent(f"time budget of {budget_s:g} s spent")
+        return result
 
     schema = merged_schema(context, candidates)
     rng = _rng(seed, context, candidates)
@@ -116,7 +120,7 @@ def candidate_results(
         for attempt in range(REDRAWS):
             conn = Generator(schema, pools, rng, index + attempt).build()
             try:
-                results = [failed.get(t) or run_query(conn, t, limit(), MAX_ROWS) for t in unique]
+                results = [failed.get(t) or run(conn, t) for t in unique]
             finally:
                 conn.close()
             failed.update((t, r) for t, r in zip(unique, results, strict=True) if not r.ok)
