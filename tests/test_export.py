@@ -46,6 +46,14 @@ def test_merged_export_predicts_what_base_plus_adapter_predicts(
         names = list(f.keys())
     assert names and not [k for k in names if "lora" in k]  # plain weights: no peft needed to load
     assert run.manifest()["stages"]["export"]["dtype"] == "float32"
+    again = tunebench("export", str(run.root), "--dtype", "float32")  # an earlier export is replaced
+    assert again.returncode == 0, again.stderr[-2000:]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me", encoding="utf-8")
+    refused = tunebench("export", str(run.root), "--out", str(precious))
+    assert refused.returncode == 2 and "is not a tunebench export" in refused.stderr
+    assert sorted(p.name for p in precious.iterdir()) == ["notes.txt"]
 
     # the merged folder as a base model, with no adapter: the same greedy predictions
     merged_config = ExperimentConfig.model_validate(

@@ -20,7 +20,11 @@ import torch
 
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
+from tunebench.io import write_json
 from tunebench.rundir import RunDir
+
+#: Written into every export; a folder without it is never replaced.
+MARKER = "tunebench_export.json"
 
 
 def export_merged(
@@ -44,7 +48,10 @@ def export_merged(
         raise TunebenchError(
             f"{run.adapter_dir}: no LoRA adapter (adapter_config.json); run `tunebench train` first"
         )
-    target = out or run.root / "merged"
+    target = (out or run.root / "merged").resolve()
+    if target.exists() and not (target / MARKER).is_file():
+        # only an earlier export is ever replaced: --out must not wipe an unrelated folder
+        raise TunebenchError(f"{target}: exists and is not a tunebench export; choose another --out")
     final_dtype = _dtype(dtype)
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}), device="cpu")
     merged = apply_adapter(model, run.adapter_dir, merge=True).to(final_dtype)
@@ -56,6 +63,7 @@ def export_merged(
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    write_json(tmp / MARKER, {"run": str(run.root.resolve()), "adapter": str(run.adapter_dir.resolve())})
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
