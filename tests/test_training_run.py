@@ -283,3 +283,52 @@ def test_training_ignores_accelerate_state_left_by_another_trainer(
     assert losses(root) == losses(root_clean)
     clean, after = adapter(root_clean), adapter(root)
     assert all(torch.equal(clean[k], after[k]) for k in clean)
+
+
+def test_pick_prefers_the_metric_then_the_loss() -> None:
+    from tunebench.training.choose import pick
+
+    def c(step: int, loss: float, value: float | None) -> dict[str, Any]:
+        return {"step": step, "validation_loss": loss, "metric": "m", "value": value}
+
+    assert pick([c(10, 0.20, 0.50), c(20, 0.10, 0.40)])["step"] == 10  # metric beats loss
+    assert pick([c(10, 0.20, 0.40), c(20, 0.10, 0.40)])["step"] == 20  # tie: lower loss
+    assert pick([c(10, 0.10, 0.40), c(20, 0.10, 0.40)])["step"] == 10  # then the earlier step
+    assert pick([c(10, 0.10, None), c(20, 0.30, 0.0)])["step"] == 20  # no score ranks last
+
+
+def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_dir) -> None:
+    from tunebench.pipeline import train_stage
+    from tunebench.training.choose import pick
+
+    path = write_config(
+        tmp_path, tiny_model_dir, data_dir, "chosen", max_steps=5, eval_every=1,
+        select_checkpoint_by="validation_metric", checkpoints_to_compare=3,
+    )  # fmt: skip
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["generation"] = {"max_new_tokens": 12}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    cfg = load_experiment(path)
+    run = open_run(cfg)
+    from tunebench.pipeline import ensure_prepared
+
+    ensure_prepared(cfg, run)
+    train_stage(cfg, run)
+    record = read_json(run.root / "checkpoint_choice.json")
+    val = {r["step"]: r["loss"] for r in read_jsonl(run.metrics_log) if r["split"] == "validation"}
+    lowest = sorted(val, key=lambda step: (val[step], step))[:3]
+    assert [c["step"] for c in record["candidates"]] == lowest  # scored in loss order
+    assert {c["metric"] for c in record["candidates"]} == {"suite_accuracy"}  # no real DB for held-out
+    assert all(0.0 <= c["value"] <= 1.0 for c in record["candidates"])
+    assert record["chosen_step"] == pick(record["candidates"])["step"]
+    chosen = load_file(
+        str(run.checkpoints_dir / f"step-{record['chosen_step']}" / "adapter" / "adapter_model.safetensors")
+    )
+    published = adapter(run.root)
+    assert all(torch.equal(chosen[k], published[k]) for k in chosen)
+    for step in lowest:  # every candidate kept, its predictions and metrics on disk
+        scratch = run.root / "checkpoint_choice" / f"step-{step}"
+        assert (scratch / "predictions" / "validation.jsonl").is_file()
+        assert (scratch / "eval" / "validation" / "metrics.json").is_file()
+    assert run.manifest()["stages"]["choose"]["chosen_step"] == record["chosen_step"]
+    assert read_json(run.train_summary)["chosen_step"] == record["chosen_step"]

@@ -182,6 +182,17 @@ class TrainingConfig(Strict):
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
     )
     num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+    select_checkpoint_by: Literal["validation_loss", "validation_metric"] = Field(
+        "validation_loss",
+        description="Which checkpoint becomes the run's adapter. `validation_loss`: the lowest "
+        "validation loss. `validation_metric`: the checkpoints_to_compare checkpoints with the "
+        "lowest validation loss each predict the validation split and the one with the best task "
+        "metric wins (SQL: execution accuracy on real databases, else on generated ones; ViGGO and "
+        "custom: the first metric); loss is a proxy, the metric is what the report scores.",
+    )
+    checkpoints_to_compare: int = Field(
+        3, ge=1, description="validation_metric: how many lowest-loss checkpoints are kept and scored."
+    )
     fsdp: bool = Field(
         False,
         description=(

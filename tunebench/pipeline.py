@@ -7,6 +7,7 @@ at the stage it stopped in (and training itself resumes from its last checkpoint
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from tunebench.config import ExperimentConfig
@@ -62,8 +63,12 @@ def train_stage(
     """Fine-tune according to the provider (nothing to do for ``base`` and ``endpoint``)."""
     if config.provider == "local":
         from tunebench.training import train
+        from tunebench.training.choose import choose_checkpoint
 
-        return train(config, run, resume=resume)
+        summary = train(config, run, resume=resume)
+        if os.environ.get("RANK", "0") == "0":  # once, after every process has finished training
+            choose_checkpoint(config, run)
+        return summary
     if config.provider == "openai":
         from tunebench.providers.openai import train_openai
 
@@ -94,6 +99,10 @@ def run_experiment(config: ExperimentConfig, yes: bool = False) -> RunDir:
     ensure_prepared(config, run)
     if not run.stage_done("train"):
         train_stage(config, run, resume=True, yes=yes)
+    elif config.provider == "local":  # a choice interrupted after training resumes here
+        from tunebench.training.choose import choose_checkpoint
+
+        choose_checkpoint(config, run)
     for split in config.eval_splits:
         if not run.stage_done(f"predict:{split}"):
             predict_stage(config, run, split)

@@ -158,16 +158,19 @@ def predict_local(
     task: Task,
     examples: list[Example],
     generator: Any | None = None,
+    single_process: bool = False,
 ) -> Path:
     """Batched generation with the base model (+ the run's adapter for provider local).
 
     ``generator``: an already loaded :class:`~tunebench.inference.local.LocalGenerator` for this
     config (the benchmark reuses one across batch sizes); by default it is loaded here.
+    ``single_process``: this process does every example even when launched as one of several
+    (the main process's own work after distributed training, e.g. choosing a checkpoint).
     """
     from tunebench.inference.local import load_generator
 
     final = run.predictions(split)
-    shard = Shard.from_env()
+    shard = Shard() if single_process else Shard.from_env()
     mine = examples[shard.rank :: shard.world]
     target = shard.rank_file(final)
     partial, meta_path = partial_paths(target)

@@ -100,6 +100,10 @@ class Task(ABC):
         """Default options passed to this task's scorer."""
         return {}
 
+    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float]:
+        """The one number that ranks systems (and checkpoints) on this task: (name, value)."""
+        return "exact_match", float(metrics["exact_match"])
+
 
 def make_ids(prefix: str, count: int) -> list[str]:
     """Stable ids by position in the source file, e.g. ``sql-train-00042``."""

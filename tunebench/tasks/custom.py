@@ -47,6 +47,10 @@ class CustomTask(Task):
     def scorer_options(self) -> dict[str, Any]:
         return {"metrics": list(self.config.metrics)}
 
+    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float]:
+        name = (metrics.get("metrics") or ["exact_match"])[0]
+        return name, float(metrics[name])
+
     def _examples(self, split: str, path: str) -> list[Example]:
         rows = read_rows(path)
         if not rows:

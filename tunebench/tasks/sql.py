@@ -57,6 +57,13 @@ class SqlTask(Task):
         db_dir = self.db_dir()
         return {"db_dir": str(db_dir)} if db_dir else {}
 
+    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float]:
+        """Execution accuracy on real databases when any example had one, else on generated ones."""
+        for name in ("execution_accuracy", "suite_accuracy"):
+            if metrics.get(f"{name.split('_')[0]}_n") and metrics.get(name) is not None:
+                return name, float(metrics[name])
+        return super().headline_metric(metrics)
+
     # --- data -------------------------------------------------------------------------
     def _raw(self, which: str) -> tuple[list[dict[str, Any]], str]:
         root = None if self.config.hub_id else local_data_dir(self.config.data_dir)

@@ -423,8 +423,22 @@ class Trainer:
                 ckpt.rng_state(),
                 adapter_state=adapter_state,
             )
-            ckpt.prune(root, {s["step"], s["best_step"] or s["step"]})
+            ckpt.prune(root, self.steps_to_keep(s))
         self.acc.wait_for_everyone()
+
+    def steps_to_keep(self, s: dict[str, Any]) -> set[int]:
+        """The latest and the best checkpoint; with checkpoint choice by metric also the
+        ``checkpoints_to_compare`` lowest validation losses (see :mod:`.choose`)."""
+        keep = {s["step"], s["best_step"] or s["step"]}
+        if self.tc.select_checkpoint_by == "validation_metric":
+            rows = [
+                r
+                for r in _metrics_rows(self.run.metrics_log)
+                if r["split"] == "validation" and r.get("loss") is not None
+            ]
+            lowest = sorted(rows, key=lambda r: (r["loss"], r["step"]))[: self.tc.checkpoints_to_compare]
+            keep |= {r["step"] for r in lowest}
+        return keep
 
     def finish(self) -> dict[str, Any]:
         s = self.state
