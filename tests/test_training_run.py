@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
 from tunebench.pipeline import open_run
 from tunebench.training import train
+from tunebench.training.choose import choose_checkpoint, pick
 from tunebench.training.loop import FAULT_KILL_ENV, FAULT_NAN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -286,8 +288,6 @@ def test_training_ignores_accelerate_state_left_by_another_trainer(
 
 
 def test_pick_prefers_the_metric_then_the_loss() -> None:
-    from tunebench.training.choose import pick
-
     def c(step: int, loss: float, value: float | None) -> dict[str, Any]:
         return {"step": step, "validation_loss": loss, "metric": "m", "value": value}
 
@@ -299,7 +299,6 @@ def test_pick_prefers_the_metric_then_the_loss() -> None:
 
 def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_dir) -> None:
     from tunebench.pipeline import train_stage
-    from tunebench.training.choose import pick
 
     path = write_config(
         tmp_path, tiny_model_dir, data_dir, "chosen", max_steps=5, eval_every=1,
@@ -332,3 +331,56 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
         assert (scratch / "eval" / "validation" / "metrics.json").is_file()
     assert run.manifest()["stages"]["choose"]["chosen_step"] == record["chosen_step"]
     assert read_json(run.train_summary)["chosen_step"] == record["chosen_step"]
+
+    # rerun (as after `tunebench train` on a finished run, whose finish() republishes another
+    # adapter): the scored candidates are read back, and the chosen adapter is published again
+    other = next(step for step in lowest if step != record["chosen_step"])
+    shutil.rmtree(run.adapter_dir)
+    shutil.copytree(run.checkpoints_dir / f"step-{other}" / "adapter", run.adapter_dir)
+    written = {
+        step: (run.root / "checkpoint_choice" / f"step-{step}" / "predictions" / "validation.jsonl")
+        .stat()
+        .st_mtime_ns
+        for step in lowest
+    }
+    assert choose_checkpoint(cfg, run)["chosen_step"] == record["chosen_step"]
+    published = adapter(run.root)
+    assert all(torch.equal(chosen[k], published[k]) for k in chosen)
+    for step in lowest:
+        path = run.root / "checkpoint_choice" / f"step-{step}" / "predictions" / "validation.jsonl"
+        assert path.stat().st_mtime_ns == written[step]
+    # a checkpoint written again (a retrained run) is scored again, from its new files
+    weights = run.checkpoints_dir / f"step-{other}" / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())
+    choose_checkpoint(cfg, run)
+    again = run.root / "checkpoint_choice" / f"step-{other}" / "predictions" / "validation.jsonl"
+    assert again.stat().st_mtime_ns != written[other]
+
+
+def test_headline_metric_of_a_task_with_nothing_scored(tmp_path) -> None:
+    from tunebench.config import TaskConfig
+    from tunebench.tasks import get_task
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"q": "a", "a": "b"}\n', encoding="utf-8")
+    custom = TaskConfig(
+        name="custom", train_file=str(data), test_file=str(data), prompt_template="{q}", target_field="a",
+        metrics=["json_match"],
+    )  # fmt: skip
+    assert get_task(custom).headline_metric({"metrics": ["json_match"], "json_match": None}) == (
+        "json_match",
+        None,
+    )
+    sql = get_task(TaskConfig(name="sql"))
+    assert sql.headline_metric(
+        {"execution_n": 0, "execution_accuracy": None, "suite_n": 4, "suite_accuracy": 0.5}
+    ) == (
+        "suite_accuracy",
+        0.5,
+    )
+    assert sql.headline_metric(
+        {"execution_n": 3, "execution_accuracy": 0.25, "suite_n": 4, "suite_accuracy": 0.5}
+    ) == (
+        "execution_accuracy",
+        0.25,
+    )

@@ -100,9 +100,15 @@ class Task(ABC):
         """Default options passed to this task's scorer."""
         return {}
 
-    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float]:
-        """The one number that ranks systems (and checkpoints) on this task: (name, value)."""
-        return "exact_match", float(metrics["exact_match"])
+    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float | None]:
+        """The one number that ranks systems (and checkpoints) on this task: (name, value);
+        None when no example could be scored."""
+        return "exact_match", number(metrics.get("exact_match"))
+
+
+def number(value: Any) -> float | None:
+    """A metric value as a float, None when it is missing or not a number."""
+    return float(value) if isinstance(value, int | float) else None
 
 
 def make_ids(prefix: str, count: int) -> list[str]:

@@ -14,7 +14,7 @@ import jinja2
 
 from tunebench.data.sources import read_rows
 from tunebench.errors import TunebenchError
-from tunebench.tasks.base import Example, Task, make_ids
+from tunebench.tasks.base import Example, Task, make_ids, number
 
 
 class CustomTask(Task):
@@ -47,9 +47,9 @@ class CustomTask(Task):
     def scorer_options(self) -> dict[str, Any]:
         return {"metrics": list(self.config.metrics)}
 
-    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float]:
+    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float | None]:
         name = (metrics.get("metrics") or ["exact_match"])[0]
-        return name, float(metrics[name])
+        return name, number(metrics.get(name))
 
     def _examples(self, split: str, path: str) -> list[Example]:
         rows = read_rows(path)

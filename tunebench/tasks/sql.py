@@ -57,7 +57,7 @@ class SqlTask(Task):
         db_dir = self.db_dir()
         return {"db_dir": str(db_dir)} if db_dir else {}
 
-    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float]:
+    def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float | None]:
         """Execution accuracy on real databases when any example had one, else on generated ones."""
         for name in ("execution_accuracy", "suite_accuracy"):
             if metrics.get(f"{name.split('_')[0]}_n") and metrics.get(name) is not None:

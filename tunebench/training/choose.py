@@ -6,15 +6,18 @@ predicts the validation split exactly as the final model will (same generation s
 same stage code), the task's scorer rates it, and the best :meth:`Task.headline_metric` wins;
 ties go to the lower validation loss. The chosen adapter replaces ``RUN/adapter``, the scores go
 to ``RUN/checkpoint_choice.json`` (predictions and metrics of every candidate under
-``RUN/checkpoint_choice/step-N/``), and the manifest records the ``choose`` stage, so a rerun
-skips it and an interrupted one resumes its predictions.
+``RUN/checkpoint_choice/step-N/``), and the manifest records the ``choose`` stage. A rerun reads
+back every candidate already scored from the same checkpoint files and resumes an interrupted
+one's predictions.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import math
 import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,47 +55,63 @@ def pick(candidates: list[dict[str, Any]]) -> dict[str, Any]:
     return min(candidates, key=key)
 
 
+def adapter_identity(folder: Path) -> list[list[Any]]:
+    """(name, size, mtime) of an adapter's files: a re-saved or retrained checkpoint differs."""
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(folder.iterdir()) if f.is_file()]
+
+
 def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[str, Any]:
-    """Predict and score the validation split with checkpoint ``step``'s adapter."""
+    """Predict and score the validation split with checkpoint ``step``'s adapter.
+
+    The work happens in a run directory of its own (``checkpoint_choice/step-N``: the
+    checkpoint's adapter, the validation split), so the prediction stage runs unchanged and
+    resumes after a crash. A candidate scored before is read back, as long as it was scored
+    from the same checkpoint files; otherwise (retrained, re-saved) its folder starts over.
+    """
     from tunebench.data.prepare import load_prepared
     from tunebench.evaluation import evaluate
     from tunebench.inference.predict import predict_local
     from tunebench.tasks import get_task
 
     task = get_task(config.task)
-    # a run directory of its own: the checkpoint's adapter and the validation split, so the
-    # prediction stage runs unchanged (and resumes, keyed by the adapter's files)
+    source = run.checkpoints_dir / f"step-{step}" / "adapter"
     scratch = RunDir(run.root / "checkpoint_choice" / f"step-{step}")
-    if not scratch.config_path.is_file():
+    origin = {"adapter": adapter_identity(source)}
+    marker = scratch.root / "source.json"
+    if not marker.is_file() or read_json(marker) != json.loads(json.dumps(origin)):
+        shutil.rmtree(scratch.root, ignore_errors=True)
         scratch.write_config(config)
-    if not scratch.adapter_dir.is_dir():
-        ckpt.publish_adapter(run.checkpoints_dir / f"step-{step}" / "adapter", scratch.adapter_dir)
-    target = scratch.prepared("validation")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.prepared("validation"), target)
-    examples = load_prepared(scratch, "validation")
-    try:
-        path = predict_local(config, scratch, "validation", task, examples, single_process=True)
-    finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    metrics = evaluate(config.task.name, path, scratch.eval_dir("validation"), task.scorer_options())
+        ckpt.publish_adapter(source, scratch.adapter_dir)
+        scratch.prepared("validation").parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run.prepared("validation"), scratch.prepared("validation"))
+        write_json(marker, origin)
+    metrics_path = scratch.eval_dir("validation") / "metrics.json"
+    if scratch.stage_done("evaluate:validation") and metrics_path.is_file():
+        metrics = read_json(metrics_path)
+    else:
+        examples = load_prepared(scratch, "validation")
+        try:
+            path = predict_local(config, scratch, "validation", task, examples, single_process=True)
+        finally:
+            free_memory()
+        metrics = evaluate(config.task.name, path, scratch.eval_dir("validation"), task.scorer_options())
+        scratch.record_stage("evaluate:validation")
     name, value = task.headline_metric(metrics)
     return {"step": step, "metric": name, "value": value}
 
 
+def free_memory() -> None:
+    """Drop what the previous model left behind (cycles hold it until a collection)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] | None:
-    """Run the choice if the config asks for it and it has not run yet; its record (or None)."""
+    """Choose (or re-choose: scored candidates are read back, not predicted again) and publish
+    the adapter when the config asks for it; the record, or None."""
     if config.provider != "local" or config.training.select_checkpoint_by != "validation_metric":
         return None
-    record_path = run.root / "checkpoint_choice.json"
-    trained = run.manifest().get("stages", {}).get("train", {}).get("finished")
-    if record_path.is_file():
-        record = read_json(record_path)
-        if run.stage_done(STAGE) and record.get("train_finished") == trained:
-            return record
-        shutil.rmtree(run.root / "checkpoint_choice", ignore_errors=True)  # of an earlier training
     if not run.prepared("validation").is_file() or not run.prepared("validation").read_text().strip():
         raise TunebenchError(
             "training.select_checkpoint_by validation_metric needs a validation split "
@@ -101,16 +120,13 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
     steps = candidate_steps(run, config.training.checkpoints_to_compare)
     if not steps:
         raise TunebenchError(f"{run.checkpoints_dir}: no checkpoint with a validation loss to choose from")
+    free_memory()  # the trained model and its optimizer, before a generator loads
     candidates = [{**score_checkpoint(config, run, step), "validation_loss": loss} for step, loss in steps]
     chosen = pick(candidates)
+    # every time: a rerun of `tunebench train` on a finished run republishes the best-loss one
     ckpt.publish_adapter(run.checkpoints_dir / f"step-{chosen['step']}" / "adapter", run.adapter_dir)
-    record = {
-        "chosen_step": chosen["step"],
-        "metric": chosen["metric"],
-        "candidates": candidates,
-        "train_finished": trained,
-    }
-    write_json(record_path, record)
+    record = {"chosen_step": chosen["step"], "metric": chosen["metric"], "candidates": candidates}
+    write_json(run.root / "checkpoint_choice.json", record)
     if run.train_summary.is_file():
         summary = read_json(run.train_summary)
         summary.update(chosen_step=chosen["step"], chosen_by=f"validation {chosen['metric']}")
