@@ -186,3 +186,22 @@ def test_mcnemar_exact_and_holm() -> None:
 def test_fmt_metric_round_trips() -> None:
     assert fmt_metric(0.123456, [0.1, 0.2]) == "0.1235 [0.1000, 0.2000]"
     assert fmt_metric(None) == "–"
+
+
+def test_steps_cell_says_which_checkpoint_the_run_kept() -> None:
+    from tunebench.report.build import steps_cell
+
+    assert steps_cell({"provider": "local", "steps": 240, "best_step": 240}) == "240"
+    assert (
+        steps_cell({"provider": "local", "steps": 240, "best_step": 200})
+        == "240 (adapter: step 200, by validation loss)"
+    )
+    chosen = {
+        "provider": "local",
+        "steps": 240,
+        "best_step": 200,
+        "chosen_step": 180,
+        "chosen_by": "validation suite_accuracy",
+    }
+    assert steps_cell(chosen) == "240 (adapter: step 180, by validation suite_accuracy)"
+    assert steps_cell({"provider": "openai", "steps": 6, "best_step": 4}) == "6" and steps_cell({}) == "–"

@@ -250,7 +250,7 @@ def cost_rows(run: RunInfo) -> list[str]:
         run.provider,
         hardware(run),
         fmt_num(train_wall / 60 if train_wall is not None else None, 2),
-        str(summary.get("steps", "–")),
+        steps_cell(summary),
         fmt_num(summary.get("train_tokens") or summary.get("trained_tokens"), 0),
         fmt_usd(cost.get("training_cost_usd")),
         price_text,
@@ -258,6 +258,18 @@ def cost_rows(run: RunInfo) -> list[str]:
         fmt_num(split_cost.get("predictions_per_s"), 2),
         fmt_usd(split_cost.get("cost_per_1k_predictions")),
     ]
+
+
+def steps_cell(summary: dict[str, Any]) -> str:
+    """Steps trained, and which step's adapter the run kept (and by what) when it is not the last."""
+    steps = summary.get("steps")
+    if steps is None:
+        return "–"
+    kept = summary.get("chosen_step", summary.get("best_step"))
+    if summary.get("provider") != "local" or kept is None or kept == steps:
+        return str(steps)
+    how = summary.get("chosen_by", "validation loss")
+    return f"{steps} (adapter: step {kept}, by {how})"
 
 
 def cost_section(data: StudyData) -> list[Block]:
