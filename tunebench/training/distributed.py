@@ -4,7 +4,9 @@ On GPUs the command goes through ``accelerate launch --multi_gpu --num_processes
 process per GPU, for models whose bf16 weights fit one GPU (every size the study used). For a
 model that does not fit, set ``training.fsdp: true``: the loop shards the base, the adapter and
 the optimizer state with PyTorch's FSDP2 (:mod:`.fsdp`). Checkpoints are keyed by parameter
-name, so a run resumes under DDP or FSDP on any number of processes.
+name, so a run resumes under DDP or FSDP on any number of processes. ``ACCELERATE_CONFIG_FILE``
+(an ``accelerate config`` file, e.g. for several machines) replaces the default launcher flags;
+its ``distributed_type`` must stay MULTI_GPU, since the loop does its own sharding.
 
 Without CUDA the processes are started by ``torch.distributed.run`` and accelerate uses gloo
 on CPU (what the tests run). The engine (:mod:`.loop`) gives each rank a strided share of each

@@ -109,6 +109,14 @@ class Trainer:
         self.rank, self.world = self.acc.process_index, self.acc.num_processes
         self.main = self.acc.is_main_process
         self.fsdp = self.tc.fsdp and self.world > 1  # one process: nothing to shard
+        kind = str(self.acc.distributed_type).rsplit(".", 1)[-1]
+        if kind not in ("NO", "MULTI_GPU", "MULTI_CPU"):
+            # the loop shards by itself (training.fsdp); accelerate's FSDP/DeepSpeed wrapping
+            # from an accelerate config file would fight it
+            raise TunebenchError(
+                f"accelerate is configured for {kind}; launch plain DDP and set training.fsdp: true "
+                "to shard (ACCELERATE_CONFIG_FILE with distributed_type MULTI_GPU, or none)"
+            )
         if self.tc.batch_size < self.world:
             raise TunebenchError(
                 f"training.batch_size {self.tc.batch_size} < {self.world} processes: every process needs an example"
