@@ -31,16 +31,25 @@ from tunebench.training import checkpoint as ckpt
 STAGE = "choose"
 
 
+def lowest_validation_losses(
+    metrics_log: Path, count: int, steps: set[int] | None = None
+) -> list[tuple[int, float]]:
+    """(step, validation loss) of the ``count`` lowest validation losses logged in
+    ``metrics.jsonl`` (among ``steps`` when given), lowest first, the earlier step among equals.
+    The loop keeps these checkpoints; the choice scores them."""
+    losses: dict[int, float] = {}
+    if metrics_log.is_file():
+        for row in iter_jsonl(metrics_log):
+            loss, step = row.get("loss"), row.get("step")
+            if row.get("split") == "validation" and loss is not None and (steps is None or step in steps):
+                losses[int(step)] = float(loss)
+    return sorted(losses.items(), key=lambda item: (item[1], item[0]))[:count]
+
+
 def candidate_steps(run: RunDir, count: int) -> list[tuple[int, float]]:
     """(step, validation loss) of the ``count`` lowest-loss checkpoints still on disk."""
     on_disk = {step for step, _ in ckpt.list_checkpoints(run.checkpoints_dir)}
-    losses: dict[int, float] = {}
-    if run.metrics_log.is_file():
-        for row in iter_jsonl(run.metrics_log):
-            loss = row.get("loss")
-            if row.get("split") == "validation" and row.get("step") in on_disk and loss is not None:
-                losses[int(row["step"])] = float(loss)
-    return sorted(losses.items(), key=lambda item: (item[1], item[0]))[:count]
+    return lowest_validation_losses(run.metrics_log, count, on_disk)
 
 
 def pick(candidates: list[dict[str, Any]]) -> dict[str, Any]:

@@ -41,6 +41,8 @@ from tunebench.errors import TunebenchError
 from tunebench.io import append_jsonl, iter_jsonl, write_json, write_jsonl
 from tunebench.rundir import RunDir
 from tunebench.training import checkpoint as ckpt
+from tunebench.training import fsdp
+from tunebench.training.choose import lowest_validation_losses
 from tunebench.training.data import (
     TokenizedExample,
     collate,
@@ -170,8 +172,6 @@ class Trainer:
         self.restore_or_start()  # the adapter's weights, before FSDP would shard them
         loss_model = LossModel(self.model, fused)
         if self.fsdp:
-            from tunebench.training import fsdp
-
             fsdp.shard(loss_model, list(causal_lm(self.model).get_decoder().layers), self.dtype)
         params = [p for p in loss_model.parameters() if p.requires_grad]  # FSDP: the local shards
         self.params = params
@@ -267,9 +267,7 @@ class Trainer:
             batch = self.to_device(collate(micro[j] if weight else micro[0], tc.packing, self.pad_id))
             last = j == passes - 1  # one gradient all-reduce per step, at the last pass
             if self.fsdp:
-                from tunebench.training.fsdp import set_gradient_sync
-
-                set_gradient_sync(self.loss_model, last)
+                fsdp.set_gradient_sync(self.loss_model, last)
                 sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             else:
                 sync = contextlib.nullcontext() if last else self.acc.no_sync(self.loss_model)
@@ -301,11 +299,9 @@ class Trainer:
         """Clip to ``training.max_grad_norm``; returns the norm before clipping (inf/nan kept)."""
         if not self.fsdp:
             return float(self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm))
-        from tunebench.training.fsdp import full_tensor
-
         # the norm over DTensor shards is itself a DTensor: its full value is the global norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.tc.max_grad_norm)
-        return float(full_tensor(norm))
+        return float(fsdp.full_tensor(norm))
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -414,11 +410,7 @@ class Trainer:
     def save(self, s: dict[str, Any]) -> None:
         # every process joins the gathers (collectives under FSDP); the main process writes
         optimizer_state = ckpt.optimizer_state(self.bare_loss_model(), self.optimizer)
-        adapter_state = None
-        if self.fsdp:
-            from tunebench.training.fsdp import full_adapter_state
-
-            adapter_state = full_adapter_state(self.model)
+        adapter_state = fsdp.full_adapter_state(self.model) if self.fsdp else None
         if self.main:
             root = self.run.checkpoints_dir
             ckpt.save_checkpoint(
@@ -439,13 +431,8 @@ class Trainer:
         ``checkpoints_to_compare`` lowest validation losses (see :mod:`.choose`)."""
         keep = {s["step"], s["best_step"] or s["step"]}
         if self.tc.select_checkpoint_by == "validation_metric":
-            rows = [
-                r
-                for r in _metrics_rows(self.run.metrics_log)
-                if r["split"] == "validation" and r.get("loss") is not None
-            ]
-            lowest = sorted(rows, key=lambda r: (r["loss"], r["step"]))[: self.tc.checkpoints_to_compare]
-            keep |= {r["step"] for r in lowest}
+            lowest = lowest_validation_losses(self.run.metrics_log, self.tc.checkpoints_to_compare)
+            keep |= {step for step, _ in lowest}
         return keep
 
     def finish(self) -> dict[str, Any]:
