@@ -617,7 +617,8 @@ def load_model(
 # --------------------------------------------------------------------------- special ids
 
 
-def _ids(value: int | list[int] | tuple[int, ...] | None) -> list[int]:
+def id_list(value: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """A config's token id field (one id, several, or none) as a list."""
     if value is None:
         return []
     if isinstance(value, int):
@@ -629,7 +630,7 @@ def stop_token_ids(
     tokenizer: PreTrainedTokenizerBase, generation_config: GenerationConfig | None
 ) -> list[int]:
     """Every id generation must stop on: the generation config's EOS id(s), then the tokenizer's EOS."""
-    ids = _ids(getattr(generation_config, "eos_token_id", None)) + _ids(tokenizer.eos_token_id)
+    ids = id_list(getattr(generation_config, "eos_token_id", None)) + id_list(tokenizer.eos_token_id)
     return list(dict.fromkeys(ids))
 
 
@@ -641,7 +642,7 @@ def training_eos_id(tokenizer: PreTrainedTokenizerBase, generation_config: Gener
     trained to emit the tokenizer's ``<|endoftext|>`` instead would still stop, but a tokenizer
     whose EOS is not a stop id at all (the tiny fixture, older conversions) would never stop.
     """
-    ids = _ids(getattr(generation_config, "eos_token_id", None))
+    ids = id_list(getattr(generation_config, "eos_token_id", None))
     if ids:
         return ids[0]
     if tokenizer.eos_token_id is None:

@@ -80,14 +80,19 @@ def load_base_model(model_cfg: ModelConfig, device: str) -> tuple[Any, Any]:
     return load_model(model_cfg, device=device, for_training=False)
 
 
-def apply_adapter(model: Any, adapter_dir: Path, merge: bool) -> Any:
-    """Load a peft LoRA adapter onto ``model``; a mismatch becomes a one-line TunebenchError."""
-    from peft import PeftModel
-
+def require_adapter(adapter_dir: Path) -> None:
+    """A one-line error unless ``adapter_dir`` holds a peft adapter."""
     if not (adapter_dir / "adapter_config.json").is_file():
         raise TunebenchError(
             f"{adapter_dir}: no LoRA adapter (adapter_config.json); run `tunebench train` first"
         )
+
+
+def apply_adapter(model: Any, adapter_dir: Path, merge: bool) -> Any:
+    """Load a peft LoRA adapter onto ``model``; a mismatch becomes a one-line TunebenchError."""
+    from peft import PeftModel
+
+    require_adapter(adapter_dir)
     base_name = getattr(model.config, "_name_or_path", "the base model")
     try:
         with _peft_warnings() as warned:
@@ -276,7 +281,7 @@ class LocalGenerator:
             num_return_sequences=params.n,
             eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id,
-            **({"cache_implementation": "static"} if self.cache_implementation == "static" else {}),
+            cache_implementation=self.cache_implementation,
             **(
                 {"temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
                 if params.do_sample

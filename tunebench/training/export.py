@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -35,8 +34,8 @@ def export_merged(
     ``dtype``: ``auto`` keeps the dtype the model trains in on this machine (bfloat16 with CUDA,
     float32 without), or ``float32`` / ``bfloat16`` / ``float16``.
     """
-    from tunebench.inference.local import apply_adapter
-    from tunebench.models import load_model, training_eos_id
+    from tunebench.inference.local import apply_adapter, require_adapter
+    from tunebench.models import id_list, load_model, training_eos_id
 
     if config.provider != "local":
         raise TunebenchError(f"{run.root}: provider {config.provider} has no LoRA adapter to merge")
@@ -44,10 +43,7 @@ def export_merged(
         raise TunebenchError(
             "model.quantization: merging into 8/4-bit weights is not supported; export in bf16"
         )
-    if not (run.adapter_dir / "adapter_config.json").is_file():  # before minutes of loading
-        raise TunebenchError(
-            f"{run.adapter_dir}: no LoRA adapter (adapter_config.json); run `tunebench train` first"
-        )
+    require_adapter(run.adapter_dir)  # before minutes of loading
     target = (out or run.root / "merged").resolve()
     if target.exists() and not (target / MARKER).is_file():
         # only an earlier export is ever replaced: --out must not wipe an unrelated folder
@@ -56,7 +52,7 @@ def export_merged(
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}), device="cpu")
     merged = apply_adapter(model, run.adapter_dir, merge=True).to(final_dtype)
     eos = training_eos_id(tokenizer, merged.generation_config)
-    stop = _ids(merged.generation_config.eos_token_id)
+    stop = id_list(merged.generation_config.eos_token_id)
     if eos not in stop:
         merged.generation_config.eos_token_id = [eos, *stop] if stop else eos
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -73,14 +69,9 @@ def export_merged(
 
 
 def _dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if name not in ("float32", "bfloat16", "float16"):
+    """``--dtype``, with ``auto`` resolved as for training on this machine (models.resolve_dtype)."""
+    from tunebench.models import resolve_dtype
+
+    if name not in ("auto", "float32", "bfloat16", "float16"):
         raise TunebenchError(f"--dtype {name}: choose auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
-
-
-def _ids(value: Any) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
+    return resolve_dtype(name, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
