@@ -417,7 +417,7 @@ def apply_selection(config: ExperimentConfig, rows: dict[str, dict[str, Any]]) -
         "selection_s": round(time.perf_counter() - start, 3),
         "selection_changed": sum(1 for i in infos if i["chosen"] != 0),
         "selection_none_executable": sum(1 for i in infos if i["executable"] == 0),
-        "selection_budget_spent": sum(1 for i in infos if "budget" in str(i.get("error", ""))),
+        "selection_budget_spent": sum(1 for i in infos if i.get("budget_spent")),
     }
 
 

@@ -180,7 +180,7 @@ def select_row(
             results = candidate_results(context, candidates, suite_size, seed, timeout_s, budget_s)
             info = vote(candidates, results)
         except BudgetSpent as exc:  # runaway samples: the greedy output stands
-            info = {"chosen": 0, "groups": [], "executable": 0, "error": str(exc)}
+            info = {"chosen": 0, "groups": [], "executable": 0, "error": str(exc), "budget_spent": True}
         except Exception as exc:  # one odd context must not stop a whole predictions file
             # the context cannot be turned into databases: keep the greedy output, say why
             info = {"chosen": 0, "groups": [], "executable": 0, "error": f"{type(exc).__name__}: {exc}"[:200]}

@@ -16,7 +16,7 @@ from typing import Any
 from tunebench.data.paths import local_data_dir
 from tunebench.data.sources import load_hub, read_rows
 from tunebench.errors import TunebenchError
-from tunebench.tasks.base import Example, Task, check_fields, make_ids
+from tunebench.tasks.base import Example, Task, check_fields, make_ids, number
 
 INSTRUCTION = (
     "You are a powerful text-to-SQL model. Your job is to answer questions about a database. "
@@ -59,9 +59,10 @@ class SqlTask(Task):
 
     def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float | None]:
         """Execution accuracy on real databases when any example had one, else on generated ones."""
-        for name in ("execution_accuracy", "suite_accuracy"):
-            if metrics.get(f"{name.split('_')[0]}_n") and metrics.get(name) is not None:
-                return name, float(metrics[name])
+        for name, count in (("execution_accuracy", "execution_n"), ("suite_accuracy", "suite_n")):
+            value = number(metrics.get(name))
+            if metrics.get(count) and value is not None:
+                return name, value
         return super().headline_metric(metrics)
 
     # --- data -------------------------------------------------------------------------

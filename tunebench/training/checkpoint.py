@@ -2,8 +2,9 @@
 
 A checkpoint holds the adapter (peft, safetensors), the optimizer state (full tensors keyed by
 parameter name, through ``torch.distributed.checkpoint``, so it loads under DDP or FSDP and on
-any process count), the scheduler state, the RNG states (python, numpy, torch, CUDA) and ``state.json`` (global step, tokens seen, wall
-time, early-stopping state, best loss/step, skipped steps). Data order is a pure function of
+any process count), the scheduler state, the RNG states (python, numpy, torch, CUDA) and
+``state.json`` (global step, tokens seen, wall time, early-stopping state, best loss/step,
+skipped steps). Data order is a pure function of
 (seed, global step) (see :mod:`.data`), so the step *is* the data position and a run can
 resume on a different number of processes. Each checkpoint is built in a temporary folder
 and renamed into place, so a kill at any moment leaves either the old or the new one.
