@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=100)
     p.add_argument("--data-dir", default=None, help="data mirror (default: $TUNEBENCH_DATA_DIR)")
     p.add_argument("--out", default=None, help="JSON path")
+    p.add_argument(
+        "--keep",
+        default=None,
+        help="copy the 1-process run (adapter included, no checkpoints) to this folder",
+    )
     return p.parse_args(argv)
 
 
@@ -175,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         rows_one = text_fields(runs / "one" / "predictions" / f"{split}.jsonl")
         rows_many = text_fields(runs / "one-copy" / "predictions" / f"{split}.jsonl")
         differ = [a["id"] for a, b in zip(rows_one, rows_many, strict=False) if a != b]
+        for name in ("one", "many"):  # the loss curves, for the record
+            shutil.copy(runs / name / "metrics.jsonl", logs / f"metrics_{name}.jsonl")
+        if args.keep:
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.copytree(runs / "one", args.keep, ignore=shutil.ignore_patterns("checkpoints"))
         report["predict"] = {
             "n": len(rows_one),
             "one_wall_s": p_one,

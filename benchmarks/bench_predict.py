@@ -67,7 +67,61 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="override memory bandwidth (GB/s)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override peak bf16 TFLOP/s")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/predict.json)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also split the best batch size's time into prefill and per-decode-step cost "
+        "(forced lengths, no stops) and list the top operators under torch.profiler",
+    )
     return parser.parse_args()
+
+
+def step_costs(generator: Any, prompts: list[str], short: int = 1, long: int = 33) -> dict[str, Any]:
+    """Prefill and per-decode-step seconds of ``generate`` on these prompts (one batch).
+
+    Two runs forced to exactly ``short`` and ``long`` new tokens (``min_new_tokens``, no stop
+    criteria): the difference over the extra steps is the cost of one decode step at this batch
+    size, the rest is prefill plus fixed overhead. Then a profiled run of a few steps names the
+    operators that take the time, on the GPU and on the CPU (launch overhead shows there).
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    token_lists, _ = generator.encode(prompts, long)
+    input_ids, mask = generator._left_pad(token_lists)
+
+    def run(steps: int) -> float:
+        sync()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            generator.model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
+                do_sample=False, cache_implementation=generator.cache_implementation,
+            )  # fmt: skip
+        sync()
+        return time.perf_counter() - t0
+
+    run(short)  # warm-up for this shape
+    first, last = run(short), run(long)
+    per_step = (last - first) / (long - short)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        run(9)
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25)
+    cpu_table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return {
+        "batch": len(prompts),
+        "prompt_width": int(input_ids.shape[1]),
+        "short_steps": short,
+        "long_steps": long,
+        "short_s": first,
+        "long_s": last,
+        "per_decode_step_ms": per_step * 1000,
+        "prefill_and_fixed_s": first - per_step * short,
+        "top_ops": table,
+        "top_cpu_ops": cpu_table,
+    }
 
 
 def make_config(args: argparse.Namespace, runs_dir: Path, provider: str, batch_size: int) -> Any:
@@ -318,6 +372,16 @@ def main() -> int:
     for m in mismatches:
         print(f"  MISMATCH {m['id']}:\n    batched: {m['batched']!r}\n    batch-1: {m['batch1']!r}")
 
+    costs = None
+    if args.profile:
+        costs = step_costs(generator, prompts[: best["batch_size"]])
+        print(
+            f"\nbatch {costs['batch']} (prompt width {costs['prompt_width']}): one decode step "
+            f"{costs['per_decode_step_ms']:.1f} ms, prefill + fixed {costs['prefill_and_fixed_s']:.2f}s"
+        )
+        print(costs["top_ops"])
+        print(costs["top_cpu_ops"])
+
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "device": gpu,
@@ -338,6 +402,7 @@ def main() -> int:
         "bandwidth_bytes_per_s": bandwidth,
         "peak_flops": peak,
         "equality": {"compared": limit, "identical": limit - len(mismatches), "mismatches": mismatches},
+        "step_costs": costs,
         "command": " ".join(sys.argv),
     }
     out = (

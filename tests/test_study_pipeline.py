@@ -37,8 +37,12 @@ def _inference_landed() -> bool:
 def test_study_runs_every_cell_and_reports(tmp_path: Path, tiny_model_dir: Path) -> None:
     path = tmp_path / "study.yaml"
     path.write_text(STUDY.format(runs=tmp_path / "runs", model=tiny_model_dir), encoding="utf-8")
-    report = run_study(path)
     runs = tmp_path / "runs"
+    # one task per process, as on two GPUs: the first half runs its cells and writes no report
+    assert run_study(path, cells=["*-sql"]) is None
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["base-sql", "lora-sql"]
+    report = run_study(path, cells=["*-viggo"])
+    assert report is not None
     for cell in ("base-sql", "base-viggo", "lora-sql", "lora-viggo"):
         assert (runs / cell / "cost.json").is_file()
     assert (runs / "lora-sql" / "train_summary.json").is_file()
@@ -63,3 +67,20 @@ def test_study_runs_every_cell_and_reports(tmp_path: Path, tiny_model_dir: Path)
     stages = read_json(runs / "lora-sql" / "manifest.json")["stages"]
     run_study(path)
     assert read_json(runs / "lora-sql" / "manifest.json")["stages"] == stages
+
+
+def test_cell_patterns_select_and_a_typo_is_an_error(tmp_path: Path) -> None:
+    from tunebench.errors import TunebenchError
+    from tunebench.study import expand, load_study, select_cells
+
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(runs=tmp_path / "runs", model="smollm2-135m"), encoding="utf-8")
+    cells = expand(load_study(path))
+    assert [c.name for c in select_cells(cells, ["lora-*", "base-viggo"])] == [
+        "base-viggo",
+        "lora-sql",
+        "lora-viggo",
+    ]
+    assert select_cells(cells, None) == cells
+    with pytest.raises(TunebenchError, match="'lora-sq' matches no cell; the study's cells: base-sql"):
+        select_cells(cells, ["lora-sq"])

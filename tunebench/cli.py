@@ -202,6 +202,14 @@ def run(
     config: Annotated[Path, typer.Argument(help="An experiment config or a study config (YAML).")],
     yes: Annotated[bool, typer.Option("--yes", help="Allow spending on hosted fine-tuning.")] = False,
     overrides: SetOpt = None,
+    cells: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cells",
+            help="Studies: run only the cells matching this pattern (e.g. '*-sql'; repeatable), "
+            "so several processes can share a study, one GPU each. The report waits for every cell.",
+        ),
+    ] = None,
 ) -> None:
     """The whole pipeline: every stage of an experiment, or every cell of a study + its report."""
     from tunebench.config import load_yaml
@@ -210,9 +218,12 @@ def run(
     if isinstance(data, dict) and "systems" in data:
         from tunebench.study import run_study
 
-        out = run_study(config, yes=yes, overrides=parse_overrides(overrides))
-        console.print(f"report: {out}")
+        out = run_study(config, yes=yes, overrides=parse_overrides(overrides), cells=cells)
+        if out is not None:
+            console.print(f"report: {out}")
         return
+    if cells:
+        raise TunebenchError("--cells selects cells of a study; this config is a single experiment")
     from tunebench.pipeline import run_experiment
 
     cfg = load_config(config, overrides)

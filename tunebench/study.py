@@ -17,8 +17,10 @@ system ``lora`` gives ``lora-r8`` and ``lora-r16``; several keys give their cart
 from __future__ import annotations
 
 import copy
+import fnmatch
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from tunebench.config import ExperimentConfig, Strict, load_yaml, parse_model, set_dotted
 from tunebench.errors import TunebenchError
 from tunebench.io import write_json
+from tunebench.rundir import RunDir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 SECTIONS = ("task", "model", "lora", "training", "generation", "openai", "endpoint", "cost")
@@ -302,11 +305,36 @@ def study_index(study: StudyConfig, cells: list[Cell]) -> dict[str, Any]:
     }
 
 
-def run_study(path: str | Path, yes: bool = False, overrides: dict[str, Any] | None = None) -> Path:
-    """Run every cell of the study (resuming finished work), then write the report; returns its folder.
+def select_cells(cells: list[Cell], patterns: Sequence[str] | None) -> list[Cell]:
+    """The cells whose name matches any shell-style pattern (all cells without patterns).
 
-    A failing cell does not stop the others; the failures are raised together at the end
-    (rerun the same command to retry them: finished cells are skipped).
+    A pattern that matches no cell is an error naming the cells there are: a typo must not
+    quietly run nothing.
+    """
+    if not patterns:
+        return cells
+    names = [c.name for c in cells]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise TunebenchError(
+                f"--cells {pattern!r} matches no cell; the study's cells: {', '.join(names)}"
+            )
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+
+
+def run_study(
+    path: str | Path,
+    yes: bool = False,
+    overrides: dict[str, Any] | None = None,
+    cells: Sequence[str] | None = None,
+) -> Path | None:
+    """Run the study's cells (resuming finished work), then write the report; returns its folder.
+
+    ``cells`` (shell-style patterns on cell names) runs a subset, e.g. one task per GPU in
+    parallel processes; the report is then written only once every cell of the study has a run
+    directory, and ``None`` is returned otherwise. A failing cell does not stop the others; the
+    failures are raised together at the end (rerun the same command to retry them: finished
+    cells are skipped).
     """
     from rich.console import Console
 
@@ -315,18 +343,23 @@ def run_study(path: str | Path, yes: bool = False, overrides: dict[str, Any] | N
 
     console = Console(stderr=True)
     study = load_study(path)
-    cells = expand(study, overrides, str(path))
+    every_cell = expand(study, overrides, str(path))
+    chosen = select_cells(every_cell, cells)
     runs_dir = study.resolved_runs_dir()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    write_json(runs_dir / "study.json", study_index(study, cells))
+    write_json(runs_dir / "study.json", study_index(study, every_cell))
     failures: list[str] = []
-    for number, cell in enumerate(cells, start=1):
-        console.print(f"[{number}/{len(cells)}] {cell.name} ({cell.config.provider})")
+    for number, cell in enumerate(chosen, start=1):
+        console.print(f"[{number}/{len(chosen)}] {cell.name} ({cell.config.provider})")
         try:
             run_experiment(cell.config, yes=yes)
         except TunebenchError as exc:
             console.print(f"[bold red]failed:[/] {cell.name}: {exc}", highlight=False)
             failures.append(f"{cell.name}: {exc}")
     if failures:
-        raise TunebenchError(f"{len(failures)} of {len(cells)} cells failed: " + "; ".join(failures))
+        raise TunebenchError(f"{len(failures)} of {len(chosen)} cells failed: " + "; ".join(failures))
+    missing = [c.name for c in every_cell if not RunDir(c.config.run_dir).config_path.is_file()]
+    if missing:
+        console.print(f"report not written: {len(missing)} cells have not run yet ({', '.join(missing)})")
+        return None
     return write_report(path)
