@@ -57,9 +57,26 @@ start() {
     run_queue sql 2 &
     run_queue viggo 3 &
     run_queue multi &
-  else  # two GPUs: the multi-GPU benchmarks first, then one study half per GPU
-    (run_queue multi; run_queue sql 0) &
-    (until [ -f "$out/multi.done" ]; do sleep 5; done; run_queue viggo 1) &
+  else  # two GPUs: the DDP benchmark first, then one study half per GPU, benchmarks after
+    queue=multi
+    job multi-ddp 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --keep keep/trained-sql
+    mv "$out/multi.done.partial" "$out/multi.done"
+    (
+      queue=train
+      job train 0 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 12 --warmup 2 --batch 128 \
+        --variants hf-b8,hf-b32,packed,packed-4k,packed-liger,packed-compile
+      mv "$out/train.done.partial" "$out/train.done"
+      run_queue sql 0
+    ) &
+    (
+      run_queue viggo 1
+      queue=predict
+      job predict 1 $py benchmarks/bench_predict.py --model qwen2.5-coder-1.5b --adapter keep/trained-sql/adapter \
+        --batch-sizes 568,284 --baseline-limit 16 --profile
+      job predict-static 1 $py benchmarks/bench_predict.py --model qwen2.5-coder-1.5b \
+        --adapter keep/trained-sql/adapter --batch-sizes 568 --baseline-limit 16 --cache static
+      mv "$out/predict.done.partial" "$out/predict.done"
+    ) &
   fi
   wait
 }
@@ -74,6 +91,7 @@ pack() {  # at most 8 files come back: logs+JSON, and the lever study's runs wit
 
 wait_for() {
   local deadline=$((SECONDS + $1)) queues=(multi sql viggo)
+  [ "$gpus" -ge 4 ] || queues=(multi train sql viggo predict)
   while [ $SECONDS -lt $deadline ]; do
     local open=0
     for q in "${queues[@]}"; do [ -f "$out/$q.done" ] || open=1; done
