@@ -157,6 +157,28 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_experiment(bad)
 
 
+
+def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:
+    """`epochs: 3` without max_steps must not be overridden by the 400-step default."""
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\ntraining:\n  epochs: 3\n")
+    assert load_experiment(path).training.max_steps is None
+    assert load_experiment(path, {"training.max_steps": 7}).training.max_steps == 7  # both: steps win
+    path.write_text("name: x\n")
+    assert load_experiment(path).training.max_steps == 400
+    path.write_text("name: x\ntraining:\n  max_steps: null\n")
+    with pytest.raises(TunebenchError, match="set training.max_steps or training.epochs"):
+        load_experiment(path)
+    # a study's defaults with epochs reach every cell as epoch-based, unless a cell sets steps
+    from tunebench.study import expand, load_study
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: s\ndefaults:\n  training: {epochs: 5}\ntasks: [viggo]\nsystems:\n"
+        "  - {name: a, provider: local}\n  - {name: b, provider: local, training: {max_steps: 9}}\n"
+    )
+    assert [c.config.training.max_steps for c in expand(load_study(study))] == [None, 9]
+
 # --- the CLI, as a user runs it ------------------------------------------------------------
 
 

@@ -140,8 +140,15 @@ class TrainingConfig(Strict):
         "cosine", description="Decay after warm-up (the study used linear via HF defaults)."
     )
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps (study: 100).")
-    max_steps: int | None = Field(400, ge=1, description="Optimizer steps (study: 400). None: use epochs.")
-    epochs: float | None = Field(None, gt=0, description="Epochs, used when max_steps is None.")
+    max_steps: int | None = Field(
+        400,
+        ge=1,
+        description="Optimizer steps (study: 400). The default applies only when `epochs` is not set; "
+        "set both and max_steps wins (as in HF Trainer).",
+    )
+    epochs: float | None = Field(
+        None, gt=0, description="Epochs; setting it (without max_steps) makes the run epoch-based."
+    )
     batch_size: int = Field(
         128, ge=1, description="Effective batch in examples per optimizer step (study: 128)."
     )
@@ -202,6 +209,21 @@ class TrainingConfig(Strict):
             "checkpoints resume under either setting and any process count."
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_default_steps(cls, data: Any) -> Any:
+        # `epochs: 3` alone must mean three epochs: the 400-step default would otherwise win
+        # silently (a study ran 400 steps where its config said 5 epochs before this rule).
+        if isinstance(data, dict) and data.get("epochs") is not None and "max_steps" not in data:
+            return {**data, "max_steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _some_length(self) -> TrainingConfig:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set training.max_steps or training.epochs (how long to train)")
+        return self
 
 
 class GenerationConfig(Strict):

@@ -6,7 +6,7 @@ for pattern in /keep/ adapter/ checkpoints/ tensorboard/ /results/qwen15-levers/
 done
 mkdir -p keep/parts keep/site keep/cache
 # Data and wheels travel once (carried .stage/data and .whl) and stay in keep/.
-[ -d .stage/data ] && { rm -rf keep/data; mv .stage/data keep/data; }
+[ -f .stage/data/README.md ] && { rm -rf keep/data; mv .stage/data keep/data; }
 if [ -d .whl ] && [ ! -f keep/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target keep/site .whl/*.whl && touch keep/site/.done
 fi

@@ -1,0 +1,6 @@
+# Stop a sitting's background queues (run as `bash scripts/gpu/stop.sh`: a pkill typed into the
+# call's own command line would match, and kill, that command itself).
+pkill -f "sitting.sh start"
+pkill -f "benchmarks/bench_"
+pkill -f "m tunebench"
+sleep 2
