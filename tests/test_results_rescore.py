@@ -11,15 +11,22 @@ from tunebench.io import read_json
 from tunebench.rundir import RunDir
 from tunebench.tasks import get_task
 
-RUNS = Path(__file__).resolve().parents[1] / "results" / "qwen15-study" / "runs"
-CELLS = sorted(p.parent.parent.parent.name for p in RUNS.glob("*/eval/test/metrics.json"))
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+# every committed study: results/<study>/runs/<cell>/
+CELLS = sorted(
+    str(p.parent.parent.parent.relative_to(RESULTS)) for p in RESULTS.glob("*/runs/*/eval/test/metrics.json")
+)
+
+
+def test_every_committed_study_is_checked() -> None:
+    assert {c.split("/")[0] for c in CELLS} >= {"qwen15-study", "qwen15-levers"}
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_committed_predictions_rescore_to_committed_metrics(
     cell: str, tmp_path: Path, data_dir: Path
 ) -> None:
-    run = RunDir(RUNS / cell)
+    run = RunDir(RESULTS / cell)
     config = run.load_config()
     config = config.model_copy(update={"task": config.task.model_copy(update={"data_dir": str(data_dir)})})
     options = {**get_task(config.task).scorer_options(), "suite_cache_dir": ""}
