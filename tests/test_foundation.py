@@ -167,7 +167,7 @@ def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:
     path.write_text("name: x\n")
     assert load_experiment(path).training.max_steps == 400
     path.write_text("name: x\ntraining:\n  max_steps: null\n")
-    with pytest.raises(TunebenchError, match="set training.max_steps or training.epochs"):
+    with pytest.raises(TunebenchError, match=r"set training\.max_steps or training\.epochs"):
         load_experiment(path)
     # a study's defaults with epochs reach every cell as epoch-based, unless a cell sets steps
     from tunebench.study import expand, load_study

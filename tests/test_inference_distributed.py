@@ -1,4 +1,4 @@
-"""Prediction split across processes (torchrun, gloo on CPU): strided shards merged in order."""
+"""Prediction split across processes (torchrun, gloo on CPU): whole batches per rank, merged in order."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from tests import test_inference_support as support
 from tunebench.inference import predict
-from tunebench.inference.predict import FAULT_ENV, partial_paths
+from tunebench.inference.predict import FAULT_ENV, Shard, length_sorted_batches, model_prompts, partial_paths
 from tunebench.io import read_jsonl
 
 lively_model_dir = support.lively_model_dir  # the shared fixture
@@ -26,6 +28,38 @@ def launch(run_root: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
 
 
+def tokenizer_only(model_dir: Path) -> SimpleNamespace:
+    """What batch planning reads of a generator: its tokenizer."""
+    from transformers import AutoTokenizer
+
+    return SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(model_dir))
+
+
+def prompts_of(config: Any, run: Any) -> list[str]:
+    from tunebench.data.prepare import load_prepared
+    from tunebench.tasks import get_task
+
+    task = get_task(config.task)
+    return model_prompts(config, run, task, load_prepared(run, "test"))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_each_rank_generates_whole_batches_of_the_one_process_plan(
+    tmp_path: Path, lively_model_dir: Path, world: int
+) -> None:
+    """Same companions, same padded shape as in one process: bf16 near-ties cannot flip."""
+    config, run = support.make_run(tmp_path, lively_model_dir, provider="base", n=23, batch_size=4)
+    prompts = prompts_of(config, run)
+    generator = tokenizer_only(lively_model_dir)
+    plan = length_sorted_batches(generator, prompts, 4)
+    assert len({len(b) for b in plan}) == 2  # 5 full batches and a short last one
+    shares = [Shard(rank=r, world=world).share(generator, prompts, 4) for r in range(world)]
+    assert sorted(i for share in shares for i in share) == list(range(23))
+    for rank, share in enumerate(shares):
+        own = length_sorted_batches(generator, [prompts[i] for i in share], 4)  # what the rank runs
+        assert [[share[j] for j in batch] for batch in own] == plan[rank::world]
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path: Path, lively_model_dir: Path) -> None:
     _config, run = support.make_run(
@@ -34,14 +68,17 @@ def test_two_processes_equal_one(tmp_path: Path, lively_model_dir: Path) -> None
     final = run.predictions("test")
     ids = [ex["id"] for ex in read_jsonl(run.prepared("test"))]
     assert len(ids) == 5
+    # the one-process plan: 5 batches of 1, longest prompt first; ranks take turns
+    plan = length_sorted_batches(tokenizer_only(lively_model_dir), prompts_of(_config, run), 1)
 
-    # rank 0 has 3 batches (examples 0, 2, 4) and stops after its 3rd; rank 1 runs out after its
-    # 2nd (examples 1, 3) and stops there too: every row is in a partial file, none merged yet
+    # rank 0 has 3 batches (plan 0, 2, 4) and stops after its 3rd; rank 1 runs out after its
+    # 2nd (plan 1, 3) and stops there too: every row is in a partial file, none merged yet
     crashed = launch(run.root, **{FAULT_ENV: "3"})
     assert crashed.returncode != 0 and not final.exists()
     for rank in (0, 1):
         partial, _ = partial_paths(final.with_name(f"test.rank{rank}-of-2.jsonl"))
-        assert sorted(r["id"] for r in read_jsonl(partial)) == sorted(ids[rank::2])
+        expected = sorted(ids[i] for batch in plan[rank::2] for i in batch)
+        assert sorted(r["id"] for r in read_jsonl(partial)) == expected
 
     # the rerun resumes every rank's rows and merges them in example order
     done = launch(run.root, **{FAULT_ENV: ""})

@@ -171,13 +171,12 @@ def predict_local(
 
     final = run.predictions(split)
     shard = Shard() if single_process else Shard.from_env()
-    mine = examples[shard.rank :: shard.world]
     target = shard.rank_file(final)
     partial, meta_path = partial_paths(target)
     key = fingerprint(config, run, split)
     done, spent = load_partial(partial, meta_path, key)
     resumed = len(done)
-    prompts = model_prompts(config, run, task, mine)
+    every_prompt = model_prompts(config, run, task, examples)
     gen = config.generation
     start_load = time.perf_counter()
     adapter = run.adapter_dir if config.provider == "local" else None
@@ -195,6 +194,8 @@ def predict_local(
             cache_implementation=gen.cache_implementation,
         )
     load_s = time.perf_counter() - start_load
+    share = shard.share(generator, every_prompt, gen.batch_size)
+    mine, prompts = [examples[i] for i in share], [every_prompt[i] for i in share]
     passes = sampling_passes(config, task)
     todo = [i for i, ex in enumerate(mine) if ex.id not in done]
     batches = length_sorted_batches(generator, [prompts[i] for i in todo], gen.batch_size)
@@ -289,6 +290,19 @@ class Shard:
         import torch
 
         return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+
+    def share(self, generator: Any, prompts: list[str], batch_size: int) -> list[int]:
+        """Indexes of the prompts this rank generates, in their original order.
+
+        Whole batches of the one-process plan, dealt round-robin (longest first): every prompt
+        is generated beside the same prompts, at the same padded shape, as in one process, so
+        greedy outputs match the one-process file even in bf16, where a different batch can
+        flip a near-tie (a strided split of the prompts differed on 19 of 568 on two H100s).
+        """
+        if self.world == 1:
+            return list(range(len(prompts)))
+        batches = length_sorted_batches(generator, prompts, batch_size)
+        return sorted(i for batch in batches[self.rank :: self.world] for i in batch)
 
     def rank_file(self, final: Path) -> Path:
         """Where this rank's rows go: ``final`` itself for one process, else a per-rank file."""
