@@ -31,6 +31,18 @@ def test_self_hosted_cost_from_wall_time(tmp_path: Path) -> None:
     assert "not a measurement on an A40" in record["a40_price"]["label"]
 
 
+def test_checkpoint_choice_counts_as_training_time(tmp_path: Path) -> None:
+    """Choosing the adapter by validation accuracy spends GPU time to buy it: priced with training."""
+    run = make_run(tmp_path, "oracle", "sql", 4)
+    run.record_stage("choose", chosen_step=2, metric="execution_accuracy", value=0.5, wall_time_s=90.0)
+    record = compute_cost(run.load_config(), run)
+    a40 = GPU_PRICES["A40"].price_per_hour
+    wall = read_json(run.train_summary)["wall_time_s"]
+    assert record["training"]["checkpoint_choice_s"] == 90.0
+    assert record["training"]["wall_time_s"] == wall
+    assert record["training"]["cost_usd"] == pytest.approx((wall + 90.0) / 3600 * a40)
+
+
 def test_price_override_gpu_count_and_missing_gpu(tmp_path: Path) -> None:
     run = make_run(tmp_path, "oracle", "viggo", 4)
     cfg = run.load_config()

@@ -157,7 +157,6 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         load_experiment(bad)
 
 
-
 def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:
     """`epochs: 3` without max_steps must not be overridden by the 400-step default."""
     path = tmp_path / "c.yaml"
@@ -178,6 +177,7 @@ def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:
         "  - {name: a, provider: local}\n  - {name: b, provider: local, training: {max_steps: 9}}\n"
     )
     assert [c.config.training.max_steps for c in expand(load_study(study))] == [None, 9]
+
 
 # --- the CLI, as a user runs it ------------------------------------------------------------
 

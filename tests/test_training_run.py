@@ -329,7 +329,9 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
         scratch = run.root / "checkpoint_choice" / f"step-{step}"
         assert (scratch / "predictions" / "validation.jsonl").is_file()
         assert (scratch / "eval" / "validation" / "metrics.json").is_file()
-    assert run.manifest()["stages"]["choose"]["chosen_step"] == record["chosen_step"]
+    choose = run.manifest()["stages"]["choose"]
+    assert choose["chosen_step"] == record["chosen_step"]
+    assert choose["wall_time_s"] > 0  # three candidates loaded, predicted and scored
     assert read_json(run.train_summary)["chosen_step"] == record["chosen_step"]
 
     # rerun (as after `tunebench train` on a finished run, whose finish() republishes another

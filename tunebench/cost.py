@@ -110,12 +110,17 @@ def _summary(run: RunDir) -> dict[str, Any]:
     return read_json(run.train_summary) if run.train_summary.is_file() else {}
 
 
-def _self_hosted_training(summary: dict[str, Any], price: GpuPrice | None, a40: GpuPrice) -> dict[str, Any]:
+def _self_hosted_training(
+    summary: dict[str, Any], price: GpuPrice | None, a40: GpuPrice, choice_s: float = 0.0
+) -> dict[str, Any]:
+    """Training's GPU time: the loop's wall time plus, when the adapter was chosen by the task
+    metric, the candidates' validation predictions (``choose`` stage): both buy the adapter."""
     wall = summary.get("wall_time_s")
     count = int(summary.get("gpu_count") or 1)
-    hours = wall / 3600.0 if wall is not None else None
+    hours = (wall + choice_s) / 3600.0 if wall is not None else None
     return {
         "wall_time_s": wall,
+        "checkpoint_choice_s": choice_s,
         "gpu_type": summary.get("gpu_type"),
         "gpu_count": count,
         "gpu_hours": round(hours * count, 6) if hours is not None else None,
@@ -219,7 +224,8 @@ def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         )
     record["a40_price"] = {**a40.as_dict(), "label": CONVERSION_LABEL}
     if config.provider == "local":
-        record["training"] = _self_hosted_training(summary, price, a40)
+        choice_s = float(stages.get("choose", {}).get("wall_time_s") or 0.0)
+        record["training"] = _self_hosted_training(summary, price, a40, choice_s)
         record["training_cost_usd"] = record["training"]["cost_usd"]
     else:  # base: nothing trained
         record["training"] = None

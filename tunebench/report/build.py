@@ -279,7 +279,8 @@ def cost_section(data: StudyData) -> list[Block]:
         Heading("Training cost and time"),
         Para(
             "Self-hosted: $/GPU-hour × measured wall time × GPU count (training from train_summary.json, "
-            "inference from the manifest's predict stage). OpenAI: trained tokens × training price, "
+            "plus the checkpoint choice's validation predictions where the adapter was chosen by "
+            "the task metric; inference from the manifest's predict stage). OpenAI: trained tokens × training price, "
             f"prediction tokens × input/output prices. 'A40 conversion' is a {CONVERSION_LABEL}.",
             note=True,
         ),

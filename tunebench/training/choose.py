@@ -17,6 +17,7 @@ import gc
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,9 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
     if not steps:
         raise TunebenchError(f"{run.checkpoints_dir}: no checkpoint with a validation loss to choose from")
     free_memory()  # the trained model and its optimizer, before a generator loads
+    started = time.perf_counter()
     candidates = [{**score_checkpoint(config, run, step), "validation_loss": loss} for step, loss in steps]
+    wall = time.perf_counter() - started  # loading + predicting + scoring (near 0 when read back)
     chosen = pick(candidates)
     # every time: a rerun of `tunebench train` on a finished run republishes the best-loss one
     ckpt.publish_adapter(run.checkpoints_dir / f"step-{chosen['step']}" / "adapter", run.adapter_dir)
@@ -140,5 +143,11 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
         summary = read_json(run.train_summary)
         summary.update(chosen_step=chosen["step"], chosen_by=f"validation {chosen['metric']}")
         write_json(run.train_summary, summary)
-    run.record_stage(STAGE, chosen_step=chosen["step"], metric=chosen["metric"], value=chosen["value"])
+    run.record_stage(
+        STAGE,
+        chosen_step=chosen["step"],
+        metric=chosen["metric"],
+        value=chosen["value"],
+        wall_time_s=round(wall, 3),
+    )
     return record
