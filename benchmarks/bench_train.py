@@ -15,6 +15,9 @@ Variants (``--variants``, comma-separated):
   packed-liger       packed + liger-kernel fused linear cross-entropy (skipped when not installed)
   packed-flex        packed with attn_implementation flex_attention
   packed-compile     packed + torch.compile of the decoder
+  packed-nodrop, packed-compile-nodrop
+                     the same two with LoRA dropout 0: eager and compiled losses should then agree
+                     (with dropout their random masks differ)
 
 Usage (GPU):  python benchmarks/bench_train.py --model qwen2.5-coder-1.5b
 Smoke (CPU):  python benchmarks/bench_train.py --model <tiny dir> --device cpu --steps 3
@@ -43,6 +46,8 @@ ENGINE = {
     "packed-liger": {"training.liger": True},
     "packed-flex": {"model.attn_implementation": "flex_attention"},
     "packed-compile": {"training.compile": True},
+    "packed-nodrop": {"lora.dropout": 0.0},
+    "packed-compile-nodrop": {"training.compile": True, "lora.dropout": 0.0},
 }
 HF = {"hf-b8": 8, "hf-b32": 32}
 

@@ -1,6 +1,10 @@
-# One GPU sitting, every measurement still owed (scripts/gpu/README.md), as background queues
-# that outlive the 10-minute call limit. Source env.sh first, and assemble.sh for the models.
-#   bash scripts/gpu/sitting.sh start        launch the queues (setsid: they survive the call)
+# One GPU sitting as background queues that outlive the 10-minute call limit: what is still owed
+# after the fourth sitting (scripts/gpu/README.md). Source env.sh first, and assemble.sh for the
+# models. Never edit this file while a sitting runs: bash reads a script as it goes, and each call
+# syncs the working tree to the machine.
+#   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
+#                                             quote "start" so scripts/gpu/stop.sh's pattern
+#                                             cannot match the launching call itself)
 #   bash scripts/gpu/sitting.sh wait SECONDS  show progress until every queue ends or time is up,
 #                                             then pack logs and results into $OUT
 # Queues write logs and JSON to keep/out/ (kept between calls); a queue's end leaves
@@ -10,6 +14,8 @@ out=keep/out
 mkdir -p "$out"
 gpus=$(nvidia-smi -L | wc -l)
 py=python3
+levers=examples/study_levers_gpu.yaml
+queues=(a b)
 
 job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NAME.log
   local name=$1 devices=$2
@@ -21,63 +27,39 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
   echo "$name=$rc" >>"$out/$queue.done.partial"
 }
 
-levers=examples/study_levers_gpu.yaml
-queue_multi() {  # both halves of #10, then #5's table and #8's predictions on the freed GPUs
-  queue=multi
-  job multi-ddp 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --keep keep/trained-sql
-  job multi-fsdp 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --fsdp
-  (
-    queue=train
-    job train 0 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 12 --warmup 2 --batch 128 \
-      --variants hf-b8,hf-b32,packed,packed-4k,packed-liger,packed-compile
-    mv "$out/train.done.partial" "$out/train.done"
-  ) &
-  job predict 1 $py benchmarks/bench_predict.py --model qwen2.5-coder-1.5b --adapter keep/trained-sql/adapter \
-    --batch-sizes 568,284 --baseline-limit 16 --profile
-  job predict-static 1 $py benchmarks/bench_predict.py --model qwen2.5-coder-1.5b --adapter keep/trained-sql/adapter \
-    --batch-sizes 568 --baseline-limit 16 --cache static
-  wait
-  if [ -f keep/qwen05.converted ]; then  # the size comparison, if its pieces came in time
-    job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
-  fi
-}
-queue_sql() { queue=sql; job levers-sql "$1" $py -m tunebench run $levers --cells 'lora-all-linear-vote*-sql'; }
-queue_viggo() { queue=viggo; job levers-viggo "$1" $py -m tunebench run $levers --cells 'lora-all-linear-r16*-viggo'; }
+done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
+wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-run_queue() {  # run_queue NAME ARGS...: a queue function, then its .done marker
-  local name=$1
-  shift
-  "queue_$name" "$@"
-  mv "$out/$name.done.partial" "$out/$name.done" 2>/dev/null || touch "$out/$name.done"
+# Two GPUs (the kind that came last time). Queue a: GPU 0, then both GPUs; queue b: GPU 1.
+queue_a() {
+  queue=a
+  # issue #9: the SQL levers, one cell per GPU (~5-6 min each with the checkpoint choice)
+  job levers-sql-vote 0 $py -m tunebench run $levers --cells lora-all-linear-vote-sql
+  wait_marker b1
+  # issue #10 again: whole-batch prediction split (identical rows expected), and the study's
+  # batch 32 against 128 (per-GPU work vs launch overhead), DDP then FSDP
+  job multi-ddp-b128 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --batch 128
+  job multi-fsdp 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --fsdp
+  done_marker a
+}
+queue_b() {
+  queue=b1
+  job levers-sql-vote16 1 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
+  done_marker b1
+  wait_marker a
+  queue=b
+  # issue #9's size comparison, when its pieces were staged and assembled in time
+  [ -f keep/qwen05.converted ] && job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
+  # issue #5: why compiling took 455 s (recompilations?), and its loss with dropout off
+  TORCH_LOGS=recompiles job train-compile 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b \
+    --steps 12 --warmup 2 --batch 128 --variants packed-nodrop,packed-compile-nodrop
+  done_marker b
 }
 
 start() {
   echo "$(date +%T) sitting on $gpus GPUs at $(git rev-parse --short HEAD 2>/dev/null)" >>"$out/timeline.log"
-  if [ "$gpus" -ge 4 ]; then
-    run_queue sql 2 &
-    run_queue viggo 3 &
-    run_queue multi &
-  else  # two GPUs: the DDP benchmark first, then one study half per GPU, benchmarks after
-    queue=multi
-    job multi-ddp 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --keep keep/trained-sql
-    mv "$out/multi.done.partial" "$out/multi.done"
-    (
-      queue=train
-      job train 0 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 12 --warmup 2 --batch 128 \
-        --variants hf-b8,hf-b32,packed,packed-4k,packed-liger,packed-compile
-      mv "$out/train.done.partial" "$out/train.done"
-      run_queue sql 0
-    ) &
-    (
-      run_queue viggo 1
-      queue=predict
-      job predict 1 $py benchmarks/bench_predict.py --model qwen2.5-coder-1.5b --adapter keep/trained-sql/adapter \
-        --batch-sizes 568,284 --baseline-limit 16 --profile
-      job predict-static 1 $py benchmarks/bench_predict.py --model qwen2.5-coder-1.5b \
-        --adapter keep/trained-sql/adapter --batch-sizes 568 --baseline-limit 16 --cache static
-      mv "$out/predict.done.partial" "$out/predict.done"
-    ) &
-  fi
+  queue_a &
+  queue_b &
   wait
 }
 
@@ -90,8 +72,7 @@ pack() {  # at most 8 files come back: logs+JSON, and the lever study's runs wit
 }
 
 wait_for() {
-  local deadline=$((SECONDS + $1)) queues=(multi sql viggo)
-  [ "$gpus" -ge 4 ] || queues=(multi train sql viggo predict)
+  local deadline=$((SECONDS + $1))
   while [ $SECONDS -lt $deadline ]; do
     local open=0
     for q in "${queues[@]}"; do [ -f "$out/$q.done" ] || open=1; done
