@@ -38,6 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # Fields of a prediction row that depend on timing or process layout, not on the text.
 TIMING_FIELDS = {"generation_s", "latency_s"}
+KEEP_MARKER = ".bench_multi_gpu_keep"  # marks a --keep folder as ours (safe to replace)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             else ROOT / "benchmarks" / "results" / "multi_gpu.json"
         )
     )
+    keep = Path(args.keep) if args.keep else None
+    if keep and keep.exists() and any(keep.iterdir()) and not (keep / KEEP_MARKER).is_file():
+        # never wipe a folder this benchmark did not write
+        raise SystemExit(f"--keep {keep}: exists and is not an earlier --keep copy; choose another folder")
     report: dict[str, Any] = {"benchmark": "multi_gpu", "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="bench-multi-") as tmp:
         runs = Path(tmp)
@@ -182,9 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         differ = [a["id"] for a, b in zip(rows_one, rows_many, strict=False) if a != b]
         for name in ("one", "many"):  # the loss curves, for the record
             shutil.copy(runs / name / "metrics.jsonl", logs / f"metrics_{name}.jsonl")
-        if args.keep:
-            shutil.rmtree(args.keep, ignore_errors=True)
-            shutil.copytree(runs / "one", args.keep, ignore=shutil.ignore_patterns("checkpoints"))
+        if keep:
+            shutil.rmtree(keep, ignore_errors=True)  # checked before anything ran: an earlier keep
+            shutil.copytree(runs / "one", keep, ignore=shutil.ignore_patterns("checkpoints"))
+            (keep / KEEP_MARKER).write_text("written by benchmarks/bench_multi_gpu.py --keep\n")
         report["predict"] = {
             "n": len(rows_one),
             "one_wall_s": p_one,

@@ -38,9 +38,15 @@ def test_study_runs_every_cell_and_reports(tmp_path: Path, tiny_model_dir: Path)
     path = tmp_path / "study.yaml"
     path.write_text(STUDY.format(runs=tmp_path / "runs", model=tiny_model_dir), encoding="utf-8")
     runs = tmp_path / "runs"
-    # one task per process, as on two GPUs: the first half runs its cells and writes no report
+    # one task per process, as on two GPUs: the other process has just opened its first cell
+    # (run directory and config, nothing finished) when this one ends its own cells: no report
+    from tunebench.pipeline import open_run
+    from tunebench.study import expand, load_study
+
+    busy = next(c for c in expand(load_study(path)) if c.name == "base-viggo")
+    open_run(busy.config)
     assert run_study(path, cells=["*-sql"]) is None
-    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["base-sql", "lora-sql"]
+    assert sorted(p.name for p in runs.iterdir() if p.is_dir()) == ["base-sql", "base-viggo", "lora-sql"]
     report = run_study(path, cells=["*-viggo"])
     assert report is not None
     for cell in ("base-sql", "base-viggo", "lora-sql", "lora-viggo"):

@@ -331,8 +331,8 @@ def run_study(
     """Run the study's cells (resuming finished work), then write the report; returns its folder.
 
     ``cells`` (shell-style patterns on cell names) runs a subset, e.g. one task per GPU in
-    parallel processes; the report is then written only once every cell of the study has a run
-    directory, and ``None`` is returned otherwise. A failing cell does not stop the others; the
+    parallel processes; the report is then written only once every cell of the study has finished
+    (its ``cost`` stage done), and ``None`` is returned otherwise. A failing cell does not stop the others; the
     failures are raised together at the end (rerun the same command to retry them: finished
     cells are skipped).
     """
@@ -358,8 +358,9 @@ def run_study(
             failures.append(f"{cell.name}: {exc}")
     if failures:
         raise TunebenchError(f"{len(failures)} of {len(chosen)} cells failed: " + "; ".join(failures))
-    missing = [c.name for c in every_cell if not RunDir(c.config.run_dir).config_path.is_file()]
+    # finished = its last stage done: another process may still be running a cell it has opened
+    missing = [c.name for c in every_cell if not RunDir(c.config.run_dir).stage_done("cost")]
     if missing:
-        console.print(f"report not written: {len(missing)} cells have not run yet ({', '.join(missing)})")
+        console.print(f"report not written: {len(missing)} cells not finished yet ({', '.join(missing)})")
         return None
     return write_report(path)

@@ -21,8 +21,8 @@ a different fingerprint starts over. At the end the rows are sorted into example
 written atomically to ``<split>.jsonl``, and the partial files are removed.
 
 **Several GPUs** (``accelerate launch`` / ``torchrun``, ``WORLD_SIZE`` > 1; provider local or
-base): rank r generates examples r, r+W, r+2W, ... on ``cuda:LOCAL_RANK`` (CPU without CUDA)
-into its own ``<split>.rank<r>-of-<W>.jsonl`` (resumable like above, with its own partial
+base): the one-process plan of length-sorted batches is dealt out whole, rank r taking batches
+r, r+W, r+2W, ... (:meth:`Shard.share`), on ``cuda:LOCAL_RANK`` (CPU without CUDA), into its own ``<split>.rank<r>-of-<W>.jsonl`` (resumable like above, with its own partial
 files), then rank 0 waits for every rank (a gloo barrier), merges the rows in example order into
 ``<split>.jsonl`` and alone records the manifest stage. Single-process runs are unaffected.
 
@@ -302,6 +302,12 @@ class Shard:
         if self.world == 1:
             return list(range(len(prompts)))
         batches = length_sorted_batches(generator, prompts, batch_size)
+        if len(batches) < self.world and self.rank == 0:
+            print(
+                f"warning: {len(batches)} batch(es) of {batch_size} for {self.world} processes: "
+                f"{self.world - len(batches)} will idle; lower generation.batch_size to use every GPU",
+                file=sys.stderr,
+            )
         return sorted(i for batch in batches[self.rank :: self.world] for i in batch)
 
     def rank_file(self, final: Path) -> Path:
