@@ -306,6 +306,7 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
     )  # fmt: skip
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw["generation"] = {"max_new_tokens": 12}
+    raw["eval_splits"] = ["validation", "test"]
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     cfg = load_experiment(path)
     run = open_run(cfg)
@@ -357,6 +358,23 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
     choose_checkpoint(cfg, run)
     again = run.root / "checkpoint_choice" / f"step-{other}" / "predictions" / "validation.jsonl"
     assert again.stat().st_mtime_ns != written[other]
+
+    # the rest of the pipeline takes the chosen candidate's validation predictions as its own
+    from tunebench.pipeline import run_experiment
+    from tunebench.training.choose import reuse_chosen_predictions
+
+    run_experiment(cfg)
+    step = read_json(run.root / "checkpoint_choice.json")["chosen_step"]
+    stages = run.manifest()["stages"]
+    assert stages["predict:validation"]["reused_from"] == f"checkpoint_choice/step-{step}"
+    source = run.root / "checkpoint_choice" / f"step-{step}" / "predictions" / "validation.jsonl"
+    assert run.predictions("validation").read_bytes() == source.read_bytes()
+    assert "reused_from" not in stages["predict:test"] and run.predictions("test").is_file()
+    # with another checkpoint's adapter published, nothing is taken
+    different = next(s for s in lowest if s != step)
+    shutil.rmtree(run.adapter_dir)
+    shutil.copytree(run.checkpoints_dir / f"step-{different}" / "adapter", run.adapter_dir)
+    assert not reuse_chosen_predictions(cfg, run, "validation")
 
 
 def test_headline_metric_of_a_task_with_nothing_scored(tmp_path) -> None:

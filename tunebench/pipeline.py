@@ -93,6 +93,15 @@ def evaluate_stage(config: ExperimentConfig, run: RunDir, split: str, **options:
     return metrics
 
 
+def _reused_from_choice(config: ExperimentConfig, run: RunDir, split: str) -> bool:
+    """The chosen checkpoint's validation predictions stand in for predicting them again."""
+    if config.provider != "local" or config.training.select_checkpoint_by != "validation_metric":
+        return False
+    from tunebench.training.choose import reuse_chosen_predictions
+
+    return reuse_chosen_predictions(config, run, split)
+
+
 def run_experiment(config: ExperimentConfig, yes: bool = False) -> RunDir:
     """Every stage of one experiment, skipping finished ones."""
     run = open_run(config)
@@ -104,7 +113,7 @@ def run_experiment(config: ExperimentConfig, yes: bool = False) -> RunDir:
 
         choose_checkpoint(config, run)
     for split in config.eval_splits:
-        if not run.stage_done(f"predict:{split}"):
+        if not run.stage_done(f"predict:{split}") and not _reused_from_choice(config, run, split):
             predict_stage(config, run, split)
         if not run.stage_done(f"evaluate:{split}"):
             evaluate_stage(config, run, split)

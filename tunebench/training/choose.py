@@ -32,6 +32,9 @@ from tunebench.training import checkpoint as ckpt
 STAGE = "choose"
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what makes two published adapters the same
+
+
 def lowest_validation_losses(
     metrics_log: Path, count: int, steps: set[int] | None = None
 ) -> list[tuple[int, float]]:
@@ -151,3 +154,45 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
         wall_time_s=round(wall, 3),
     )
     return record
+
+
+def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) -> bool:
+    """Take the chosen candidate's validation predictions as the run's own (True if taken).
+
+    The chosen checkpoint already predicted the validation split with the same config, the same
+    prepared examples and the very adapter now published, so predicting it again would only
+    repeat the work (with execution-guided voting, most of a minute per SQL cell). The manifest
+    stage keeps the candidate's timings and says where the rows came from.
+    """
+    if split != "validation" or not (run.root / "checkpoint_choice.json").is_file():
+        return False
+    step = read_json(run.root / "checkpoint_choice.json")["chosen_step"]
+    scratch = RunDir(run.root / "checkpoint_choice" / f"step-{step}")
+    stage = scratch.manifest().get("stages", {}).get("predict:validation")
+    if stage is None or not scratch.predictions("validation").is_file():
+        return False
+    same = (
+        scratch.load_config().model_dump() == config.model_dump()
+        and _same_bytes(scratch.prepared("validation"), run.prepared("validation"))
+        and _same_bytes(scratch.adapter_dir / ADAPTER_WEIGHTS, run.adapter_dir / ADAPTER_WEIGHTS)
+    )
+    if not same:
+        return False
+    target = run.predictions("validation")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".copy")
+    shutil.copyfile(scratch.predictions("validation"), partial)
+    partial.replace(target)  # atomic: a crash leaves no half file under the final name
+    info = {k: v for k, v in stage.items() if k != "finished"}
+    run.record_stage("predict:validation", **info, reused_from=f"checkpoint_choice/step-{step}")
+    return True
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while chunk := fa.read(1 << 20):
+            if chunk != fb.read(len(chunk)):
+                return False
+    return True
