@@ -51,6 +51,7 @@ def parse_metric(cell: str) -> tuple[float, list[float] | None]:
 def test_report_sections_and_numbers_equal_metrics_files(runs: Path, tmp_path: Path) -> None:
     out = write_report(runs, tmp_path / "out")
     md = (out / "report.md").read_text(encoding="utf-8")
+    assert md.startswith(f"# tunebench report: {runs.parent.name}\n")  # <study>/runs: the study's name
     for section in SECTIONS:
         assert section in md
     for image in IMAGES:

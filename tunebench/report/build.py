@@ -275,12 +275,17 @@ def steps_cell(summary: dict[str, Any]) -> str:
 def cost_section(data: StudyData) -> list[Block]:
     from tunebench.cost import CONVERSION_LABEL, STUDY_REFERENCE
 
+    chose = any(((r.cost or {}).get("training") or {}).get("checkpoint_choice_s") for r in data.runs)
+    choice = (
+        ", plus the checkpoint choice's validation predictions where the adapter was chosen by the task metric"
+        if chose
+        else ""
+    )
     blocks: list[Block] = [
         Heading("Training cost and time"),
         Para(
-            "Self-hosted: $/GPU-hour × measured wall time × GPU count (training from train_summary.json, "
-            "plus the checkpoint choice's validation predictions where the adapter was chosen by "
-            "the task metric; inference from the manifest's predict stage). OpenAI: trained tokens × training price, "
+            f"Self-hosted: $/GPU-hour × measured wall time × GPU count (training from train_summary.json{choice}; "
+            "inference from the manifest's predict stage). OpenAI: trained tokens × training price, "
             f"prediction tokens × input/output prices. 'A40 conversion' is a {CONVERSION_LABEL}.",
             note=True,
         ),

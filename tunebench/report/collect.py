@@ -137,7 +137,9 @@ def _from_folder(folder: Path) -> StudyData:
             suffix = f"-{config.task.name}"
             system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
             runs.append(load_run(RunDir(sub), system, config.task.name, None))
-        title, description = folder.name, None
+        # a study's runs live in <study>/runs: name the report after the study, not "runs"
+        title = folder.parent.name if folder.name == "runs" and folder.parent.name else folder.name
+        description = None
     if not runs:
         raise TunebenchError(f"{folder}: no run directories (folders with config.yaml) found")
     return StudyData(
