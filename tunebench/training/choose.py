@@ -183,6 +183,10 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     partial = target.with_name(target.name + ".copy")
     shutil.copyfile(scratch.predictions("validation"), partial)
     partial.replace(target)  # atomic: a crash leaves no half file under the final name
+    from tunebench.inference.predict import partial_paths
+
+    for leftover in partial_paths(target):  # an earlier, interrupted prediction of the split
+        leftover.unlink(missing_ok=True)
     info = {k: v for k, v in stage.items() if k != "finished"}
     run.record_stage("predict:validation", **info, reused_from=f"checkpoint_choice/step-{step}")
     return True
