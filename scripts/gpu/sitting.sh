@@ -33,7 +33,7 @@ wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 # Two GPUs (the kind that came last time). Queue a: GPU 0, then both GPUs; queue b: GPU 1.
 queue_a() {
   queue=a
-  # issue #9: the SQL levers, one cell per GPU (~5-6 min each with the checkpoint choice)
+  # issue #9: the SQL levers, one cell per GPU (~9 min each: the cut-off run trained and scored 2 of 3 candidates in 6 min)
   job levers-sql-vote 0 $py -m tunebench run $levers --cells lora-all-linear-vote-sql
   wait_marker b1
   # issue #10 again: whole-batch prediction split (identical rows expected), and the study's
