@@ -247,6 +247,30 @@ def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir,
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wb)
 
 
+@pytest.mark.slow
+def test_run_on_two_processes_trains_and_predicts_on_both(tmp_path, tiny_model_dir, data_dir) -> None:
+    """`tunebench run CONFIG --gpus 2`: training and predictions launched on 2 processes, scoring
+    and cost once, in the calling process."""
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "whole")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["generation"] = {"max_new_tokens": 8}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunebench", "run", str(path), "--gpus", "2"],
+        env=cli_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "runs" / "whole"
+    assert read_json(root / "train_summary.json")["processes"] == 2
+    stages = read_json(root / "manifest.json")["stages"]
+    assert stages["predict:test"]["processes"] == 2
+    assert {"evaluate:test", "cost"} <= stages.keys()
+    assert len(read_jsonl(root / "predictions" / "test.jsonl")) == 8
+
+
 def stop_a_transformers_trainer_mid_accumulation(model_dir: Path, out: Path) -> None:
     """What a notebook user may have done before calling tunebench: a transformers.Trainer with
     gradient accumulation that died in its first forward. It leaves accelerate's process-wide

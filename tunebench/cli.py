@@ -210,15 +210,21 @@ def run(
             "so several processes can share a study, one GPU each. The report waits for every cell.",
         ),
     ] = None,
+    gpus: Annotated[
+        int,
+        typer.Option(help="Train and predict on N GPUs, one process each (as train/predict --gpus N)."),
+    ] = 1,
 ) -> None:
     """The whole pipeline: every stage of an experiment, or every cell of a study + its report."""
     from tunebench.config import load_yaml
 
+    if gpus < 1:
+        raise TunebenchError(f"--gpus {gpus}: must be >= 1")
     data = load_yaml(config)
     if isinstance(data, dict) and "systems" in data:
         from tunebench.study import run_study
 
-        out = run_study(config, yes=yes, overrides=parse_overrides(overrides), cells=cells)
+        out = run_study(config, yes=yes, overrides=parse_overrides(overrides), cells=cells, gpus=gpus)
         if out is not None:
             console.print(f"report: {out}")
         return
@@ -227,7 +233,7 @@ def run(
     from tunebench.pipeline import run_experiment
 
     cfg = load_config(config, overrides)
-    result = run_experiment(cfg, yes=yes)
+    result = run_experiment(cfg, yes=yes, gpus=gpus)
     console.print(f"done: {result.root}")
 
 

@@ -102,19 +102,40 @@ def _reused_from_choice(config: ExperimentConfig, run: RunDir, split: str) -> bo
     return reuse_chosen_predictions(config, run, split)
 
 
-def run_experiment(config: ExperimentConfig, yes: bool = False) -> RunDir:
-    """Every stage of one experiment, skipping finished ones."""
+def launched_stage(gpus: int, args: list[str], what: str) -> None:
+    """``tunebench ARGS`` on ``gpus`` processes (one per GPU); an error if any of them failed."""
+    from tunebench.training.distributed import launch
+
+    status = launch(gpus, ["tunebench", *args])
+    if status != 0:
+        raise TunebenchError(f"{what} on {gpus} processes failed (exit status {status}); rerun to resume")
+
+
+def run_experiment(config: ExperimentConfig, yes: bool = False, gpus: int = 1) -> RunDir:
+    """Every stage of one experiment, skipping finished ones.
+
+    ``gpus`` > 1: training (provider local) and predictions (local, base) run on that many
+    processes, each stage launched as ``tunebench train|predict ... --gpus N`` would be; scoring
+    and cost stay in this process.
+    """
     run = open_run(config)
     ensure_prepared(config, run)
     if not run.stage_done("train"):
-        train_stage(config, run, resume=True, yes=yes)
+        if gpus > 1 and config.provider == "local":
+            launched_stage(gpus, ["train", str(run.config_path)], "training")
+        else:
+            train_stage(config, run, resume=True, yes=yes)
     elif config.provider == "local":  # a choice interrupted after training resumes here
         from tunebench.training.choose import choose_checkpoint
 
         choose_checkpoint(config, run)
     for split in config.eval_splits:
         if not run.stage_done(f"predict:{split}") and not _reused_from_choice(config, run, split):
-            predict_stage(config, run, split)
+            if gpus > 1 and config.provider in ("local", "base"):
+                command = ["predict", "--run-dir", str(run.root), "--split", split]
+                launched_stage(gpus, command, f"predictions for {split}")
+            else:
+                predict_stage(config, run, split)
         if not run.stage_done(f"evaluate:{split}"):
             evaluate_stage(config, run, split)
     if not run.stage_done("cost"):

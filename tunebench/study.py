@@ -327,6 +327,7 @@ def run_study(
     yes: bool = False,
     overrides: dict[str, Any] | None = None,
     cells: Sequence[str] | None = None,
+    gpus: int = 1,
 ) -> Path | None:
     """Run the study's cells (resuming finished work), then write the report; returns its folder.
 
@@ -334,7 +335,7 @@ def run_study(
     parallel processes; the report is then written only once every cell of the study has finished
     (its ``cost`` stage done), and ``None`` is returned otherwise. A failing cell does not stop the others; the
     failures are raised together at the end (rerun the same command to retry them: finished
-    cells are skipped).
+    cells are skipped). ``gpus``: each cell trains and predicts on that many processes.
     """
     from rich.console import Console
 
@@ -352,7 +353,7 @@ def run_study(
     for number, cell in enumerate(chosen, start=1):
         console.print(f"[{number}/{len(chosen)}] {cell.name} ({cell.config.provider})")
         try:
-            run_experiment(cell.config, yes=yes)
+            run_experiment(cell.config, yes=yes, gpus=gpus)
         except TunebenchError as exc:
             console.print(f"[bold red]failed:[/] {cell.name}: {exc}", highlight=False)
             failures.append(f"{cell.name}: {exc}")
