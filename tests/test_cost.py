@@ -34,7 +34,9 @@ def test_self_hosted_cost_from_wall_time(tmp_path: Path) -> None:
 def test_checkpoint_choice_counts_as_training_time(tmp_path: Path) -> None:
     """Choosing the adapter by validation accuracy spends GPU time to buy it: priced with training."""
     run = make_run(tmp_path, "oracle", "sql", 4)
-    run.record_stage("choose", chosen_step=2, metric="execution_accuracy", value=0.5, wall_time_s=90.0)
+    run.record_stage(
+        "choose", chosen_step=2, metric="execution_accuracy", value=0.5, wall_time_s=0.1, gpu_time_s=90.0
+    )  # a rerun that read every candidate back: the choice's GPU time is still the candidates' own
     record = compute_cost(run.load_config(), run)
     a40 = GPU_PRICES["A40"].price_per_hour
     wall = read_json(run.train_summary)["wall_time_s"]

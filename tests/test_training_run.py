@@ -254,17 +254,28 @@ def test_run_on_two_processes_trains_and_predicts_on_both(tmp_path, tiny_model_d
     path = write_config(tmp_path, tiny_model_dir, data_dir, "whole")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw["generation"] = {"max_new_tokens": 8}
+    raw["runs_dir"] = "runs"  # relative: the run directory is tmp_path/runs/whole from tmp_path
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tunebench", "run", str(path), "--gpus", "2"],
-        env=cli_env(OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "tunebench", *args]
+        env = cli_env(OMP_NUM_THREADS="1")
+        return subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+    assert cli("prepare", str(path), cwd=tmp_path).returncode == 0  # run dir made, FSDP off
     root = tmp_path / "runs" / "whole"
-    assert read_json(root / "train_summary.json")["processes"] == 2
+    # from another folder, pointing at the same runs, with an operational change (FSDP on):
+    # the launched processes must use this command's config, not the stored config.yaml
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = cli(
+        "run", str(path), "--gpus", "2", "--set", f"runs_dir={tmp_path / 'runs'}", "--set", "training.fsdp=true",
+        cwd=elsewhere,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (elsewhere / "runs").exists()
+    summary = read_json(root / "train_summary.json")
+    assert summary["processes"] == 2 and summary["sharding"] == "fsdp"
     stages = read_json(root / "manifest.json")["stages"]
     assert stages["predict:test"]["processes"] == 2
     assert {"evaluate:test", "cost"} <= stages.keys()
@@ -357,6 +368,8 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
     choose = run.manifest()["stages"]["choose"]
     assert choose["chosen_step"] == record["chosen_step"]
     assert choose["wall_time_s"] > 0  # three candidates loaded, predicted and scored
+    spent = choose["gpu_time_s"]
+    assert spent > 0 and spent <= choose["wall_time_s"]
     assert read_json(run.train_summary)["chosen_step"] == record["chosen_step"]
 
     # rerun (as after `tunebench train` on a finished run, whose finish() republishes another
@@ -371,6 +384,7 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
         for step in lowest
     }
     assert choose_checkpoint(cfg, run)["chosen_step"] == record["chosen_step"]
+    assert run.manifest()["stages"]["choose"]["gpu_time_s"] == spent  # read back: same cost
     published = adapter(run.root)
     assert all(torch.equal(chosen[k], published[k]) for k in chosen)
     for step in lowest:
@@ -387,13 +401,18 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
     from tunebench.pipeline import run_experiment
     from tunebench.training.choose import reuse_chosen_predictions
 
+    leftover = run.predictions("validation").with_name("validation.rank1-of-2.partial.jsonl")
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_text("", encoding="utf-8")  # as an interrupted `predict --gpus 2` leaves it
     run_experiment(cfg)
+    assert not leftover.exists()
     step = read_json(run.root / "checkpoint_choice.json")["chosen_step"]
     stages = run.manifest()["stages"]
     assert stages["predict:validation"]["reused_from"] == f"checkpoint_choice/step-{step}"
     source = run.root / "checkpoint_choice" / f"step-{step}" / "predictions" / "validation.jsonl"
     assert run.predictions("validation").read_bytes() == source.read_bytes()
     assert "reused_from" not in stages["predict:test"] and run.predictions("test").is_file()
+    assert "also in training" in read_json(run.cost_path)["inference"]["validation"]["note"]
     # with another checkpoint's adapter published, nothing is taken
     different = next(s for s in lowest if s != step)
     shutil.rmtree(run.adapter_dir)

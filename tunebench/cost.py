@@ -131,6 +131,7 @@ def _self_hosted_training(
 
 def _self_hosted_inference(info: dict[str, Any], price: GpuPrice | None, a40: GpuPrice) -> dict[str, Any]:
     wall = info.get("wall_time_s")
+    reused = info.get("reused_from")
     count = int(info.get("gpu_count") or 1)
     n = info.get("n")
     hours = wall / 3600.0 if wall is not None else None
@@ -148,6 +149,11 @@ def _self_hosted_inference(info: dict[str, Any], price: GpuPrice | None, a40: Gp
         "cost_per_1k_predictions": per_1k(cost_usd, n),
         "a40_conversion_usd": a40_usd,
         "a40_conversion_per_1k_predictions": per_1k(a40_usd, n),
+        **(
+            {"note": f"predicted while choosing the checkpoint ({reused}): this time is also in training"}
+            if reused
+            else {}
+        ),
     }
 
 
@@ -224,7 +230,7 @@ def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         )
     record["a40_price"] = {**a40.as_dict(), "label": CONVERSION_LABEL}
     if config.provider == "local":
-        choice_s = float(stages.get("choose", {}).get("wall_time_s") or 0.0)
+        choice_s = float(stages.get("choose", {}).get("gpu_time_s") or 0.0)
         record["training"] = _self_hosted_training(summary, price, a40, choice_s)
         record["training_cost_usd"] = record["training"]["cost_usd"]
     else:  # base: nothing trained

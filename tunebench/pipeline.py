@@ -8,6 +8,7 @@ at the stage it stopped in (and training itself resumes from its last checkpoint
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from tunebench.config import ExperimentConfig
@@ -102,11 +103,26 @@ def _reused_from_choice(config: ExperimentConfig, run: RunDir, split: str) -> bo
     return reuse_chosen_predictions(config, run, split)
 
 
-def launched_stage(gpus: int, args: list[str], what: str) -> None:
-    """``tunebench ARGS`` on ``gpus`` processes (one per GPU); an error if any of them failed."""
+def launched_stage(config: ExperimentConfig, gpus: int, args: list[str], what: str) -> None:
+    """``tunebench COMMAND <config> ARGS`` on ``gpus`` processes (one per GPU); an error if any
+    of them failed.
+
+    The children get this process's config, not the run directory's ``config.yaml``: that file
+    keeps the first run's operational keys (``training.fsdp``, batch sizes, ``runs_dir``), and a
+    rerun that changed them (say, resuming with FSDP after running out of memory) must use the
+    new values. ``runs_dir`` is made absolute so the children find this very run directory.
+    """
+    import tempfile
+
+    from tunebench.config import dump_config
     from tunebench.training.distributed import launch
 
-    status = launch(gpus, ["tunebench", *args])
+    pinned = config.model_copy(update={"runs_dir": str(Path(config.runs_dir).resolve())})
+    with tempfile.TemporaryDirectory(prefix="tunebench-launch-") as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_text(dump_config(pinned), encoding="utf-8")
+        command, *rest = args
+        status = launch(gpus, ["tunebench", command, str(path), *rest])
     if status != 0:
         raise TunebenchError(f"{what} on {gpus} processes failed (exit status {status}); rerun to resume")
 
@@ -122,7 +138,7 @@ def run_experiment(config: ExperimentConfig, yes: bool = False, gpus: int = 1) -
     ensure_prepared(config, run)
     if not run.stage_done("train"):
         if gpus > 1 and config.provider == "local":
-            launched_stage(gpus, ["train", str(run.config_path)], "training")
+            launched_stage(config, gpus, ["train"], "training")
         else:
             train_stage(config, run, resume=True, yes=yes)
     elif config.provider == "local":  # a choice interrupted after training resumes here
@@ -132,8 +148,7 @@ def run_experiment(config: ExperimentConfig, yes: bool = False, gpus: int = 1) -
     for split in config.eval_splits:
         if not run.stage_done(f"predict:{split}") and not _reused_from_choice(config, run, split):
             if gpus > 1 and config.provider in ("local", "base"):
-                command = ["predict", "--run-dir", str(run.root), "--split", split]
-                launched_stage(gpus, command, f"predictions for {split}")
+                launched_stage(config, gpus, ["predict", "--split", split], f"predictions for {split}")
             else:
                 predict_stage(config, run, split)
         if not run.stage_done(f"evaluate:{split}"):

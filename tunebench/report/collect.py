@@ -138,7 +138,8 @@ def _from_folder(folder: Path) -> StudyData:
             system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
             runs.append(load_run(RunDir(sub), system, config.task.name, None))
         # a study's runs live in <study>/runs: name the report after the study, not "runs"
-        title = folder.parent.name if folder.name == "runs" and folder.parent.name else folder.name
+        where = folder.resolve()  # "runs", "./runs" and "x/../runs" name the same folder
+        title = where.parent.name if where.name == "runs" and where.parent.name else where.name
         description = None
     if not runs:
         raise TunebenchError(f"{folder}: no run directories (folders with config.yaml) found")

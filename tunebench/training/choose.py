@@ -32,9 +32,6 @@ from tunebench.training import checkpoint as ckpt
 STAGE = "choose"
 
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what makes two published adapters the same
-
-
 def lowest_validation_losses(
     metrics_log: Path, count: int, steps: set[int] | None = None
 ) -> list[tuple[int, float]]:
@@ -113,6 +110,14 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
     return {"step": step, "metric": name, "value": value}
 
 
+def prediction_seconds(run: RunDir, step: int) -> float:
+    """Model loading + generation time of candidate ``step``'s validation predictions, as its own
+    manifest measured them: the GPU time the choice cost, the same however often it is read back."""
+    scratch = RunDir(run.root / "checkpoint_choice" / f"step-{step}")
+    stage = scratch.manifest().get("stages", {}).get("predict:validation", {})
+    return float(stage.get("wall_time_s") or 0.0) + float(stage.get("load_time_s") or 0.0)
+
+
 def free_memory() -> None:
     """Drop what the previous model left behind (cycles hold it until a collection)."""
     gc.collect()
@@ -136,7 +141,7 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
     free_memory()  # the trained model and its optimizer, before a generator loads
     started = time.perf_counter()
     candidates = [{**score_checkpoint(config, run, step), "validation_loss": loss} for step, loss in steps]
-    wall = time.perf_counter() - started  # loading + predicting + scoring (near 0 when read back)
+    wall = time.perf_counter() - started  # this call: loading, predicting, scoring (≈0 read back)
     chosen = pick(candidates)
     # every time: a rerun of `tunebench train` on a finished run republishes the best-loss one
     ckpt.publish_adapter(run.checkpoints_dir / f"step-{chosen['step']}" / "adapter", run.adapter_dir)
@@ -152,6 +157,7 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
         metric=chosen["metric"],
         value=chosen["value"],
         wall_time_s=round(wall, 3),
+        gpu_time_s=round(sum(prediction_seconds(run, step) for step, _ in steps), 3),
     )
     return record
 
@@ -171,10 +177,12 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     stage = scratch.manifest().get("stages", {}).get("predict:validation")
     if stage is None or not scratch.predictions("validation").is_file():
         return False
+    from tunebench.pipeline import comparable
+
     same = (
-        scratch.load_config().model_dump() == config.model_dump()
+        comparable(scratch.load_config()) == comparable(config)  # operational keys may differ
         and _same_bytes(scratch.prepared("validation"), run.prepared("validation"))
-        and _same_bytes(scratch.adapter_dir / ADAPTER_WEIGHTS, run.adapter_dir / ADAPTER_WEIGHTS)
+        and _same_folder(scratch.adapter_dir, run.adapter_dir)
     )
     if not same:
         return False
@@ -185,11 +193,24 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     partial.replace(target)  # atomic: a crash leaves no half file under the final name
     from tunebench.inference.predict import partial_paths
 
-    for leftover in partial_paths(target):  # an earlier, interrupted prediction of the split
+    # an earlier, interrupted prediction of the split: its partial files, one process's or every
+    # rank's (validation.rank<r>-of-<W>.jsonl and their partials)
+    leftovers = [*partial_paths(target), *target.parent.glob("validation.rank*-of-*")]
+    for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     info = {k: v for k, v in stage.items() if k != "finished"}
     run.record_stage("predict:validation", **info, reused_from=f"checkpoint_choice/step-{step}")
     return True
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    """Same file names and bytes (an adapter: its weights and its config)."""
+    if not (a.is_dir() and b.is_dir()):
+        return False
+    names = sorted(f.name for f in a.iterdir() if f.is_file())
+    if names != sorted(f.name for f in b.iterdir() if f.is_file()):
+        return False
+    return all(_same_bytes(a / name, b / name) for name in names)
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
