@@ -315,7 +315,7 @@ def select_cells(cells: list[Cell], patterns: Sequence[str] | None) -> list[Cell
         return cells
     names = [c.name for c in cells]
     for pattern in patterns:
-        if not fnmatch.filter(names, pattern):
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):  # the selection's own rule
             raise TunebenchError(
                 f"--cells {pattern!r} matches no cell; the study's cells: {', '.join(names)}"
             )

@@ -13,6 +13,7 @@ one's predictions.
 
 from __future__ import annotations
 
+import filecmp
 import gc
 import json
 import math
@@ -25,11 +26,17 @@ import torch
 
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
-from tunebench.io import iter_jsonl, read_json, write_json
+from tunebench.io import atomic_write, iter_jsonl, read_json, write_json
 from tunebench.rundir import RunDir
 from tunebench.training import checkpoint as ckpt
 
 STAGE = "choose"
+RECORD = "checkpoint_choice.json"  # in the run directory
+
+
+def candidate_dir(run: RunDir, step: int) -> RunDir:
+    """Where checkpoint ``step`` predicts and scores the validation split while being compared."""
+    return RunDir(run.root / "checkpoint_choice" / f"step-{step}")
 
 
 def lowest_validation_losses(
@@ -85,7 +92,7 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
 
     task = get_task(config.task)
     source = run.checkpoints_dir / f"step-{step}" / "adapter"
-    scratch = RunDir(run.root / "checkpoint_choice" / f"step-{step}")
+    scratch = candidate_dir(run, step)
     origin = {"adapter": adapter_identity(source)}
     marker = scratch.root / "source.json"
     if not marker.is_file() or read_json(marker) != json.loads(json.dumps(origin)):
@@ -113,8 +120,7 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
 def prediction_seconds(run: RunDir, step: int) -> float:
     """Model loading + generation time of candidate ``step``'s validation predictions, as its own
     manifest measured them: the GPU time the choice cost, the same however often it is read back."""
-    scratch = RunDir(run.root / "checkpoint_choice" / f"step-{step}")
-    stage = scratch.manifest().get("stages", {}).get("predict:validation", {})
+    stage = candidate_dir(run, step).manifest().get("stages", {}).get("predict:validation", {})
     return float(stage.get("wall_time_s") or 0.0) + float(stage.get("load_time_s") or 0.0)
 
 
@@ -146,7 +152,7 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
     # every time: a rerun of `tunebench train` on a finished run republishes the best-loss one
     ckpt.publish_adapter(run.checkpoints_dir / f"step-{chosen['step']}" / "adapter", run.adapter_dir)
     record = {"chosen_step": chosen["step"], "metric": chosen["metric"], "candidates": candidates}
-    write_json(run.root / "checkpoint_choice.json", record)
+    write_json(run.root / RECORD, record)
     if run.train_summary.is_file():
         summary = read_json(run.train_summary)
         summary.update(chosen_step=chosen["step"], chosen_by=f"validation {chosen['metric']}")
@@ -170,10 +176,10 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     repeat the work (with execution-guided voting, most of a minute per SQL cell). The manifest
     stage keeps the candidate's timings and says where the rows came from.
     """
-    if split != "validation" or not (run.root / "checkpoint_choice.json").is_file():
+    if split != "validation" or not (run.root / RECORD).is_file():
         return False
-    step = read_json(run.root / "checkpoint_choice.json")["chosen_step"]
-    scratch = RunDir(run.root / "checkpoint_choice" / f"step-{step}")
+    step = read_json(run.root / RECORD)["chosen_step"]
+    scratch = candidate_dir(run, step)
     stage = scratch.manifest().get("stages", {}).get("predict:validation")
     if stage is None or not scratch.predictions("validation").is_file():
         return False
@@ -181,16 +187,14 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
 
     same = (
         comparable(scratch.load_config()) == comparable(config)  # operational keys may differ
-        and _same_bytes(scratch.prepared("validation"), run.prepared("validation"))
+        and _same_file(scratch.prepared("validation"), run.prepared("validation"))
         and _same_folder(scratch.adapter_dir, run.adapter_dir)
     )
     if not same:
         return False
     target = run.predictions("validation")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".copy")
-    shutil.copyfile(scratch.predictions("validation"), partial)
-    partial.replace(target)  # atomic: a crash leaves no half file under the final name
+    with scratch.predictions("validation").open("rb") as source, atomic_write(target, "wb") as out:
+        shutil.copyfileobj(source, out)
     from tunebench.inference.predict import partial_paths
 
     # an earlier, interrupted prediction of the split: its partial files, one process's or every
@@ -210,14 +214,8 @@ def _same_folder(a: Path, b: Path) -> bool:
     names = sorted(f.name for f in a.iterdir() if f.is_file())
     if names != sorted(f.name for f in b.iterdir() if f.is_file()):
         return False
-    return all(_same_bytes(a / name, b / name) for name in names)
+    return all(_same_file(a / name, b / name) for name in names)
 
 
-def _same_bytes(a: Path, b: Path) -> bool:
-    if not (a.is_file() and b.is_file()) or a.stat().st_size != b.stat().st_size:
-        return False
-    with a.open("rb") as fa, b.open("rb") as fb:
-        while chunk := fa.read(1 << 20):
-            if chunk != fb.read(len(chunk)):
-                return False
-    return True
+def _same_file(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
