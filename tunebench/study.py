@@ -332,10 +332,11 @@ def run_study(
     """Run the study's cells (resuming finished work), then write the report; returns its folder.
 
     ``cells`` (shell-style patterns on cell names) runs a subset, e.g. one task per GPU in
-    parallel processes; the report is then written only once every cell of the study has finished
-    (its ``cost`` stage done), and ``None`` is returned otherwise. A failing cell does not stop the others; the
-    failures are raised together at the end (rerun the same command to retry them: finished
-    cells are skipped). ``gpus``: each cell trains and predicts on that many processes.
+    parallel processes; the report is then written only once every cell of the study has
+    finished (its ``cost`` stage done), and ``None`` is returned otherwise. A failing cell does
+    not stop the others; the failures are raised together at the end (rerun the same command to
+    retry them: finished cells are skipped). ``gpus``: each cell trains and predicts on that many
+    processes.
     """
     from rich.console import Console
 

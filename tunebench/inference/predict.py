@@ -22,8 +22,9 @@ written atomically to ``<split>.jsonl``, and the partial files are removed.
 
 **Several GPUs** (``accelerate launch`` / ``torchrun``, ``WORLD_SIZE`` > 1; provider local or
 base): the one-process plan of length-sorted batches is dealt out whole, rank r taking batches
-r, r+W, r+2W, ... (:meth:`Shard.share`), on ``cuda:LOCAL_RANK`` (CPU without CUDA), into its own ``<split>.rank<r>-of-<W>.jsonl`` (resumable like above, with its own partial
-files), then rank 0 waits for every rank (a gloo barrier), merges the rows in example order into
+r, r+W, r+2W, ... (:meth:`Shard.share`), on ``cuda:LOCAL_RANK`` (CPU without CUDA), into its
+own ``<split>.rank<r>-of-<W>.jsonl`` (resumable like above, with its own partial files), then
+rank 0 waits for every rank (a gloo barrier), merges the rows in example order into
 ``<split>.jsonl`` and alone records the manifest stage. Single-process runs are unaffected.
 
 ``TUNEBENCH_FAULT_AFTER_BATCHES=N`` raises ``KeyboardInterrupt`` after N batches have been
@@ -84,6 +85,13 @@ def model_prompts(config: ExperimentConfig, run: RunDir, task: Task, examples: l
 def partial_paths(final: Path) -> tuple[Path, Path]:
     stem = final.name.removesuffix(".jsonl")
     return final.with_name(f"{stem}.partial.jsonl"), final.with_name(f"{stem}.partial.json")
+
+
+def unfinished_files(final: Path) -> list[Path]:
+    """What an interrupted prediction of ``final`` may have left: its partial files, and every
+    rank's file and partials (:meth:`Shard.rank_file`) whatever the process count was."""
+    stem = final.name.removesuffix(".jsonl")
+    return [*partial_paths(final), *final.parent.glob(f"{stem}.rank*-of-*")]
 
 
 def fingerprint(config: ExperimentConfig, run: RunDir, split: str) -> str:

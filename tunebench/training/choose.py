@@ -195,12 +195,9 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     target = run.predictions("validation")
     with scratch.predictions("validation").open("rb") as source, atomic_write(target, "wb") as out:
         shutil.copyfileobj(source, out)
-    from tunebench.inference.predict import partial_paths
+    from tunebench.inference.predict import unfinished_files
 
-    # an earlier, interrupted prediction of the split: its partial files, one process's or every
-    # rank's (validation.rank<r>-of-<W>.jsonl and their partials)
-    leftovers = [*partial_paths(target), *target.parent.glob("validation.rank*-of-*")]
-    for leftover in leftovers:
+    for leftover in unfinished_files(target):  # of an earlier, interrupted prediction of the split
         leftover.unlink(missing_ok=True)
     info = {k: v for k, v in stage.items() if k != "finished"}
     run.record_stage("predict:validation", **info, reused_from=f"checkpoint_choice/step-{step}")
