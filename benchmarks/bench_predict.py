@@ -82,8 +82,9 @@ def step_costs(generator: Any, prompts: list[str], short: int = 1, long: int = 3
     Two runs forced to exactly ``short`` and ``long`` new tokens (``min_new_tokens``, no stop
     criteria): the difference over the extra steps is the cost of one decode step at this batch
     size. The first new token comes out of the prefill pass itself, so a run of ``short`` tokens
-    holds ``short - 1`` decode steps; the rest of its time is prefill plus fixed overhead. Then a profiled run of a few steps names the
-    operators that take the time, on the GPU and on the CPU (launch overhead shows there).
+    holds ``short - 1`` decode steps; the rest of its time is prefill plus fixed overhead. Then a
+    profiled run of a few steps names the operators that take the time, on the GPU and on the
+    CPU (launch overhead shows there).
     """
     import torch
     from torch.profiler import ProfilerActivity, profile

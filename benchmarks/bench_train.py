@@ -16,8 +16,9 @@ Variants (``--variants``, comma-separated):
   packed-flex        packed with attn_implementation flex_attention
   packed-compile     packed + torch.compile of the decoder
   packed-nodrop, packed-compile-nodrop
-                     the same two with LoRA dropout 0: eager and compiled losses should then agree
-                     (with dropout their random masks differ)
+                     the same two with LoRA dropout 0: what remains of the eager/compiled loss gap
+                     without random dropout masks (the gap is there at step 1 already, where LoRA
+                     adds nothing, so dropout cannot be all of it)
 
 Usage (GPU):  python benchmarks/bench_train.py --model qwen2.5-coder-1.5b
 Smoke (CPU):  python benchmarks/bench_train.py --model <tiny dir> --device cpu --steps 3
