@@ -408,8 +408,10 @@ class Trainer:
             self.save(s)
 
     def save(self, s: dict[str, Any]) -> None:
-        # every process joins the gathers (collectives under FSDP); the main process writes
-        optimizer_state = ckpt.optimizer_state(self.bare_loss_model(), self.optimizer)
+        # FSDP: every process joins the gathers (collectives); the main process alone writes,
+        # so under DDP only it copies its (full, identical) optimizer state
+        if self.fsdp or self.main:
+            optimizer_state = ckpt.optimizer_state(self.bare_loss_model(), self.optimizer)
         adapter_state = fsdp.full_adapter_state(self.model) if self.fsdp else None
         if self.main:
             root = self.run.checkpoints_dir
