@@ -58,6 +58,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--unmerged", action="store_true", help="keep the LoRA adapter unmerged")
     parser.add_argument(
+        "--attn",
+        default="auto",
+        choices=["auto", "sdpa", "sdpa_grouped", "eager"],
+        help="model.attn_implementation (auto: sdpa_grouped on CUDA, no per-head KV-cache copies)",
+    )
+    parser.add_argument(
         "--cache",
         default="dynamic",
         choices=["dynamic", "static"],
@@ -134,7 +140,7 @@ def make_config(args: argparse.Namespace, runs_dir: Path, provider: str, batch_s
             "name": "bench-predict",
             "runs_dir": str(runs_dir),
             "provider": provider,
-            "model": {"name": args.model, "dtype": args.dtype},
+            "model": {"name": args.model, "dtype": args.dtype, "attn_implementation": args.attn},
             "task": {"name": args.task, "max_eval_examples": args.limit, "validation": "study"},
             "generation": {
                 "batch_size": batch_size,
@@ -272,8 +278,8 @@ def main() -> int:
     generator = LocalGenerator(model, tokenizer, device=device, cache_implementation=args.cache)
     load_s = time.perf_counter() - start
     print(
-        f"device {gpu}, {n} prompts, model {args.model} ({generator.dtype}), adapter {args.adapter}, "
-        f"load {load_s:.1f}s",
+        f"device {gpu}, {n} prompts, model {args.model} ({generator.dtype}, attention "
+        f"{generator.model.config._attn_implementation}), adapter {args.adapter}, load {load_s:.1f}s",
         flush=True,
     )
 
@@ -390,6 +396,7 @@ def main() -> int:
         "torch": torch.__version__,
         "model": args.model,
         "dtype": str(generator.dtype),
+        "attention": generator.model.config._attn_implementation,
         "adapter": args.adapter,
         "merged": not args.unmerged,
         "task": args.task,

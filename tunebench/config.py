@@ -101,12 +101,13 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights/compute dtype: auto = bfloat16 on GPU, float32 on CPU."
     )
-    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention", "flash_attention_2", "varlen"] = (
-        Field(
-            "auto",
-            description="Attention kernel. auto: `varlen` for packed training on a CUDA GPU (PyTorch's "
-            "var-len flash kernel: attention only within each packed example), else sdpa.",
-        )
+    attn_implementation: Literal[
+        "auto", "sdpa", "sdpa_grouped", "eager", "flex_attention", "flash_attention_2", "varlen"
+    ] = Field(
+        "auto",
+        description="Attention kernel. auto on a CUDA GPU: `varlen` for packed training (PyTorch's "
+        "var-len flash kernel: attention only within each packed example) and `sdpa_grouped` for "
+        "generation (sdpa without copying the KV cache once per query head of a group); sdpa on CPU.",
     )
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="bitsandbytes 8-/4-bit loading (GPU only), as the study did for Code Llama 34B."
@@ -186,9 +187,9 @@ class TrainingConfig(Strict):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models).")
     compile: bool = Field(
         False,
-        description="torch.compile the decoder (GPU). On an H100: 1.64x eager tokens/s, but 455 s "
-        "to compile in a 12-step run and losses 0.6-4% off eager's (BENCHMARKS.md); off until "
-        "that is understood.",
+        description="torch.compile each decoder layer (GPU): fewer kernels and less Python per "
+        "step. Off by default: compiling takes minutes up front on a slow host CPU, and the "
+        "whole-decoder version of it measured losses 0.6-4% off eager's (BENCHMARKS.md).",
     )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."

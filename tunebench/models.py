@@ -547,12 +547,18 @@ def _quantization_config(kind: str, device: torch.device, compute_dtype: torch.d
 
 
 def attention_implementation(requested: str, device: torch.device, for_training: bool) -> str:
-    """The transformers attention name: ``auto`` is the var-len flash kernel for training on
-    CUDA (packed rows, see :mod:`tunebench.training.varlen`) and sdpa otherwise."""
+    """The transformers attention name. ``auto`` on CUDA: the var-len flash kernel for training
+    (packed rows, :mod:`tunebench.training.varlen`) and grouped-query sdpa for generation (no
+    per-head copy of the KV cache, :mod:`tunebench.inference.attention`); sdpa on CPU."""
+    from tunebench.inference import attention
     from tunebench.training import varlen
 
-    if requested == "auto":
-        requested = "varlen" if for_training and device.type == "cuda" and varlen.available() else "sdpa"
+    if requested == "auto" and device.type == "cuda":
+        requested = "sdpa_grouped" if not for_training else "varlen" if varlen.available() else "sdpa"
+    elif requested == "auto":
+        requested = "sdpa"
+    if requested == "sdpa_grouped":
+        return attention.register()
     if requested == "varlen":
         if not varlen.available():
             raise TunebenchError("model.attn_implementation: varlen needs a CUDA GPU and torch >= 2.9")
