@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--task", default="sql", choices=["sql", "viggo"])
     p.add_argument("--gpus", type=int, default=2, help="processes of the second run")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP instead of DDP")
+    p.add_argument("--compile", action="store_true", help="training.compile: true in both runs")
+    p.add_argument(
+        "--settle",
+        type=int,
+        default=5,
+        help="steps left out of the steady-state throughput (compilation, allocator warm-up)",
+    )
     p.add_argument("--steps", type=int, default=60, help="optimizer steps of each training run")
     p.add_argument("--batch", type=int, default=32, help="examples per optimizer step (both runs)")
     p.add_argument("--eval-every", type=int, default=20)
@@ -84,6 +91,7 @@ def write_config(args: argparse.Namespace, runs: Path, name: str) -> Path:
             "eval_every": args.eval_every,
             "early_stopping_patience": None,  # both runs take every step
             "fsdp": args.fsdp,
+            "compile": args.compile,
         },
         "generation": {"max_new_tokens": args.max_new_tokens},
         "eval_splits": [args.split],
@@ -108,7 +116,16 @@ def tunebench(*command: str, log: Path) -> float:
     return elapsed
 
 
-def train_result(run: Path, wall: float) -> dict[str, Any]:
+def steady_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float | None:
+    """Tokens/s over the training steps after the first ``settle`` (time in steps only)."""
+    train = [r for r in rows if r["split"] == "train" and "train_time" in r]
+    if len(train) <= settle + 1:
+        return None
+    first, last = train[settle], train[-1]
+    return (last["tokens"] - first["tokens"]) / (last["train_time"] - first["train_time"])
+
+
+def train_result(run: Path, wall: float, settle: int) -> dict[str, Any]:
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     validation = [r["loss"] for r in rows if r["split"] == "validation"]
@@ -117,6 +134,7 @@ def train_result(run: Path, wall: float) -> dict[str, Any]:
         "processes": summary["processes"],
         "sharding": summary.get("sharding"),
         "tokens_per_s": summary["tokens_per_s"],
+        "steady_tokens_per_s": steady_tokens_per_s(rows, settle),
         "train_tokens": summary["train_tokens"],
         "wall_time_s": summary["wall_time_s"],
         "final_validation_loss": validation[-1] if validation else None,
@@ -165,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         many_cfg = write_config(args, runs, "many")
         wall_one = tunebench("train", str(one_cfg), log=logs / "train_one.log")
         wall_many = tunebench("train", str(many_cfg), "--gpus", str(args.gpus), log=logs / "train_many.log")
-        one, many = train_result(runs / "one", wall_one), train_result(runs / "many", wall_many)
+        one = train_result(runs / "one", wall_one, args.settle)
+        many = train_result(runs / "many", wall_many, args.settle)
         report["train"] = {"one": one, "many": many}
         report["train"]["throughput_ratio"] = many["tokens_per_s"] / one["tokens_per_s"]
+        if one["steady_tokens_per_s"] and many["steady_tokens_per_s"]:
+            report["train"]["steady_throughput_ratio"] = (
+                many["steady_tokens_per_s"] / one["steady_tokens_per_s"]
+            )
         if one["final_validation_loss"] and many["final_validation_loss"]:
             report["train"]["final_validation_loss_rel_diff"] = (
                 many["final_validation_loss"] / one["final_validation_loss"] - 1
@@ -207,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'train tokens/s':28} {t['one']['tokens_per_s']:14.0f} {t['many']['tokens_per_s']:14.0f} {t['throughput_ratio']:8.2f}"
     )
+    if "steady_throughput_ratio" in t:
+        print(
+            f"{f'  after step {args.settle}':28} {t['one']['steady_tokens_per_s']:14.0f} "
+            f"{t['many']['steady_tokens_per_s']:14.0f} {t['steady_throughput_ratio']:8.2f}"
+        )
     for key in ("final_validation_loss", "best_validation_loss"):
         a, b = t["one"][key], t["many"][key]
         if a is not None and b is not None:

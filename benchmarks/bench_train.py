@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "inherits another's CUDA memory or library state)",
     )
     p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed steps, profile 2 more steps of each engine variant: GPU busy time "
+        "vs wall, kernel launches, CPU time per operator (is a step launch-bound?)",
+    )
+    p.add_argument(
         "--out", default=None, help="JSON path (default $OUT/train.json or benchmarks/results/train.json)"
     )
     args = p.parse_args(argv)
@@ -163,8 +169,51 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
     result.update(grad_norms=norms, learning_rates=rates)
     result["peak_memory_gb"] = peak_gb()
     result["micro_batches_note"] = f"tokens_per_micro_batch={cfg.training.tokens_per_micro_batch}"
+    if args.profile:
+        result["profile"] = profile_steps(trainer, args.steps, 2)
     del trainer
     return result
+
+
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
+
+
+def profile_steps(trainer: Any, first: int, count: int) -> dict[str, Any]:
+    """Where a step's time goes: GPU kernel time against wall time, and CPU time per operator.
+
+    If the GPU is busy for much less than the step's wall time, the step is bound by the CPU
+    issuing kernels (Python, dispatcher, launches), not by the GPU's arithmetic: then more tokens
+    per step cost little extra time, and fewer operators (fusion, CUDA graphs) is the lever.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        tokens = sum(trainer.train_step(first + i)["tokens"] for i in range(count))
+        sync()
+    wall = (time.perf_counter() - t0) / count
+    events = prof.key_averages()
+
+    def device_us(event: Any) -> float:
+        return float(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)))
+
+    gpu_s = sum(device_us(e) for e in events) / 1e6 / count
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return {
+        "steps": count,
+        "tokens_per_step": tokens / count,
+        "wall_s_per_step_profiled": wall,
+        "gpu_kernel_s_per_step": gpu_s,
+        "gpu_busy_fraction": gpu_s / wall if wall else None,
+        "kernel_launches_per_step": sum(e.count for e in events if e.key in LAUNCHES) / count,
+        "aten_ops_per_step": sum(e.count for e in events if e.key.startswith("aten::")) / count,
+        "top_gpu_ops": prof.key_averages().table(sort_by=sort, row_limit=20),
+        "top_cpu_ops": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20),
+    }
 
 
 # --- baseline: transformers.Trainer -------------------------------------------------------------
@@ -392,6 +441,17 @@ def main(argv: list[str] | None = None) -> int:
             )
     ref = results.get("packed", {}).get("losses")
     print_table(results, ref)
+    for name, r in results.items():
+        prof = r.get("profile")
+        if prof:
+            print(
+                f"\n[{name}] profiled step ({prof['tokens_per_step']:.0f} tokens): wall "
+                f"{prof['wall_s_per_step_profiled']:.3f}s, GPU kernels {prof['gpu_kernel_s_per_step']:.3f}s "
+                f"({100 * (prof['gpu_busy_fraction'] or 0):.0f}% busy), "
+                f"{prof['kernel_launches_per_step']:.0f} kernel launches, {prof['aten_ops_per_step']:.0f} aten ops"
+            )
+            print(prof["top_gpu_ops"])
+            print(prof["top_cpu_ops"])
     print(f"\nJSON: {out}")
     return 0
 

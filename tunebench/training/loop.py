@@ -166,8 +166,7 @@ class Trainer:
                 "liger fused linear cross-entropy: %s", "on" if fused else "not installed, using chunked loss"
             )
         if self.tc.compile:
-            # In place (nn.Module.compile) so parameter names, and thus saved adapters, are unchanged.
-            self.model.get_base_model().get_decoder().compile(dynamic=True)
+            compile_layers(causal_lm(self.model))
         self.state = new_state()
         self.restore_or_start()  # the adapter's weights, before FSDP would shard them
         loss_model = LossModel(self.model, fused)
@@ -487,6 +486,7 @@ class Trainer:
             "epoch": s["step"] * self.tc.batch_size / len(self.train_set),
             "tokens": s["tokens"],
             "wall_time": round(s["wall_time"], 3),
+            "train_time": round(s["train_time"], 3),  # in training steps (no validation, saving)
             "lr": self.scheduler.get_last_lr()[0],
         }
 
@@ -557,6 +557,19 @@ def load_prepared_or_empty(run: RunDir, split: str) -> list[Any]:
     if not path.is_file() or not path.read_text(encoding="utf-8").strip():
         return []
     return load_prepared(run, split)
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile each decoder layer in place (``nn.Module.compile``: parameter names, and
+    thus saved adapters, are unchanged).
+
+    Per layer, not the whole decoder: the layers share one forward function and, with their
+    parameters as graph inputs, one compiled graph, so compile time does not grow with depth
+    (CPU, 6 layers: 15 s per layer-wise vs 45 s whole; the whole 28-layer decoder took ~455 s on
+    the H100 host). ``dynamic``: packed micro-batches change their token count every step.
+    """
+    for layer in model.get_decoder().layers:
+        layer.compile(dynamic=True)
 
 
 def train(config: ExperimentConfig, run: RunDir, resume: bool = True) -> dict[str, Any]:

@@ -40,10 +40,8 @@ def seed_everything(seed: int) -> None:
 # --- base model ---------------------------------------------------------------------------
 def load_base(config: ExperimentConfig, device: torch.device) -> tuple[Any, Any, int, int]:
     """(model, tokenizer, training EOS id, pad id) through :mod:`tunebench.models`."""
-    try:
-        from tunebench import models
-    except ImportError:  # models.py not in this checkout yet: local folders only
-        return _load_local_folder(config, device)
+    from tunebench import models
+
     model_cfg = config.model
     if not config.training.packing and model_cfg.attn_implementation == "auto":
         # var-len attention (auto's choice on CUDA) needs packed rows; padded batches use sdpa
@@ -51,28 +49,6 @@ def load_base(config: ExperimentConfig, device: torch.device) -> tuple[Any, Any,
     model, tokenizer = models.load_model(model_cfg, device=str(device), for_training=True)
     gen = getattr(model, "generation_config", None)
     return model, tokenizer, models.training_eos_id(tokenizer, gen), models.pad_token_id(tokenizer, gen)
-
-
-def _load_local_folder(config: ExperimentConfig, device: torch.device) -> tuple[Any, Any, int, int]:
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(config.model.name)
-    if not path.is_dir():
-        raise TunebenchError(f"model.name: {config.model.name}: not a local model folder")
-    dtype = config.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device.type == "cuda" else "float32"
-    attn = "sdpa" if config.model.attn_implementation == "auto" else config.model.attn_implementation
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation=attn)
-    model.to(device)
-    gen = model.generation_config
-    eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else tokenizer.eos_token_id
-    eos = eos[0] if isinstance(eos, list) else eos
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return model, tokenizer, int(eos), int(pad)
 
 
 # --- LoRA -----------------------------------------------------------------------------------
