@@ -30,29 +30,35 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# Two GPUs (the kind that came last time). Queue a: GPU 0, then both GPUs; queue b: GPU 1.
+# Two GPUs. Queue a: GPU 0, then both GPUs; queue b: GPU 1.
 queue_a() {
   queue=a
   # issue #9: the SQL levers, one cell per GPU (~9 min each: the cut-off run trained and scored 2 of 3 candidates in 6 min)
   job levers-sql-vote 0 $py -m tunebench run $levers --cells lora-all-linear-vote-sql
+  # issue #8 with the adapter just trained: grouped-query attention (auto) against sdpa, static cache
+  local adapter=results/qwen15-levers/runs/lora-all-linear-vote-sql/adapter
+  [ -f $adapter/adapter_config.json ] || adapter=random
+  job predict-static 0 $py benchmarks/bench_predict.py --adapter $adapter --batch-sizes 568 --cache static
+  job predict-grouped 0 $py benchmarks/bench_predict.py --adapter $adapter --batch-sizes 568 --profile
+  job predict-sdpa 0 $py benchmarks/bench_predict.py --adapter $adapter --batch-sizes 568 --profile \
+    --attn sdpa --baseline-limit 4
   wait_marker b1
-  # issue #10 again: whole-batch prediction split (identical rows expected), and the study's
-  # batch 32 against 128 (per-GPU work vs launch overhead), DDP then FSDP
-  job multi-ddp-b128 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --batch 128
-  job multi-fsdp 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --fsdp
+  # issue #10: layer-wise compiled training on 1 and 2 GPUs (less CPU per step), and the
+  # whole-batch prediction split (identical rows expected); then eager again if time is left
+  job multi-compile 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --compile
+  job multi-eager 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2
   done_marker a
 }
 queue_b() {
   queue=b1
+  # issue #5: where an eager step's time goes (profile), layer-wise compile, and the loss gap
+  # without dropout; recompilations and graph breaks logged
+  job train-bench 1 env TORCH_LOGS=recompiles,graph_breaks $py benchmarks/bench_train.py \
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --profile \
+    --variants packed,packed-compile,packed-nodrop,packed-compile-nodrop
   job levers-sql-vote16 1 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
   done_marker b1
-  wait_marker a
   queue=b
-  # issue #9's size comparison, when its pieces were staged and assembled in time
-  [ -f keep/qwen05.converted ] && job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
-  # issue #5: why compiling took 455 s (recompilations?), and its loss with dropout off
-  TORCH_LOGS=recompiles job train-compile 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b \
-    --steps 12 --warmup 2 --batch 128 --variants packed-nodrop,packed-compile-nodrop
   done_marker b
 }
 
