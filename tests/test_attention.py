@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tests import test_inference_support as support
 from tunebench.config import ModelConfig
 from tunebench.inference import attention, predict
 from tunebench.io import read_jsonl
-from tunebench.models import load_model
+from tunebench.models import attention_implementation, load_model
 
 lively_model_dir = support.lively_model_dir
+
+
+class SdpaShapes(TorchFunctionMode):
+    """Records the query shape of every ``scaled_dot_product_attention`` call (torch's own
+    function; observing it shows whether the folded path ran without touching tunebench)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[tuple[int, ...]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            self.queries.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def sdpa_shapes() -> Iterator[SdpaShapes]:
+    with SdpaShapes() as mode:
+        yield mode
 
 
 def padded_causal_mask(pad: list[int], queries: int, keys: int) -> torch.Tensor:
@@ -36,13 +59,26 @@ def test_grouped_sdpa_equals_sdpa_with_a_padding_mask(queries: int) -> None:
     k, v = torch.randn(batch, kv_heads, keys, dim), torch.randn(batch, kv_heads, keys, dim)
     mask = padded_causal_mask([0, 2, 4], queries, keys)
     expected, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=dim**-0.5)
-    got, _ = attention.grouped_sdpa_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    with sdpa_shapes() as seen:
+        got, _ = attention.grouped_sdpa_forward(module, q, k, v, mask, scaling=dim**-0.5)
+    assert seen.queries == [(batch, kv_heads, 3 * queries, dim)]  # folded: no per-head K/V copies
     assert got.shape == expected.shape == (batch, queries, heads, dim)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # the fold pairs each query head with its own key/value head: swapping groups changes it
     swapped = torch.cat([q[:, 3:], q[:, :3]], dim=1)
     other, _ = attention.grouped_sdpa_forward(module, swapped, k, v, mask, scaling=dim**-0.5)
     assert not torch.allclose(other[:, :, 3:], expected[:, :, :3])
+
+
+def test_a_single_mask_row_broadcasts_over_every_query() -> None:
+    torch.manual_seed(1)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=False, training=False)
+    q = torch.randn(2, 6, 4, 8)
+    k, v = torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)
+    padding = torch.arange(7)[None, None, None, :] >= torch.tensor([0, 3])[:, None, None, None]
+    expected, _ = sdpa_attention_forward(module, q, k, v, padding)
+    got, _ = attention.grouped_sdpa_forward(module, q, k, v, padding)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_fold_and_unfold_are_inverse_layouts() -> None:
@@ -61,13 +97,17 @@ def test_model_loads_with_grouped_attention_and_auto_stays_sdpa_on_cpu(lively_mo
     assert model.config.num_key_value_heads < model.config.num_attention_heads  # the path is exercised
     auto, _ = load_model(ModelConfig(name=str(lively_model_dir)), device="cpu")
     assert auto.config._attn_implementation == "sdpa"
+    # on a GPU, auto means grouped attention for generation and var-len (or sdpa) for training
+    cuda = torch.device("cuda")
+    assert attention_implementation("auto", cuda, for_training=False) == attention.NAME
+    assert attention_implementation("auto", cuda, for_training=True) != attention.NAME
 
 
 @pytest.mark.parametrize("cache", ["dynamic", "static"])
 def test_padded_batches_predict_the_same_with_grouped_attention(
     tmp_path: Path, lively_model_dir: Path, cache: str
 ) -> None:
-    rows = {}
+    rows, folded = {}, {}
     for attn in ("sdpa", "sdpa_grouped"):
         config, run = support.make_run(
             tmp_path, lively_model_dir, name=f"{attn}-{cache}", provider="base", batch_size=6,
@@ -76,7 +116,10 @@ def test_padded_batches_predict_the_same_with_grouped_attention(
         config = config.model_copy(
             update={"model": config.model.model_copy(update={"attn_implementation": attn})}
         )
-        rows[attn] = read_jsonl(predict(config, run, "test"))
+        with sdpa_shapes() as seen:
+            rows[attn] = read_jsonl(predict(config, run, "test"))
+        folded[attn] = sum(shape[1] == 2 for shape in seen.queries)  # the tiny model: 4 heads, 2 kv
+    assert folded["sdpa"] == 0 and folded["sdpa_grouped"] > 0  # prefill and decode steps folded
     assert rows["sdpa_grouped"] == rows["sdpa"]
     widths = {r["prompt_tokens"] for r in rows["sdpa"]}
     assert len(widths) > 1 and len({r["raw"] for r in rows["sdpa"]}) > 6  # padded, varied

@@ -72,8 +72,10 @@ def grouped_sdpa_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     assert attention_mask is not None
-    groups, t = heads // kv_heads, query.shape[2]
-    mask = attention_mask if t == 1 else attention_mask.repeat(1, 1, groups, 1)
+    groups = heads // kv_heads
+    # one mask row per query position: each is repeated for the G folded heads; a single row
+    # (a decode step, or a padding-only mask) broadcasts over every folded row as it is
+    mask = attention_mask if attention_mask.shape[2] == 1 else attention_mask.repeat(1, 1, groups, 1)
     out = torch.nn.functional.scaled_dot_product_attention(
         fold_groups(query, kv_heads), key, value, attn_mask=mask, scale=scaling
     )
