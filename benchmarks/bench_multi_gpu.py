@@ -118,11 +118,12 @@ def tunebench(*command: str, log: Path) -> float:
 
 def steady_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float | None:
     """Tokens/s over the training steps after the first ``settle`` (time in steps only)."""
-    train = [r for r in rows if r["split"] == "train" and "train_time" in r]
-    if len(train) <= settle + 1:
+    train = [r for r in rows if r["split"] == "train" and "train_time" in r]  # row i: after step i+1
+    if len(train) <= settle:
         return None
-    first, last = train[settle], train[-1]
-    return (last["tokens"] - first["tokens"]) / (last["train_time"] - first["train_time"])
+    start = {"tokens": 0, "train_time": 0.0} if settle == 0 else train[settle - 1]
+    last = train[-1]
+    return (last["tokens"] - start["tokens"]) / (last["train_time"] - start["train_time"])
 
 
 def train_result(run: Path, wall: float, settle: int) -> dict[str, Any]:
