@@ -1,5 +1,5 @@
 # One GPU sitting as background queues that outlive the 10-minute call limit: what is still owed
-# after the fourth sitting (scripts/gpu/README.md). Source env.sh first, and assemble.sh for the
+# after the fifth sitting (scripts/gpu/README.md). Source env.sh first, and assemble.sh for the
 # models. Never edit this file while a sitting runs: bash reads a script as it goes, and each call
 # syncs the working tree to the machine.
 #   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
@@ -33,30 +33,25 @@ wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 # Two GPUs. Queue a: GPU 0, then both GPUs; queue b: GPU 1.
 queue_a() {
   queue=a
-  # issue #9: the SQL levers, one cell per GPU (~9 min each: the cut-off run trained and scored 2 of 3 candidates in 6 min)
-  job levers-sql-vote 0 $py -m tunebench run $levers --cells lora-all-linear-vote-sql
-  # issue #8 with the adapter just trained: grouped-query attention (auto) against sdpa, static cache
-  local adapter=results/qwen15-levers/runs/lora-all-linear-vote-sql/adapter
-  [ -f $adapter/adapter_config.json ] || adapter=random
-  job predict-static 0 $py benchmarks/bench_predict.py --adapter $adapter --batch-sizes 568 --cache static
-  job predict-grouped 0 $py benchmarks/bench_predict.py --adapter $adapter --batch-sizes 568 --profile
-  job predict-sdpa 0 $py benchmarks/bench_predict.py --adapter $adapter --batch-sizes 568 --profile \
-    --attn sdpa --baseline-limit 4
+  # issue #9: the second SQL lever (16 vote candidates at T=0.9); the first reached 0.8396
+  job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
   wait_marker b1
-  # issue #10: layer-wise compiled training on 1 and 2 GPUs (less CPU per step), and the
-  # whole-batch prediction split (identical rows expected); then eager again if time is left
+  # issue #10: the layer-wise compiled engine on 1 and 2 GPUs (a quarter of the host work per
+  # step), then eager; both check that the whole-batch prediction split gives identical rows
   job multi-compile 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --compile
   job multi-eager 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2
   done_marker a
 }
 queue_b() {
   queue=b1
-  # issue #5: where an eager step's time goes (profile), layer-wise compile, and the loss gap
-  # without dropout; recompilations and graph breaks logged
-  job train-bench 1 env TORCH_LOGS=recompiles,graph_breaks $py benchmarks/bench_train.py \
-    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --profile \
-    --variants packed,packed-compile,packed-nodrop,packed-compile-nodrop
-  job levers-sql-vote16 1 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
+  # issue #5: is the compiled loss gap inductor's fp32 intermediates (emulating eager's bf16
+  # roundings should close it)? and compile + liger's fused loss for the last MFU points
+  job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-compile
+  job train-liger 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
+    --batch 128 --variants packed-compile,packed-compile-liger
+  # issue #9's size comparison, when its pieces were staged and assembled in time
+  [ -f keep/qwen05.converted ] && job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
   done_marker b1
   queue=b
   done_marker b
