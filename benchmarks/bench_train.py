@@ -19,6 +19,10 @@ Variants (``--variants``, comma-separated):
                      the same two with LoRA dropout 0: what remains of the eager/compiled loss gap
                      without random dropout masks (the gap is there at step 1 already, where LoRA
                      adds nothing, so dropout cannot be all of it)
+  packed-compile-liger  packed-compile + liger-kernel's fused linear cross-entropy
+  packed-8bit, packed-4bit
+                     the base model loaded 8-bit / 4-bit (NF4) through bitsandbytes, as the study
+                     loaded Code Llama 34B (needs the bitsandbytes wheel)
 
 Usage (GPU):  python benchmarks/bench_train.py --model qwen2.5-coder-1.5b
 Smoke (CPU):  python benchmarks/bench_train.py --model <tiny dir> --device cpu --steps 3
@@ -50,6 +54,8 @@ ENGINE = {
     "packed-nodrop": {"lora.dropout": 0.0},
     "packed-compile-nodrop": {"training.compile": True, "lora.dropout": 0.0},
     "packed-compile-liger": {"training.compile": True, "training.liger": True},
+    "packed-8bit": {"model.quantization": "8bit"},
+    "packed-4bit": {"model.quantization": "4bit"},
 }
 HF = {"hf-b8": 8, "hf-b32": 32}
 

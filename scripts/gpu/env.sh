@@ -10,6 +10,11 @@ mkdir -p keep/parts keep/site keep/cache
 if [ -d .whl ] && [ ! -f keep/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target keep/site .whl/*.whl && touch keep/site/.done
 fi
+# bitsandbytes (8-/4-bit loading) is too big to travel with the other wheels: its own call
+# carries .stage/bnb.
+if ls .stage/bnb/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target keep/site .stage/bnb/*.whl && rm -rf .stage/bnb
+fi
 # Model pieces: each call carries one; they wait in keep/parts until all are there.
 for piece in .stage/qwen15/part_* .stage/qwen05/part_*; do
   [ -f "$piece" ] && mv "$piece" "keep/parts/$(basename "$(dirname "$piece")")-$(basename "$piece")"

@@ -50,6 +50,9 @@ queue_b() {
     --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-compile
   job train-liger 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
     --batch 128 --variants packed-compile,packed-compile-liger
+  # issue #5: 8-/4-bit loading trains (when the bitsandbytes wheel was carried)
+  python3 -c "import bitsandbytes" 2>/dev/null && job train-kbit 1 $py benchmarks/bench_train.py \
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-8bit,packed-4bit
   # issue #9's size comparison, when its pieces were staged and assembled in time
   [ -f keep/qwen05.converted ] && job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
   done_marker b1

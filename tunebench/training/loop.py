@@ -39,6 +39,7 @@ import torch
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import append_jsonl, iter_jsonl, write_json, write_jsonl
+from tunebench.models import resolve_dtype
 from tunebench.rundir import RunDir
 from tunebench.training import checkpoint as ckpt
 from tunebench.training import fsdp
@@ -141,7 +142,9 @@ class Trainer:
         if self.tc.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = apply_lora(base, self.config.lora, self.tc.seed)
-        self.dtype = next(base.parameters()).dtype
+        # the compute dtype the config asks for, not the first parameter's: a k-bit base keeps its
+        # embeddings and norms in float32 (peft's preparation) but computes in bfloat16
+        self.dtype = resolve_dtype(self.config.model.dtype, self.device)
         suffix = get_task(self.config.task).completion_suffix
         tok = dict(
             tokenizer=tokenizer,
