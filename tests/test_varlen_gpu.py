@@ -49,3 +49,23 @@ def test_varlen_equals_sdpa_on_packed_rows(tiny_model_dir, data_dir, sql_example
     for name, g in grads.items():
         rel = (g - ref_grads[name]).norm() / ref_grads[name].norm().clamp_min(1e-12)
         assert rel < 5e-2, (name, float(rel))
+
+
+def test_float32_projections_reach_the_kernel_in_bf16_and_come_back_float32() -> None:
+    """A k-bit base (bitsandbytes) hands attention float32 projections; the flash kernel takes
+    only fp16/bf16 (this failed on an H100 before the cast: 'FlashAttention only support fp16
+    and bf16 data type')."""
+    torch.manual_seed(0)
+    lengths = [5, 9, 3]
+    q, k, v = (torch.randn(1, 4, sum(lengths), 16, device="cuda") for _ in range(3))
+    module = torch.nn.Module()
+    out, _ = varlen.varlen_attention_forward(module, q, k, v, None, **varlen.boundaries(lengths, "cuda"))
+    assert out.dtype == torch.float32 and out.shape == (1, sum(lengths), 4, 16)
+    start = 0
+    for n in lengths:  # each packed example attends only within itself, causally
+        s = slice(start, start + n)
+        ref = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, s], k[:, :, s], v[:, :, s], is_causal=True
+        )
+        torch.testing.assert_close(out[0, s], ref[0].transpose(0, 1), rtol=2e-2, atol=2e-2)
+        start += n

@@ -15,6 +15,7 @@ from the collator to every layer as the standard flash-attention kwargs ``cu_seq
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -50,6 +51,7 @@ def boundaries(lengths: list[int], device: torch.device | str = "cpu") -> dict[s
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
+@functools.cache
 def _kernel_options() -> tuple[dict[str, Any], bool]:
     """Causal flag and GQA support differ between torch releases (2.9-2.11: ``is_causal``)."""
     from torch.nn.attention.varlen import varlen_attn
@@ -76,9 +78,11 @@ def varlen_attention_forward(
     if cu is None or query.shape[0] != 1:
         raise RuntimeError("varlen attention needs packed rows (training.packing: true)")
     causal, gqa = _kernel_options()
-    q = query[0].transpose(0, 1)  # (tokens, heads, dim)
-    k = key[0].transpose(0, 1)
-    v = value[0].transpose(0, 1)
+    dtype = query.dtype
+    kernel_dtype = flash_dtype(dtype)
+    # (tokens, heads, dim) in a dtype the flash kernel takes: a k-bit base's projections return
+    # float32 (bitsandbytes' matmuls stay outside autocast), the kernel only runs fp16/bf16
+    q, k, v = (t[0].transpose(0, 1).to(kernel_dtype) for t in (query, key, value))
     extra: dict[str, Any] = {}
     if k.shape[1] != q.shape[1]:
         if gqa:
@@ -89,4 +93,13 @@ def varlen_attention_forward(
     out = varlen_attn(
         q, k, v, cu, cu, kwargs["max_length_q"], kwargs["max_length_q"], scale=scaling, **causal, **extra
     )
-    return out.unsqueeze(0), None
+    return out.to(dtype).unsqueeze(0), None
+
+
+def flash_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp16/bf16 as they are; anything else -> the CUDA autocast dtype, else bfloat16."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return dtype
+    if torch.is_autocast_enabled("cuda"):
+        return torch.get_autocast_dtype("cuda")
+    return torch.bfloat16
