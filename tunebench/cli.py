@@ -119,7 +119,9 @@ def predict(
     split: Annotated[str, typer.Option(help="validation or test.")] = "test",
     gpus: Annotated[
         int,
-        typer.Option(help="Split the examples over N GPUs, one process each (local and base providers)."),
+        typer.Option(
+            help="Deal whole batches to N GPU processes, one each, and merge in order (local and base providers)."
+        ),
     ] = 1,
     overrides: SetOpt = None,
 ) -> None:

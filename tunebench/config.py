@@ -2,7 +2,7 @@
 
 One experiment = one task x one system (a model + how it is adapted) and produces one run
 directory. Every field has a default that reproduces the original study where it makes sense,
-and a description saying why; ``tunebench config --help`` and the README's reference table
+and a description saying why; ``tunebench config`` and the README's reference table
 are generated from these descriptions. Unknown keys and wrong types are errors naming the key.
 """
 
@@ -47,7 +47,10 @@ class TaskConfig(Strict):
         "study did (its numbers are then optimistic).",
     )
     validation_fraction: float = Field(
-        0.1, gt=0, lt=1, description="SQL held_out: share of train databases held out for validation."
+        0.1,
+        gt=0,
+        lt=1,
+        description="SQL held_out: whole train databases are held out for validation until they hold this share of the train rows.",
     )
     split_seed: int = Field(0, description="Seed of the by-database SQL validation split.")
     max_train_examples: int | None = Field(

@@ -568,7 +568,7 @@ def compile_layers(model: torch.nn.Module) -> None:
 
     Per layer, not the whole decoder: the layers share one forward function and, with their
     parameters as graph inputs, one compiled graph, so compile time does not grow with depth
-    (CPU, 6 layers: 15 s per layer-wise vs 45 s whole; the whole 28-layer decoder took ~455 s on
+    (CPU, 6 layers: 15 s per layer-wise vs 45 s whole; the whole 28-layer decoder took ~430 s on
     the H100 host). ``dynamic``: packed micro-batches change their token count every step.
     """
     for layer in model.get_decoder().layers:
