@@ -20,6 +20,7 @@ Variants (``--variants``, comma-separated):
                      without random dropout masks (the gap is there at step 1 already, where LoRA
                      adds nothing, so dropout cannot be all of it)
   packed-compile-liger  packed-compile + liger-kernel's fused linear cross-entropy
+  packed-graphs      packed-compile + training.cuda_graphs (layers replayed as CUDA graphs)
   packed-8bit, packed-4bit
                      the base model loaded 8-bit / 4-bit (NF4) through bitsandbytes, as the study
                      loaded Code Llama 34B (needs the bitsandbytes wheel)
@@ -54,6 +55,7 @@ ENGINE = {
     "packed-nodrop": {"lora.dropout": 0.0},
     "packed-compile-nodrop": {"training.compile": True, "lora.dropout": 0.0},
     "packed-compile-liger": {"training.compile": True, "training.liger": True},
+    "packed-graphs": {"training.compile": True, "training.cuda_graphs": True},
     "packed-8bit": {"model.quantization": "8bit"},
     "packed-4bit": {"model.quantization": "4bit"},
 }

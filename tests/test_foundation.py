@@ -155,6 +155,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     bad.write_text("name: x\ntask:\n  name: poetry\n")
     with pytest.raises(TunebenchError, match=r"task.name: "):
         load_experiment(bad)
+    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n")
+    with pytest.raises(TunebenchError, match=r"cuda_graphs needs training.compile: true"):
+        load_experiment(bad)
 
 
 def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:

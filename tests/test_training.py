@@ -134,16 +134,20 @@ def test_packed_loss_and_gradients_equal_padded(tiny_model_dir, data_dir, sql_ex
     module = LossModel(model)
     examples, _ = tokenize_examples(sql_examples[:5], tokenizer, eos, "\n", 512)
     results = []
-    for batch in (collate_packed(examples), collate_padded(examples, pad)):
+    graph_row = collate_packed(examples, pad_to=256, pad_id=pad, seq_slots=16)  # CUDA-graph shapes
+    assert graph_row["input_ids"].shape[1] % 256 == 0 and len(graph_row["seq_lens"]) % 16 == 0
+    assert sum(graph_row["seq_lens"]) == graph_row["input_ids"].shape[1] > sum(len(ex) for ex in examples)
+    for batch in (collate_packed(examples), collate_padded(examples, pad), graph_row):
         model.zero_grad()
         loss = module(**batch)
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
         results.append((loss.detach(), grads))
-    (packed, g_packed), (padded, g_padded) = results
-    assert torch.allclose(packed, padded, rtol=1e-5), (packed, padded)
-    for name in g_packed:
-        assert torch.allclose(g_packed[name], g_padded[name], rtol=1e-4, atol=1e-6), name
+    (packed, g_packed), *others = results
+    for other, g_other in others:  # padded rows, and a packed row filled up for CUDA graphs
+        assert torch.allclose(packed, other, rtol=1e-5), (packed, other)
+        for name in g_packed:
+            assert torch.allclose(g_packed[name], g_other[name], rtol=1e-4, atol=1e-6), name
     # and no attention across examples: example 2 packed after example 1 == example 2 alone
     alone = module(**collate_packed(examples[1:2]))
     pair = module(**collate_packed(examples[:2])) - module(**collate_packed(examples[:1]))

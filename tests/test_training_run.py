@@ -116,17 +116,21 @@ def test_identical_runs_give_identical_curves_and_files(tmp_path, tiny_model_dir
     assert losses(root_c)[0] == pytest.approx(losses(root_a)[0], rel=1e-5)
 
 
-def test_compiled_layers_train_like_eager(tmp_path, tiny_model_dir, data_dir) -> None:
+@pytest.mark.parametrize("graphs", [False, True], ids=["compile", "compile+cuda_graphs"])
+def test_compiled_layers_train_like_eager(tmp_path, tiny_model_dir, data_dir, graphs) -> None:
     """training.compile (each decoder layer through torch.compile/inductor) follows eager's
     curve: same losses and adapter within fp32 rounding (dropout 0: compiled code draws its
-    own random masks)."""
-    _e, eager = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "eager", max_steps=3))
+    own random masks). With cuda_graphs the rows are filled up to repeating shapes (the graphs
+    themselves need a GPU)."""
+    eager_summary, eager = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "eager", max_steps=3))
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
-    _c, compiled = run_train(
-        write_config(tmp_path, tiny_model_dir, data_dir, "compiled", max_steps=3, compile=True)
+    options = {"compile": True, "cuda_graphs": graphs}  # on the CPU: no graphs, but the padded rows
+    summary, compiled = run_train(
+        write_config(tmp_path, tiny_model_dir, data_dir, "compiled", max_steps=3, **options)
     )
+    assert summary["train_tokens"] == eager_summary["train_tokens"]  # filler tokens are not counted
     # compiled, not silently eager; and no graph per step or per layer: one for the first layer
     # (its input needs no gradient), one for the others, one for validation (no_grad), whatever
     # the micro-batch lengths of the 3 steps

@@ -89,6 +89,18 @@ def test_float32_projections_go_to_the_kernel_in_bf16_and_come_back_float32() ->
     torch.testing.assert_close(out, same.float())
 
 
+def test_empty_sequences_and_a_fixed_max_length_change_nothing() -> None:
+    """CUDA graphs pad the boundary list with empty sequences and announce a fixed max length."""
+    lengths = [5, 9, 3]
+    q, k, v = packed(lengths, 4, 2, torch.bfloat16)
+    plain, _ = varlen.varlen_attention_forward(torch.nn.Module(), q, k, v, None, **varlen.boundaries(lengths))
+    fixed = varlen.boundaries([*lengths, 0, 0, 0], max_length=512)
+    assert fixed["max_length_q"] == 512 and fixed["cu_seq_lens_q"].tolist() == [0, 5, 14, 17, 17, 17, 17]
+    graphed, _ = varlen.varlen_attention_forward(torch.nn.Module(), q, k, v, None, **fixed)
+    torch.testing.assert_close(graphed, plain)
+    assert varlen.boundaries([600, 3], max_length=512)["max_length_q"] == 600  # never below the longest
+
+
 def test_rows_that_are_not_packed_are_refused() -> None:
     q, k, v = packed([3], 2, 2, torch.bfloat16)
     with pytest.raises(RuntimeError, match="packed rows"):

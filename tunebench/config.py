@@ -194,6 +194,14 @@ class TrainingConfig(Strict):
         "step. Off by default: compiling takes minutes up front on a slow host CPU, and the "
         "whole-decoder version of it measured losses 0.6-4% off eager's (BENCHMARKS.md).",
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="Experimental, with compile and packing (GPU): replay each compiled decoder "
+        "layer as CUDA graphs (torch.compile mode reduce-overhead), so a step costs the host a few "
+        "graph launches instead of thousands of kernel launches; packed rows are padded to a "
+        "multiple of 256 tokens so their shapes repeat. For small steps bound by host work (the "
+        "study's batch 32 on fast GPUs). Not measured on a GPU yet.",
+    )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
     )
@@ -232,6 +240,8 @@ class TrainingConfig(Strict):
     def _some_length(self) -> TrainingConfig:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set training.max_steps or training.epochs (how long to train)")
+        if self.cuda_graphs and not (self.compile and self.packing):
+            raise ValueError("training.cuda_graphs needs training.compile: true and training.packing: true")
         return self
 
 

@@ -36,8 +36,10 @@ queue_a() {
   # issue #9: the second SQL lever (16 vote candidates at T=0.9); the first reached 0.8396
   job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
   wait_marker b1
-  # issue #10: the layer-wise compiled engine on 1 and 2 GPUs (a quarter of the host work per
-  # step), then eager; both check that the whole-batch prediction split gives identical rows
+  # issue #10: layers replayed as CUDA graphs (host work per step nearly gone), the layer-wise
+  # compiled engine (a quarter of it), then eager, each on 1 and 2 GPUs; each also checks that
+  # the whole-batch prediction split gives identical rows
+  job multi-graphs 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --cuda-graphs
   job multi-compile 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --compile
   job multi-eager 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2
   done_marker a
@@ -49,7 +51,7 @@ queue_b() {
   job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
     --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-compile
   job train-liger 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
-    --batch 128 --variants packed-compile,packed-compile-liger
+    --batch 128 --variants packed-compile,packed-compile-liger,packed-graphs
   # issue #5: 8-/4-bit loading trains (when the bitsandbytes wheel was carried)
   python3 -c "import bitsandbytes" 2>/dev/null && job train-kbit 1 $py benchmarks/bench_train.py \
     --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-8bit,packed-4bit

@@ -169,10 +169,11 @@ class Trainer:
                 "liger fused linear cross-entropy: %s", "on" if fused else "not installed, using chunked loss"
             )
         if self.tc.compile:
-            compile_layers(causal_lm(self.model))
+            compile_layers(causal_lm(self.model), cuda_graphs=self.tc.cuda_graphs)
         self.state = new_state()
         self.restore_or_start()  # the adapter's weights, before FSDP would shard them
-        loss_model = LossModel(self.model, fused)
+        # CUDA graphs: a fixed var-len max length, so the graphs' scalar inputs repeat too
+        loss_model = LossModel(self.model, fused, self.tc.max_length if self.tc.cuda_graphs else None)
         if self.fsdp:
             fsdp.shard(loss_model, list(causal_lm(self.model).get_decoder().layers), self.dtype)
         params = [p for p in loss_model.parameters() if p.requires_grad]  # FSDP: the local shards
@@ -238,6 +239,11 @@ class Trainer:
         return int(most)
 
     # --- one step -------------------------------------------------------------------------
+    def graph_step(self) -> None:
+        """CUDA graphs: a new forward starts (earlier replays' outputs may be overwritten)."""
+        if self.tc.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
             return torch.autocast("cuda", dtype=self.dtype)
@@ -266,7 +272,9 @@ class Trainer:
         for j in range(passes):
             # FSDP: a process out of micro-batches repeats its first one with weight 0
             weight = 1.0 if j < len(micro) else 0.0
-            batch = self.to_device(collate(micro[j] if weight else micro[0], tc.packing, self.pad_id))
+            group = micro[j] if weight else micro[0]
+            batch = self.to_device(collate(group, tc.packing, self.pad_id, tc.cuda_graphs))
+            self.graph_step()
             last = j == passes - 1  # one gradient all-reduce per step, at the last pass
             if self.fsdp:
                 fsdp.set_gradient_sync(self.loss_model, last)
@@ -283,7 +291,7 @@ class Trainer:
                     scaled = scaled * float("nan")
                 scaled.backward()  # not acc.backward: it divides by a process-wide accumulation count
             loss_sum += total.detach() * (float("nan") if poison else 1.0)
-            tokens += real_tokens(batch) if weight else 0
+            tokens += real_tokens(group) if weight else 0
         reduced = self.acc.reduce(
             torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
         )
@@ -320,8 +328,10 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for j in range(self.passes_everywhere(len(groups))):
             group = groups[j] if j < len(groups) else filler
+            self.graph_step()
             with self.autocast():
-                loss = module(**self.to_device(collate(group, self.tc.packing, self.pad_id))).float()
+                batch = collate(group, self.tc.packing, self.pad_id, self.tc.cuda_graphs)
+                loss = module(**self.to_device(batch)).float()
             if j < len(groups):
                 total += loss
         module.train()
@@ -562,7 +572,7 @@ def load_prepared_or_empty(run: RunDir, split: str) -> list[Any]:
     return load_prepared(run, split)
 
 
-def compile_layers(model: torch.nn.Module) -> None:
+def compile_layers(model: torch.nn.Module, cuda_graphs: bool = False) -> None:
     """torch.compile each decoder layer in place (``nn.Module.compile``: parameter names, and
     thus saved adapters, are unchanged).
 
@@ -570,9 +580,12 @@ def compile_layers(model: torch.nn.Module) -> None:
     parameters as graph inputs, one compiled graph, so compile time does not grow with depth
     (CPU, 6 layers: 15 s per layer-wise vs 45 s whole; the whole 28-layer decoder took ~430 s on
     the H100 host). ``dynamic``: packed micro-batches change their token count every step.
+    ``cuda_graphs``: mode ``reduce-overhead``, each layer's forward and backward replayed as
+    CUDA graphs, one recording per distinct row length (rows come in multiples of 256 tokens).
     """
+    mode = "reduce-overhead" if cuda_graphs else None
     for layer in model.get_decoder().layers:
-        layer.compile(dynamic=True)
+        layer.compile(dynamic=True, mode=mode)
 
 
 def train(config: ExperimentConfig, run: RunDir, resume: bool = True) -> dict[str, Any]:
