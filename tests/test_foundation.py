@@ -158,6 +158,14 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n")
     with pytest.raises(TunebenchError, match=r"cuda_graphs needs training.compile: true"):
         load_experiment(bad)
+    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n  compile: true\n  packing: false\n")
+    with pytest.raises(
+        TunebenchError, match=r"cuda_graphs needs training.compile: true and training.packing"
+    ):
+        load_experiment(bad)
+    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n  compile: true\n  fsdp: true\n")
+    with pytest.raises(TunebenchError, match=r"cuda_graphs does not work with training.fsdp"):
+        load_experiment(bad)
 
 
 def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:

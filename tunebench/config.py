@@ -200,7 +200,7 @@ class TrainingConfig(Strict):
         "layer as CUDA graphs (torch.compile mode reduce-overhead), so a step costs the host a few "
         "graph launches instead of thousands of kernel launches; packed rows are padded to a "
         "multiple of 256 tokens so their shapes repeat. For small steps bound by host work (the "
-        "study's batch 32 on fast GPUs). Not measured on a GPU yet.",
+        "study's batch 32 on fast GPUs). One process or DDP, not FSDP. Not measured on a GPU yet.",
     )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
@@ -242,6 +242,10 @@ class TrainingConfig(Strict):
             raise ValueError("set training.max_steps or training.epochs (how long to train)")
         if self.cuda_graphs and not (self.compile and self.packing):
             raise ValueError("training.cuda_graphs needs training.compile: true and training.packing: true")
+        if self.cuda_graphs and self.fsdp:
+            # FSDP gathers each layer's weights into new memory at every pass: graphs would
+            # record again every time
+            raise ValueError("training.cuda_graphs does not work with training.fsdp; use DDP")
         return self
 
 

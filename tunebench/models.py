@@ -546,15 +546,22 @@ def _quantization_config(kind: str, device: torch.device, compute_dtype: torch.d
     )
 
 
-def attention_implementation(requested: str, device: torch.device, for_training: bool) -> str:
+def attention_implementation(
+    requested: str, device: torch.device, for_training: bool, dtype: torch.dtype | None = None
+) -> str:
     """The transformers attention name. ``auto`` on CUDA: the var-len flash kernel for training
-    (packed rows, :mod:`tunebench.training.varlen`) and grouped-query sdpa for generation (no
-    per-head copy of the KV cache, :mod:`tunebench.inference.attention`); sdpa on CPU."""
+    in bf16/fp16 (packed rows, :mod:`tunebench.training.varlen`; sdpa for float32) and
+    grouped-query sdpa for generation (no per-head copy of the KV cache,
+    :mod:`tunebench.inference.attention`); sdpa on CPU. ``dtype``: the compute dtype."""
+    import torch
+
     from tunebench.inference import attention
     from tunebench.training import varlen
 
+    half = dtype is None or dtype in (torch.bfloat16, torch.float16)
     if requested == "auto" and device.type == "cuda":
-        requested = "sdpa_grouped" if not for_training else "varlen" if varlen.available() else "sdpa"
+        trainable = "varlen" if varlen.available() and half else "sdpa"
+        requested = trainable if for_training else "sdpa_grouped"
     elif requested == "auto":
         requested = "sdpa"
     if requested == "sdpa_grouped":
@@ -562,6 +569,10 @@ def attention_implementation(requested: str, device: torch.device, for_training:
     if requested == "varlen":
         if not varlen.available():
             raise TunebenchError("model.attn_implementation: varlen needs a CUDA GPU and torch >= 2.9")
+        if not half:
+            raise TunebenchError(
+                f"model.attn_implementation: varlen runs in bfloat16/float16, model.dtype is {dtype}"
+            )
         return varlen.register()
     return requested
 
@@ -587,7 +598,7 @@ def load_model(
     tokenizer = load_tokenizer(folder)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": attention_implementation(cfg.attn_implementation, dev, for_training),
+        "attn_implementation": attention_implementation(cfg.attn_implementation, dev, for_training, dtype),
         "trust_remote_code": cfg.trust_remote_code,
     }
     if quant is not None:

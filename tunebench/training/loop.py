@@ -45,6 +45,7 @@ from tunebench.training import checkpoint as ckpt
 from tunebench.training import fsdp
 from tunebench.training.choose import lowest_validation_losses
 from tunebench.training.data import (
+    GRAPH_ROW_MULTIPLE,
     TokenizedExample,
     collate,
     plan_micro_batches,
@@ -172,12 +173,19 @@ class Trainer:
             compile_layers(causal_lm(self.model), cuda_graphs=self.tc.cuda_graphs)
         self.state = new_state()
         self.restore_or_start()  # the adapter's weights, before FSDP would shard them
-        # CUDA graphs: a fixed var-len max length, so the graphs' scalar inputs repeat too
-        loss_model = LossModel(self.model, fused, self.tc.max_length if self.tc.cuda_graphs else None)
+        # CUDA graphs: a fixed var-len max length (at least the longest filler), so the graphs'
+        # scalar inputs repeat too
+        fixed = max(self.tc.max_length, GRAPH_ROW_MULTIPLE) if self.tc.cuda_graphs else None
+        loss_model = LossModel(self.model, fused, fixed)
         if self.fsdp:
             fsdp.shard(loss_model, list(causal_lm(self.model).get_decoder().layers), self.dtype)
         params = [p for p in loss_model.parameters() if p.requires_grad]  # FSDP: the local shards
         self.params = params
+        if self.tc.cuda_graphs:
+            # gradients accumulate into memory of their own: the first backward of a step would
+            # otherwise adopt a graph's output buffer as .grad, which the next replay overwrites
+            for p in params:
+                p.grad = torch.zeros_like(p)
         optimizer = torch.optim.AdamW(params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay)
         self.scheduler = get_scheduler(
             self.tc.lr_scheduler,
@@ -302,7 +310,7 @@ class Trainer:
         if finite:
             self.optimizer.step()
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)  # graphs: keep the buffers
         return {"loss": loss, "grad_norm": grad_norm, "tokens": int(reduced[1]), "finite": finite, "lr": lr}
 
     def clip_gradients(self) -> float:
@@ -581,7 +589,8 @@ def compile_layers(model: torch.nn.Module, cuda_graphs: bool = False) -> None:
     (CPU, 6 layers: 15 s per layer-wise vs 45 s whole; the whole 28-layer decoder took ~430 s on
     the H100 host). ``dynamic``: packed micro-batches change their token count every step.
     ``cuda_graphs``: mode ``reduce-overhead``, each layer's forward and backward replayed as
-    CUDA graphs, one recording per distinct row length (rows come in multiples of 256 tokens).
+    CUDA graphs, recorded once per distinct (row length, boundary count): rows come in multiples
+    of 256 tokens and boundary lists in multiples of 16, so a handful of shapes recur.
     """
     mode = "reduce-overhead" if cuda_graphs else None
     for layer in model.get_decoder().layers:
