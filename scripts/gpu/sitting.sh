@@ -46,16 +46,17 @@ queue_a() {
 }
 queue_b() {
   queue=b1
-  # issue #5: is the compiled loss gap inductor's fp32 intermediates (emulating eager's bf16
-  # roundings should close it)? and compile + liger's fused loss for the last MFU points
-  job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
-    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-compile
-  job train-liger 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
-    --batch 128 --variants packed-compile,packed-compile-liger,packed-graphs
-  # issue #5: 8-/4-bit loading trains (when the bitsandbytes wheel was carried)
+  # issue #5: the last MFU points (compile + liger's fused loss; layers as CUDA graphs, which
+  # also says whether the graphs capture at all), 8-/4-bit training when bitsandbytes came,
+  # and whether the compiled loss gap is inductor's fp32 intermediates (eager's roundings
+  # emulated; eager's step-1 loss is deterministic, 0.9177 in the fifth sitting)
+  job train-fast 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
+    --batch 128 --variants packed,packed-compile-liger,packed-graphs
   python3 -c "import bitsandbytes" 2>/dev/null && job train-kbit 1 $py benchmarks/bench_train.py \
-    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-8bit,packed-4bit
-  # issue #9's size comparison, when its pieces were staged and assembled in time
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed-8bit,packed-4bit
+  job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed-compile
+  # issue #9's size comparison, only when its pieces were staged (it delays the 2-GPU runs)
   [ -f keep/qwen05.converted ] && job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
   done_marker b1
   queue=b
