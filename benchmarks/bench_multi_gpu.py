@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,19 @@ def steady_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float | None
     return (last["tokens"] - start["tokens"]) / (last["train_time"] - start["train_time"])
 
 
+def median_step_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float | None:
+    """Median over the steps after ``settle`` of each step's tokens / time: a step that compiled
+    or recorded CUDA graphs for a new shape is an outlier here (a long run meets each of its few
+    shapes once), where it would weigh on the mean."""
+    train = [r for r in rows if r["split"] == "train" and "train_time" in r]
+    rates = [
+        (b["tokens"] - a["tokens"]) / (b["train_time"] - a["train_time"])
+        for a, b in zip(train[settle:], train[settle + 1 :], strict=False)
+        if b["train_time"] > a["train_time"]
+    ]
+    return statistics.median(rates) if rates else None
+
+
 def train_result(run: Path, wall: float, settle: int) -> dict[str, Any]:
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -140,6 +154,7 @@ def train_result(run: Path, wall: float, settle: int) -> dict[str, Any]:
         "sharding": summary.get("sharding"),
         "tokens_per_s": summary["tokens_per_s"],
         "steady_tokens_per_s": steady_tokens_per_s(rows, settle),
+        "median_step_tokens_per_s": median_step_tokens_per_s(rows, settle),
         "train_tokens": summary["train_tokens"],
         "wall_time_s": summary["wall_time_s"],
         "final_validation_loss": validation[-1] if validation else None,
@@ -192,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         many = train_result(runs / "many", wall_many, args.settle)
         report["train"] = {"one": one, "many": many}
         report["train"]["throughput_ratio"] = many["tokens_per_s"] / one["tokens_per_s"]
+        if one["median_step_tokens_per_s"] and many["median_step_tokens_per_s"]:
+            report["train"]["median_step_throughput_ratio"] = (
+                many["median_step_tokens_per_s"] / one["median_step_tokens_per_s"]
+            )
         if one["steady_tokens_per_s"] and many["steady_tokens_per_s"]:
             report["train"]["steady_throughput_ratio"] = (
                 many["steady_tokens_per_s"] / one["steady_tokens_per_s"]
@@ -239,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{f'  after step {args.settle}':28} {t['one']['steady_tokens_per_s']:14.0f} "
             f"{t['many']['steady_tokens_per_s']:14.0f} {t['steady_throughput_ratio']:8.2f}"
+        )
+    if "median_step_throughput_ratio" in t:
+        print(
+            f"{'  median step':28} {t['one']['median_step_tokens_per_s']:14.0f} "
+            f"{t['many']['median_step_tokens_per_s']:14.0f} {t['median_step_throughput_ratio']:8.2f}"
         )
     for key in ("final_validation_loss", "best_validation_loss"):
         a, b = t["one"][key], t["many"][key]

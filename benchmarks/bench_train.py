@@ -73,6 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="steps excluded from the timing")
     p.add_argument("--batch", type=int, default=128, help="examples per optimizer step (study: 128)")
     p.add_argument("--variants", default=DEFAULT_VARIANTS)
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="after the steps, run the timed steps' data again this many times (engine variants): "
+        "shapes seen before, so no compilation or CUDA-graph recording; reported as steady_*",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument(
         "--dtype",
@@ -175,13 +182,38 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
         norms.append(out["grad_norm"])  # non-finite: the step was skipped
         rates.append(out["lr"])
     result = summarize(args, times, tokens, losses, trainer.flops_per_token)
-    result.update(grad_norms=norms, learning_rates=rates)
+    result.update(grad_norms=norms, learning_rates=rates, step_times_s=times)
+    if args.repeat:
+        result.update(steady_state(args, trainer))
     result["peak_memory_gb"] = peak_gb()
     result["micro_batches_note"] = f"tokens_per_micro_batch={cfg.training.tokens_per_micro_batch}"
     if args.profile:
         result["profile"] = profile_steps(trainer, args.steps, 2)
     del trainer
     return result
+
+
+def steady_state(args: argparse.Namespace, trainer: Any) -> dict[str, Any]:
+    """Throughput over repeats of the timed steps' data: every shape has been compiled (and,
+    with CUDA graphs, recorded) by then, as in a long run where a handful of shapes recur."""
+    import torch
+
+    from tunebench.training.mfu import mfu
+
+    times, tokens = [], 0
+    for _ in range(args.repeat):
+        for step in range(args.warmup, args.steps):
+            t0 = time.perf_counter()
+            tokens += trainer.train_step(step)["tokens"]
+            sync()
+            times.append(time.perf_counter() - t0)
+    tps = tokens / sum(times)
+    gpu = torch.cuda.get_device_name(0) if trainer.device.type == "cuda" else None
+    return {
+        "steady_tokens_per_s": tps,
+        "steady_mfu": mfu(tps, trainer.flops_per_token, gpu),
+        "steady_step_times_s": times,
+    }
 
 
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC")
@@ -388,6 +420,9 @@ def print_table(results: dict[str, Any], reference: list[float] | None) -> None:
             f"{name:16} ok       {r['tokens_per_s']:10.0f} {r['step_time_s']:8.3f} {mfu:>7} {mem:>8} "
             f"{r['losses'][0]:8.4f} {r['losses'][-1]:8.4f} {diff:>9}"
         )
+        if "steady_tokens_per_s" in r:
+            steady = f"{100 * r['steady_mfu']:.1f}%" if r["steady_mfu"] is not None else "-"
+            print(f"{'  steady':16} {'':8} {r['steady_tokens_per_s']:10.0f} {'':8} {steady:>7}")
 
 
 def run_variant(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:

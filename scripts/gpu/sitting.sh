@@ -1,5 +1,5 @@
 # One GPU sitting as background queues that outlive the 10-minute call limit: what is still owed
-# after the fifth sitting (scripts/gpu/README.md). Source env.sh first, and assemble.sh for the
+# after the fifth sitting (scripts/gpu/README.md), for the sixth. Source env.sh first, and assemble.sh for the
 # models. Never edit this file while a sitting runs: bash reads a script as it goes, and each call
 # syncs the working tree to the machine.
 #   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
@@ -7,7 +7,8 @@
 #                                             cannot match the launching call itself)
 #   bash scripts/gpu/sitting.sh wait SECONDS  show progress until every queue ends or time is up,
 #                                             then pack logs and results into $OUT
-# Queues write logs and JSON to keep/out/ (kept between calls); a queue's end leaves
+# Queues write logs and JSON to keep/out/ (kept between calls; a job gets 9 minutes, so a hang
+# cannot eat the sitting); a queue's end leaves
 # keep/out/<queue>.done holding its exit codes.
 set -u
 out=keep/out
@@ -21,7 +22,7 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
   local name=$1 devices=$2
   shift 2
   echo "$(date +%T) start $name on GPU $devices" >>"$out/timeline.log"
-  CUDA_VISIBLE_DEVICES=$devices OUT="$out/$name" timeout 1500 "$@" >"$out/$name.log" 2>&1
+  CUDA_VISIBLE_DEVICES=$devices OUT="$out/$name" timeout 540 "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "$(date +%T) end $name rc=$rc" >>"$out/timeline.log"
   echo "$name=$rc" >>"$out/$queue.done.partial"
@@ -30,36 +31,51 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# Two GPUs. Queue a: GPU 0, then both GPUs; queue b: GPU 1.
+# Two GPUs, four phases (markers in keep/out). The study's SQL recipe is effective batch 128
+# (examples/study_recipe_sql.yaml), which is what the 2-GPU runs use.
+#   1. GPU 0: SQL lever vote16-t09 (#9)      GPU 1: packed, compile+liger, CUDA graphs (#5)
+#   2. both:  2-GPU training with CUDA graphs if they captured in phase 1, else compiled (#10)
+#   3. GPU 0: SQL lever r16-vote (#9)        GPU 1: 8-/4-bit, compile at batch 256, emulated
+#                                            roundings (#5)
+#   4. both:  the other 2-GPU engine (compiled, or eager when phase 2 was compiled) (#10)
+multi() {  # multi NAME FLAGS...: the 2-GPU benchmark at the study's batch
+  local name=$1
+  shift
+  job "$name" 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --batch 128 "$@"
+}
+graphs_captured() {
+  $py -c "import json,sys; r=json.load(open(sys.argv[1]))['results']['packed-graphs']; sys.exit(r.get('status') != 'ok')" \
+    "$out/train-fast/train.json" 2>/dev/null
+}
 queue_a() {
-  queue=a
-  # issue #9: the second SQL lever (16 vote candidates at T=0.9); the first reached 0.8396
+  queue=a1
   job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
+  done_marker a1
   wait_marker b1
-  # issue #10: layers replayed as CUDA graphs (host work per step nearly gone), the layer-wise
-  # compiled engine (a quarter of it), then eager, each on 1 and 2 GPUs; each also checks that
-  # the whole-batch prediction split gives identical rows
-  job multi-graphs 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --cuda-graphs
-  job multi-compile 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --compile
-  job multi-eager 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2
+  queue=m1
+  if graphs_captured; then multi multi-graphs --cuda-graphs; else multi multi-compile --compile; fi
+  done_marker m1
+  queue=a
+  job levers-sql-r16 0 $py -m tunebench run $levers --cells lora-all-linear-r16-vote-sql
   done_marker a
 }
 queue_b() {
   queue=b1
-  # issue #5: the last MFU points (compile + liger's fused loss; layers as CUDA graphs, which
-  # also says whether the graphs capture at all), 8-/4-bit training when bitsandbytes came,
-  # and whether the compiled loss gap is inductor's fp32 intermediates (eager's roundings
-  # emulated; eager's step-1 loss is deterministic, 0.9177 in the fifth sitting)
   job train-fast 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
-    --batch 128 --variants packed,packed-compile-liger,packed-graphs
+    --batch 128 --repeat 2 --variants packed,packed-compile-liger,packed-graphs
+  done_marker b1
+  wait_marker m1
+  queue=b2
   python3 -c "import bitsandbytes" 2>/dev/null && job train-kbit 1 $py benchmarks/bench_train.py \
     --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed-8bit,packed-4bit
+  job train-b256 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
+    --batch 256 --repeat 1 --variants packed-compile
   job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
     --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed-compile
-  # issue #9's size comparison, only when its pieces were staged (it delays the 2-GPU runs)
-  [ -f keep/qwen05.converted ] && job levers-05b 1 $py -m tunebench run $levers --cells 'lora-0.5b-*'
-  done_marker b1
+  done_marker b2
+  wait_marker a
   queue=b
+  if [ -f "$out/multi-graphs.log" ]; then multi multi-compile --compile; else multi multi-eager; fi
   done_marker b
 }
 
