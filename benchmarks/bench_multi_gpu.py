@@ -109,6 +109,8 @@ def write_config(args: argparse.Namespace, runs: Path, name: str) -> Path:
 def tunebench(*command: str, log: Path) -> float:
     """Run ``python -m tunebench ...``; its wall time (s). Output goes to ``log``."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # --cuda-graphs measures the experimental path on purpose (the product refuses it otherwise)
+    env["TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS"] = "1"
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as sink:
         proc = subprocess.run(

@@ -159,13 +159,15 @@ def peak_gb() -> float | None:
 # --- tunebench engine ---------------------------------------------------------------------------
 def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
     from tunebench.pipeline import open_run
-    from tunebench.training.loop import Trainer
+    from tunebench.training.loop import CUDA_GRAPHS_OPT_IN, Trainer
     from tunebench.training.lora import liger_loss_fn
 
     overrides = ENGINE[name]
     if overrides.get("training.liger") and liger_loss_fn() is None:
         return {"status": "skipped: liger-kernel not installed"}
     cfg = make_config(args, workdir, name, overrides)
+    if cfg.training.cuda_graphs:  # measuring the experimental path is this variant's point
+        os.environ[CUDA_GRAPHS_OPT_IN] = "1"
     trainer = Trainer(cfg, open_run(cfg), resume=False)
     trainer.setup()
     if overrides.get("training.liger") and trainer.device.type != "cuda":

@@ -24,7 +24,12 @@ from tunebench.io import read_json, read_jsonl
 from tunebench.pipeline import open_run
 from tunebench.training import train
 from tunebench.training.choose import choose_checkpoint, pick
-from tunebench.training.loop import FAULT_KILL_ENV, FAULT_NAN_ENV
+from tunebench.training.loop import (
+    CUDA_GRAPHS_OPT_IN,
+    FAULT_KILL_ENV,
+    FAULT_NAN_ENV,
+    check_cuda_graphs_allowed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,6 +119,18 @@ def test_identical_runs_give_identical_curves_and_files(tmp_path, tiny_model_dir
     # a padded (non-packed) run sees the same loss: packing changes the speed, not the maths
     _c, root_c = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "c", packing=False, max_steps=1))
     assert losses(root_c)[0] == pytest.approx(losses(root_a)[0], rel=1e-5)
+
+
+def test_cuda_graphs_are_refused_on_a_gpu_unless_opted_in() -> None:
+    """Their only GPU run crashed: a GPU run asks for an explicit opt-in, with the way out in
+    the message; the CPU (row filling only) and runs without graphs are untouched."""
+    with pytest.raises(TunebenchError, match=rf"segmentation fault.*{CUDA_GRAPHS_OPT_IN}=1"):
+        check_cuda_graphs_allowed(True, "cuda", {})
+    with pytest.raises(TunebenchError, match="cuda_graphs: false"):
+        check_cuda_graphs_allowed(True, "cuda", {CUDA_GRAPHS_OPT_IN: "0"})
+    check_cuda_graphs_allowed(True, "cuda", {CUDA_GRAPHS_OPT_IN: "1"})
+    check_cuda_graphs_allowed(True, "cpu", {})
+    check_cuda_graphs_allowed(False, "cuda", {})
 
 
 @pytest.mark.parametrize("graphs", [False, True], ids=["compile", "compile+cuda_graphs"])

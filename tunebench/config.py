@@ -200,7 +200,9 @@ class TrainingConfig(Strict):
         "layer as CUDA graphs (torch.compile mode reduce-overhead), so a step costs the host a few "
         "graph launches instead of thousands of kernel launches; packed rows are padded to a "
         "multiple of 256 tokens so their shapes repeat. For small steps bound by host work (the "
-        "study's batch 32 on fast GPUs). One process or DDP, not FSDP. Not measured on a GPU yet.",
+        "study's batch 32 on fast GPUs). One process or DDP, not FSDP. Its first GPU run (H100, "
+        "torch 2.11) died of a segmentation fault, so on a GPU it also needs "
+        "TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS=1.",
     )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
