@@ -36,3 +36,22 @@ def test_committed_predictions_rescore_to_committed_metrics(
         fresh.pop(key, None)
         committed.pop(key, None)
     assert fresh == committed
+
+
+def test_the_unfinished_cells_partial_test_predictions_rescore(tmp_path: Path, data_dir: Path) -> None:
+    """results/<study>/incomplete/: a cell whose machine was lost mid-prediction keeps its
+    finished rows and their scores; those re-score exactly too."""
+    partial = sorted(RESULTS.glob("*/incomplete/*/predictions/test.partial.jsonl"))
+    assert partial, "the lever study's unfinished SQL cell is committed"
+    for path in partial:
+        cell = path.parent.parent
+        run = RunDir(cell)
+        config = run.load_config()
+        task = config.task.model_copy(update={"data_dir": str(data_dir)})
+        options = {**get_task(task).scorer_options(), "suite_cache_dir": ""}
+        fresh = evaluate(task.name, path, tmp_path / cell.name, options)
+        committed = read_json(cell / "eval" / "test_partial_metrics.json")
+        for key in ("predictions", "task", "seconds", "options"):
+            fresh.pop(key, None)
+            committed.pop(key, None)
+        assert fresh == committed
