@@ -460,6 +460,9 @@ def run_isolated(argv: list[str] | None, name: str, workdir: Path) -> dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a variant that crashes natively leaves its Python stack in the log
     args = parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""

@@ -241,6 +241,23 @@ def test_cli_help_lists_every_stage(tmp_path: Path) -> None:
         assert sub.returncode == 0 and "Usage" in sub.stdout, command
 
 
+def test_cli_turns_on_the_native_crash_handler(tmp_path: Path) -> None:
+    """A segmentation fault inside a command (CUDA graphs did this on an H100) leaves the Python
+    stack in the log: the entry point enables faulthandler in every process it runs in."""
+    probe = (
+        "import faulthandler, sys\n"
+        "from tunebench.cli import main\n"
+        "sys.argv = ['tunebench', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('enabled' if faulthandler.is_enabled() else 'disabled')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONFAULTHANDLER"}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "enabled"
+
+
 def test_cli_prepare_counts(tmp_path: Path) -> None:
     write(tmp_path / "sql.yaml", "name: s\ntask:\n  name: sql\n  validation: study\n")
     result = cli("prepare", "sql.yaml", cwd=tmp_path)

@@ -369,7 +369,13 @@ def openai_cancel(run_dir: RunDirArg) -> None:
 
 def main() -> None:
     """Entry point: one-line errors, no tracebacks (unless TUNEBENCH_DEBUG=1)."""
+    import faulthandler
+
     from pydantic import ValidationError
+
+    # a native crash (a segmentation fault in a CUDA, compiler or kernel library) prints every
+    # thread's Python stack to stderr instead of ending the process without a word
+    faulthandler.enable()
 
     try:
         app()
