@@ -1,5 +1,5 @@
 # One GPU sitting as background queues that outlive the 10-minute call limit: what is still owed
-# after the fifth sitting (scripts/gpu/README.md), for the sixth. Source env.sh first, and assemble.sh for the
+# after the sixth sitting (scripts/gpu/README.md), for the seventh. Source env.sh first, and assemble.sh for the
 # models. Never edit this file while a sitting runs: bash reads a script as it goes, and each call
 # syncs the working tree to the machine.
 #   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
@@ -31,51 +31,26 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# Two GPUs, four phases (markers in keep/out). The study's SQL recipe is effective batch 128
-# (examples/study_recipe_sql.yaml), which is what the 2-GPU runs use.
-#   1. GPU 0: SQL lever vote16-t09 (#9)      GPU 1: packed, compile+liger, CUDA graphs (#5)
-#   2. both:  2-GPU training with CUDA graphs if they captured in phase 1, else compiled (#10)
-#   3. GPU 0: SQL lever r16-vote (#9)        GPU 1: 8-/4-bit, compile at batch 256, emulated
-#                                            roundings (#5)
-#   4. both:  the other 2-GPU engine (compiled, or eager when phase 2 was compiled) (#10)
-multi() {  # multi NAME FLAGS...: the 2-GPU benchmark at the study's batch
-  local name=$1
-  shift
-  job "$name" 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 --batch 128 "$@"
-}
-graphs_captured() {
-  $py -c "import json,sys; r=json.load(open(sys.argv[1]))['results']['packed-graphs']; sys.exit(r.get('status') != 'ok')" \
-    "$out/train-fast/train.json" 2>/dev/null
-}
+# Two GPUs, two independent queues (what the sixth sitting left owed):
+#   a. GPU 0: issue #9's SQL levers: the 16-candidate vote again (its test predictions were cut at
+#      384/568 with the machine), then r=16 all-linear with the first vote
+#   b. GPU 1: issue #5's 8-/4-bit training (never run since the var-len cast fix); CUDA graphs
+#      once more, now with faulthandler on, to get the stack of their segmentation fault; and
+#      compile + liger with eager's roundings emulated (does the loss follow eager, at what speed?)
 queue_a() {
-  queue=a1
-  job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
-  done_marker a1
-  wait_marker b1
-  queue=m1
-  if graphs_captured; then multi multi-graphs --cuda-graphs; else multi multi-compile --compile; fi
-  done_marker m1
   queue=a
+  job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
   job levers-sql-r16 0 $py -m tunebench run $levers --cells lora-all-linear-r16-vote-sql
   done_marker a
 }
 queue_b() {
-  queue=b1
-  job train-fast 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
-    --batch 128 --repeat 2 --variants packed,packed-compile-liger,packed-graphs
-  done_marker b1
-  wait_marker m1
-  queue=b2
-  python3 -c "import bitsandbytes" 2>/dev/null && job train-kbit 1 $py benchmarks/bench_train.py \
-    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed-8bit,packed-4bit
-  job train-b256 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
-    --batch 256 --repeat 1 --variants packed-compile
-  job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
-    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed-compile
-  done_marker b2
-  wait_marker a
   queue=b
-  if [ -f "$out/multi-graphs.log" ]; then multi multi-compile --compile; else multi multi-eager; fi
+  python3 -c "import bitsandbytes" 2>/dev/null && job train-kbit 1 $py benchmarks/bench_train.py \
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --variants packed,packed-8bit,packed-4bit
+  job train-graphs 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
+    --batch 128 --repeat 2 --variants packed-graphs
+  job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
+    --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --repeat 2 --variants packed-compile-liger
   done_marker b
 }
 
