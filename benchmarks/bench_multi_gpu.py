@@ -137,10 +137,11 @@ def median_step_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float |
     """Median over the steps after ``settle`` of each step's tokens / time: a step that compiled
     or recorded CUDA graphs for a new shape is an outlier here (a long run meets each of its few
     shapes once), where it would weigh on the mean."""
-    train = [r for r in rows if r["split"] == "train" and "train_time" in r]
+    train = [r for r in rows if r["split"] == "train" and "train_time" in r]  # row i: after step i+1
+    base = [{"tokens": 0, "train_time": 0.0}, *train]  # base[i]: before step i+1
     rates = [
         (b["tokens"] - a["tokens"]) / (b["train_time"] - a["train_time"])
-        for a, b in zip(train[settle:], train[settle + 1 :], strict=False)
+        for a, b in zip(base[settle:], base[settle + 1 :], strict=False)  # steps settle+1, ...
         if b["train_time"] > a["train_time"]
     ]
     return statistics.median(rates) if rates else None

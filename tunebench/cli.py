@@ -6,6 +6,7 @@ traceback; ``TUNEBENCH_DEBUG=1`` shows the traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -375,7 +376,8 @@ def main() -> None:
 
     # a native crash (a segmentation fault in a CUDA, compiler or kernel library) prints every
     # thread's Python stack to stderr instead of ending the process without a word
-    faulthandler.enable()
+    with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
+        faulthandler.enable()  # fails only where stderr is no real file (some embedders)
 
     try:
         app()

@@ -32,15 +32,16 @@ done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
 # Two GPUs, two independent queues (what the sixth sitting left owed):
-#   a. GPU 0: issue #9's SQL levers: the 16-candidate vote again (its test predictions were cut at
-#      384/568 with the machine), then r=16 all-linear with the first vote
+#   a. GPU 0: issue #9's SQL levers: r=16 all-linear with the first vote, then the 16-candidate
+#      vote again (cut at 384/568 test rows with the machine; repeating those rows it can reach at
+#      most 450/536, so it only settles which cell the validation rule picks)
 #   b. GPU 1: issue #5's 8-/4-bit training (never run since the var-len cast fix); CUDA graphs
 #      once more, now with faulthandler on, to get the stack of their segmentation fault; and
 #      compile + liger with eager's roundings emulated (does the loss follow eager, at what speed?)
 queue_a() {
   queue=a
-  job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
   job levers-sql-r16 0 $py -m tunebench run $levers --cells lora-all-linear-r16-vote-sql
+  job levers-sql-vote16 0 $py -m tunebench run $levers --cells lora-all-linear-vote16-t09-sql
   done_marker a
 }
 queue_b() {
@@ -75,7 +76,8 @@ wait_for() {
     local open=0
     for q in "${queues[@]}"; do [ -f "$out/$q.done" ] || open=1; done
     [ $open = 0 ] && break
-    sleep 20
+    local left=$((deadline - SECONDS))
+    sleep $((left < 20 ? (left > 0 ? left : 1) : 20))  # never past the deadline: packing follows
   done
   cat "$out/timeline.log"
   nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader
