@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cuda-graphs", action="store_true", help="training.cuda_graphs: true (and compile) in both runs"
     )
+    p.add_argument("--overlap", action="store_true", help="training.overlap_steps: true in both runs")
     p.add_argument(
         "--settle",
         type=int,
@@ -97,6 +98,7 @@ def write_config(args: argparse.Namespace, runs: Path, name: str) -> Path:
             "fsdp": args.fsdp,
             "compile": args.compile or args.cuda_graphs,
             "cuda_graphs": args.cuda_graphs,
+            "overlap_steps": args.overlap,
         },
         "generation": {"max_new_tokens": args.max_new_tokens},
         "eval_splits": [args.split],

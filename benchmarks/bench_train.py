@@ -21,6 +21,10 @@ Variants (``--variants``, comma-separated):
                      adds nothing, so dropout cannot be all of it)
   packed-compile-liger  packed-compile + liger-kernel's fused linear cross-entropy
   packed-graphs      packed-compile + training.cuda_graphs (layers replayed as CUDA graphs)
+  packed-compile-liger-overlap
+                     packed-compile-liger + training.overlap_steps (no wait for the GPU inside a
+                     step; here each step is still timed to its end, so this shows the cost of
+                     the device-side skip, not the overlap: bench_multi_gpu.py --overlap does)
   packed-8bit, packed-4bit
                      the base model loaded 8-bit / 4-bit (NF4) through bitsandbytes, as the study
                      loaded Code Llama 34B (needs the bitsandbytes wheel)
@@ -56,6 +60,11 @@ ENGINE = {
     "packed-compile-nodrop": {"training.compile": True, "lora.dropout": 0.0},
     "packed-compile-liger": {"training.compile": True, "training.liger": True},
     "packed-graphs": {"training.compile": True, "training.cuda_graphs": True},
+    "packed-compile-liger-overlap": {
+        "training.compile": True,
+        "training.liger": True,
+        "training.overlap_steps": True,
+    },
     "packed-8bit": {"model.quantization": "8bit"},
     "packed-4bit": {"model.quantization": "4bit"},
 }
@@ -179,9 +188,9 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
         out = trainer.train_step(step)
         sync()
         times.append(time.perf_counter() - t0)
-        losses.append(out["loss"])
+        losses.append(float(out["loss"]))  # overlap_steps: tensors, read here
         tokens.append(out["tokens"])
-        norms.append(out["grad_norm"])  # non-finite: the step was skipped
+        norms.append(float(out["grad_norm"]))  # non-finite: the step was skipped
         rates.append(out["lr"])
     result = summarize(args, times, tokens, losses, trainer.flops_per_token)
     result.update(grad_norms=norms, learning_rates=rates, step_times_s=times)

@@ -236,6 +236,52 @@ def test_a_checkpoint_before_the_first_update_leaves_training_unchanged(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_overlapped_steps_train_like_waiting_ones(tmp_path, tiny_model_dir, data_dir, monkeypatch) -> None:
+    """training.overlap_steps reads each step's loss and norm late and skips a non-finite step on
+    the device (fused AdamW's found_inf): the same curve, validation and adapter as the loop
+    that waits, the same skipping and abort, and one documented difference, the learning-rate
+    schedule also advances over a skipped step."""
+    opts = {"max_steps": 5, "eval_every": 3}  # step 3 validates mid-run, steps 1-2 and 4 are read late
+    _w, waiting = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "waiting", **opts))
+    summary, overlapped = run_train(
+        write_config(tmp_path, tiny_model_dir, data_dir, "overlapped", overlap_steps=True, **opts)
+    )
+    rows_w = [r for r in read_jsonl(waiting / "metrics.jsonl") if r["split"] == "train"]
+    rows_o = [r for r in read_jsonl(overlapped / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["step"] for r in rows_o] == [1, 2, 3, 4, 5]
+    assert [r["tokens"] for r in rows_o] == [r["tokens"] for r in rows_w]
+    assert [r["lr"] for r in rows_o] == [r["lr"] for r in rows_w]
+    assert losses(overlapped) == pytest.approx(losses(waiting), rel=1e-5)
+    assert losses(overlapped, "validation") == pytest.approx(losses(waiting, "validation"), rel=1e-5)
+    assert [r["grad_norm"] for r in rows_o] == pytest.approx([r["grad_norm"] for r in rows_w], rel=1e-4)
+    wa, wb = adapter(waiting), adapter(overlapped)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    assert summary["skipped_steps"] == 0 and summary["train_tokens"] == rows_w[-1]["tokens"]
+
+    monkeypatch.setenv(FAULT_NAN_ENV, "2")
+    _n, nan_waiting = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan-w", max_steps=3))
+    summary, nan_overlapped = run_train(
+        write_config(tmp_path, tiny_model_dir, data_dir, "nan-o", max_steps=3, overlap_steps=True)
+    )
+    rows_w = [r for r in read_jsonl(nan_waiting / "metrics.jsonl") if r["split"] == "train"]
+    rows_o = [r for r in read_jsonl(nan_overlapped / "metrics.jsonl") if r["split"] == "train"]
+    assert rows_o[1]["skipped"] is True and rows_o[1]["loss"] is None and summary["skipped_steps"] == 1
+    assert "skipped" not in rows_o[0] and "skipped" not in rows_o[2]
+    # step 3 starts from step 1's weights in both loops (the skipped step changed nothing) ...
+    assert rows_o[2]["loss"] == pytest.approx(rows_w[2]["loss"], rel=1e-5)
+    assert all(torch.isfinite(w).all() for w in adapter(nan_overlapped).values())
+    # ... but only the waiting loop holds the schedule back over the skipped step
+    assert rows_w[2]["lr"] == rows_w[1]["lr"] and rows_o[2]["lr"] != rows_o[1]["lr"]
+
+    monkeypatch.setenv(FAULT_NAN_ENV, "1,2")
+    with pytest.raises(
+        TunebenchError, match=r"aborted at step 2: 2 non-finite steps \(> training.max_bad_steps 1\)"
+    ):
+        run_train(
+            write_config(tmp_path, tiny_model_dir, data_dir, "abort-o", max_bad_steps=1, overlap_steps=True)
+        )
+
+
 def test_bad_target_modules_fail_before_training(tmp_path, tiny_model_dir, data_dir) -> None:
     path = write_config(tmp_path, tiny_model_dir, data_dir, "badtarget", lora={"target_modules": ["qproj"]})
     with pytest.raises(TunebenchError, match=r"lora\.target_modules: qproj match no module"):
@@ -244,7 +290,12 @@ def test_bad_target_modules_fail_before_training(tmp_path, tiny_model_dir, data_
 
 
 # 2 processes on gloo: DDP (a full copy each) or FSDP2 (each process holds half of every weight)
-SHARDING = {"ddp": ["--gpus", "2"], "fsdp": ["--gpus", "2", "--set", "training.fsdp=true"]}
+SHARDING = {
+    "ddp": ["--gpus", "2"],
+    "fsdp": ["--gpus", "2", "--set", "training.fsdp=true"],
+    # DDP with overlapped steps: the loss all-reduce stays on the device, read a step late
+    "ddp-overlap": ["--gpus", "2", "--set", "training.overlap_steps=true"],
+}
 
 
 @pytest.mark.slow
@@ -256,7 +307,7 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
     assert proc.returncode == 0, proc.stderr[-3000:]
     root = tmp_path / "runs" / "two"
     two = read_json(root / "train_summary.json")
-    assert two["processes"] == 2 and two["sharding"] == sharding
+    assert two["processes"] == 2 and two["sharding"] == sharding.split("-")[0]
     assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
     assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
     assert losses(root, "validation") == pytest.approx(losses(root_one, "validation"), rel=1e-5)

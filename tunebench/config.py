@@ -207,6 +207,16 @@ class TrainingConfig(Strict):
         "torch 2.11) died of a segmentation fault, so on a GPU it also needs "
         "TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS=1.",
     )
+    overlap_steps: bool = Field(
+        False,
+        description="Experimental: never wait for the GPU inside a training step. The loss and "
+        "gradient norm stay on the device and are read once the next step is queued; a "
+        "non-finite step is skipped on the device (fused AdamW's found_inf), still without "
+        "touching AdamW's state, but the learning-rate schedule advances over it. Meant for "
+        "small steps whose GPU work is shorter than the host's (2 GPUs at batch 128 scaled "
+        "1.32x, BENCHMARKS.md); not measured on a GPU yet. Validation and checkpoint steps "
+        "still wait. One process or DDP, not FSDP.",
+    )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
     )
@@ -247,6 +257,8 @@ class TrainingConfig(Strict):
             raise ValueError("set training.max_steps or training.epochs (how long to train)")
         if self.cuda_graphs and not (self.compile and self.packing):
             raise ValueError("training.cuda_graphs needs training.compile: true and training.packing: true")
+        if self.overlap_steps and self.fsdp:
+            raise ValueError("training.overlap_steps does not work with training.fsdp; use DDP")
         if self.cuda_graphs and self.fsdp:
             # FSDP gathers each layer's weights into new memory at every pass: graphs would
             # record again every time

@@ -31,13 +31,16 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# Two GPUs, two independent queues (what the sixth sitting left owed):
+# Two GPUs (what the sixth sitting left owed):
 #   a. GPU 0: issue #9's SQL levers: r=16 all-linear with the first vote, then the 16-candidate
 #      vote again (cut at 384/568 test rows with the machine; repeating those rows it can reach at
 #      most 450/536, so it only settles which cell the validation rule picks)
 #   b. GPU 1: issue #5's 8-/4-bit training (never run since the var-len cast fix); CUDA graphs
-#      once more, now with faulthandler on, to get the stack of their segmentation fault; and
-#      compile + liger with eager's roundings emulated (does the loss follow eager, at what speed?)
+#      once more, now with faulthandler on, to get the stack of their segmentation fault;
+#      compile + liger with eager's roundings emulated (does the loss follow eager, at what
+#      speed?); and a profile at batch 64, one rank's share of a 2-GPU step at batch 128 (how
+#      busy is the GPU, with and without overlapped steps?)
+#   then both GPUs, issue #10: the compiled 2-GPU benchmark again with training.overlap_steps
 queue_a() {
   queue=a
   job levers-sql-r16 0 $py -m tunebench run $levers --cells lora-all-linear-r16-vote-sql
@@ -52,6 +55,11 @@ queue_b() {
     --batch 128 --repeat 2 --variants packed-graphs
   job train-emulate 1 env TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 $py benchmarks/bench_train.py \
     --model qwen2.5-coder-1.5b --steps 8 --warmup 3 --batch 128 --repeat 2 --variants packed-compile-liger
+  job train-profile64 1 $py benchmarks/bench_train.py --model qwen2.5-coder-1.5b --steps 8 --warmup 3 \
+    --batch 64 --profile --variants packed-compile-liger,packed-compile-liger-overlap
+  wait_marker a
+  job multi-overlap 0,1 $py benchmarks/bench_multi_gpu.py --model qwen2.5-coder-1.5b --gpus 2 \
+    --batch 128 --compile --overlap
   done_marker b
 }
 

@@ -187,7 +187,11 @@ class Trainer:
             # otherwise adopt a graph's output buffer as .grad, which the next replay overwrites
             for p in params:
                 p.grad = torch.zeros_like(p)
-        optimizer = torch.optim.AdamW(params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay)
+        # overlap_steps: fused AdamW, the implementation that can skip a step on the device
+        fused = True if self.tc.overlap_steps else None
+        optimizer = torch.optim.AdamW(
+            params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay, fused=fused
+        )
         self.scheduler = get_scheduler(
             self.tc.lr_scheduler,
             optimizer,
@@ -207,6 +211,8 @@ class Trainer:
             )
             self.state = restored["state"]
             ckpt.set_rng_state(restored["rng"])
+            for group in self.optimizer.param_groups:  # a checkpoint's groups carry its own flag
+                group["fused"] = fused
         context = sum(len(ex) for ex in self.train_set) / len(self.train_set)
         labeled = self.train_stats.labeled_tokens / max(1, self.train_stats.tokens)
         self.flops_per_token = model_flops_per_token(self.model, context, labeled)
@@ -301,6 +307,8 @@ class Trainer:
                 scaled.backward()  # not acc.backward: it divides by a process-wide accumulation count
             loss_sum += total.detach() * (float("nan") if poison else 1.0)
             tokens += real_tokens(group) if weight else 0
+        if tc.overlap_steps:
+            return self.update_without_waiting(loss_sum, labeled, real_tokens(examples))
         reduced = self.acc.reduce(
             torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
         )
@@ -313,6 +321,23 @@ class Trainer:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)  # graphs: keep the buffers
         return {"loss": loss, "grad_norm": grad_norm, "tokens": int(reduced[1]), "finite": finite, "lr": lr}
+
+    def update_without_waiting(
+        self, loss_sum: torch.Tensor, labeled: int, step_tokens: int
+    ) -> dict[str, Any]:
+        """overlap_steps: the same update with nothing read back from the device. The finite
+        check becomes fused AdamW's ``found_inf`` (the kernel then leaves weights, moments and
+        step count alone); loss and norm are returned as tensors for :meth:`settle`.
+        ``step_tokens``: every rank knows the whole step's examples, so no reduce is needed."""
+        loss = self.acc.reduce(loss_sum, "sum") / labeled
+        norm = self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm)
+        finite = torch.isfinite(loss) & torch.isfinite(norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
+        self.optimizer.step()
+        self.scheduler.step()  # advances over a skipped step too: deciding would mean waiting
+        self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)
+        return {"loss": loss, "grad_norm": norm, "tokens": step_tokens, "finite": finite, "lr": lr}
 
     def clip_gradients(self) -> float:
         """Clip to ``training.max_grad_norm``; returns the norm before clipping (inf/nan kept)."""
@@ -355,7 +380,8 @@ class Trainer:
         kill_steps = _fault_steps(FAULT_KILL_ENV)
         writer = self.tensorboard()
         progress, task = self.progress(s["step"])
-        n = len(self.train_set)
+        pending: tuple[dict[str, Any], dict[str, Any]] | None = None  # overlap_steps: read late
+        loss = float("nan")  # the latest step whose outcome has been read
         try:
             while s["step"] < self.total and not s["stopped_early"]:
                 t0 = time.perf_counter()
@@ -364,21 +390,21 @@ class Trainer:
                 s["step"] += 1
                 s["tokens"] += out["tokens"]
                 s["wall_time"] = elapsed_before + time.perf_counter() - session_start
-                if not out["finite"]:
-                    s["skipped_steps"] += 1
-                self.log_train(s, out, n, writer)
-                if not out["finite"] and s["skipped_steps"] > self.tc.max_bad_steps:
-                    raise TunebenchError(
-                        f"training aborted at step {s['step']}: {s['skipped_steps']} non-finite steps "
-                        f"(> training.max_bad_steps {self.tc.max_bad_steps}); lower training.learning_rate, "
-                        "keep training.packing on, or use model.attn_implementation: eager"
-                    )
+                if pending is not None:  # the previous step's numbers, now that this one is queued
+                    loss = self.settle(s, *pending, writer)
+                pending = (dict(s), out)
+                if not self.tc.overlap_steps or self.is_boundary(s["step"]):
+                    # validation and checkpoints see every step's outcome first
+                    loss = self.settle(s, *pending, writer)
+                    pending = None
                 if s["step"] in kill_steps:
                     os.kill(os.getpid(), signal.SIGKILL)
                 self.maybe_evaluate_and_save(s, writer)
                 if progress is not None:
                     tps = s["tokens"] / max(s["train_time"], 1e-9)
-                    progress.update(task, completed=s["step"], loss=out["loss"], tps=tps)
+                    progress.update(task, completed=s["step"], loss=loss, tps=tps)
+            if pending is not None:  # the loop ends at a boundary, so this is only a safeguard
+                self.settle(s, *pending, writer)
         except KeyboardInterrupt:
             last = ckpt.latest_checkpoint(self.run.checkpoints_dir)
             where = f"last checkpoint {last.name}" if last else "no checkpoint yet"
@@ -398,6 +424,29 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return self.finish()
+
+    def settle(self, s: dict[str, Any], at_step: dict[str, Any], out: dict[str, Any], writer: Any) -> float:
+        """Read one step's outcome (``at_step``: the state right after it) into the live state
+        ``s`` and the log; abort after too many non-finite steps. Returns the step's loss."""
+        t0 = time.perf_counter()
+        out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+        s["train_time"] += time.perf_counter() - t0  # waiting for a step's GPU work is step time
+        if not out["finite"]:
+            s["skipped_steps"] += 1
+        self.log_train(at_step, out, writer)
+        if not out["finite"] and s["skipped_steps"] > self.tc.max_bad_steps:
+            raise TunebenchError(
+                f"training aborted at step {at_step['step']}: {s['skipped_steps']} non-finite steps "
+                f"(> training.max_bad_steps {self.tc.max_bad_steps}); lower training.learning_rate, "
+                "keep training.packing on, or use model.attn_implementation: eager"
+            )
+        return float(out["loss"])
+
+    def is_boundary(self, step: int) -> bool:
+        """Steps after which the loop validates, saves or ends (see maybe_evaluate_and_save)."""
+        tc = self.tc
+        saves = tc.save_every is not None and step % tc.save_every == 0
+        return step >= self.total or step % tc.eval_every == 0 or saves
 
     def maybe_evaluate_and_save(self, s: dict[str, Any], writer: Any) -> None:
         tc = self.tc
@@ -512,7 +561,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
         }
 
-    def log_train(self, s: dict[str, Any], out: dict[str, Any], n: int, writer: Any) -> None:
+    def log_train(self, s: dict[str, Any], out: dict[str, Any], writer: Any) -> None:
         row = {"step": s["step"], "split": "train", "loss": out["loss"], **self.progress_fields(s)}
         row["lr"], row["grad_norm"] = out["lr"], out["grad_norm"]
         if not out["finite"]:
