@@ -260,10 +260,12 @@ def test_overlapped_steps_train_like_waiting_ones(tmp_path, tiny_model_dir, data
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
     assert summary["skipped_steps"] == 0 and summary["train_tokens"] == rows_w[-1]["tokens"]
 
+    # step 2 is non-finite and not a validation step, so the overlapped loop reads it late
     monkeypatch.setenv(FAULT_NAN_ENV, "2")
-    _n, nan_waiting = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan-w", max_steps=3))
+    nan = {"max_steps": 3, "eval_every": 10}
+    _n, nan_waiting = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan-w", **nan))
     summary, nan_overlapped = run_train(
-        write_config(tmp_path, tiny_model_dir, data_dir, "nan-o", max_steps=3, overlap_steps=True)
+        write_config(tmp_path, tiny_model_dir, data_dir, "nan-o", overlap_steps=True, **nan)
     )
     rows_w = [r for r in read_jsonl(nan_waiting / "metrics.jsonl") if r["split"] == "train"]
     rows_o = [r for r in read_jsonl(nan_overlapped / "metrics.jsonl") if r["split"] == "train"]
@@ -275,12 +277,34 @@ def test_overlapped_steps_train_like_waiting_ones(tmp_path, tiny_model_dir, data
     # ... but only the waiting loop holds the schedule back over the skipped step
     assert rows_w[2]["lr"] == rows_w[1]["lr"] and rows_o[2]["lr"] != rows_o[1]["lr"]
 
-    monkeypatch.setenv(FAULT_NAN_ENV, "1,2")
+    # with a constant rate and weight decay on, the skip leaves weights, moments, decay and
+    # AdamW's step count alone in both loops: the same adapter and 3 counted steps of 4
+    flat = {"max_steps": 4, "eval_every": 10, "lr_scheduler": "constant", "warmup_steps": 0}
+    flat["weight_decay"] = 0.1
+    for name, overlap in (("flat-w", False), ("flat-o", True)):
+        run_train(write_config(tmp_path, tiny_model_dir, data_dir, name, overlap_steps=overlap, **flat))
+    flat_w, flat_o = tmp_path / "runs" / "flat-w", tmp_path / "runs" / "flat-o"
+    wa, wb = adapter(flat_w), adapter(flat_o)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    for root in (flat_w, flat_o):
+        saved = torch.load(root / "checkpoints" / "step-4" / "optimizer.pt", weights_only=False)
+        assert {float(v["step"]) for v in saved["state"].values()} == {3.0}
+
+    # the abort counts late-read steps too, and names the step that crossed the limit
+    monkeypatch.setenv(FAULT_NAN_ENV, "1,3")
     with pytest.raises(
-        TunebenchError, match=r"aborted at step 2: 2 non-finite steps \(> training.max_bad_steps 1\)"
+        TunebenchError, match=r"aborted at step 3: 2 non-finite steps \(> training.max_bad_steps 1\)"
     ):
         run_train(
-            write_config(tmp_path, tiny_model_dir, data_dir, "abort-o", max_bad_steps=1, overlap_steps=True)
+            write_config(
+                tmp_path,
+                tiny_model_dir,
+                data_dir,
+                "abort-o",
+                max_bad_steps=1,
+                eval_every=4,
+                overlap_steps=True,
+            )
         )
 
 
@@ -326,9 +350,11 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
 @pytest.mark.parametrize("sharding", SHARDING)
 def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir, sharding) -> None:
     """Killed on 1 process after step 3 (checkpoint: step 2), resumed on 2 (DDP or FSDP, whose
-    optimizer states are sharded: checkpoints are keyed by parameter name): same result."""
-    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "ref"))
-    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved")
+    optimizer states are sharded: checkpoints are keyed by parameter name): same result. With
+    overlapped steps, every run has them (a rerun may not change them: they change the run)."""
+    opts = {"overlap_steps": sharding == "ddp-overlap"}
+    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "ref", **opts))
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved", **opts)
     killed = train_cli(path, **{FAULT_KILL_ENV: "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     proc = train_cli(path, *SHARDING[sharding], OMP_NUM_THREADS="1")

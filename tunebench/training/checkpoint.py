@@ -89,6 +89,10 @@ def load_optimizer_state(
     checkpoint from before name-keyed states (integer keys) loads as a plain state dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    # the optimizer as configured now decides fused or not (training.overlap_steps): torch
+    # places each step counter by the checkpoint's flag (fused: on the parameter's device)
+    fused = optimizer.param_groups[0].get("fused") if optimizer.param_groups else None
+    saved = {**saved, "param_groups": [{**g, "fused": fused} for g in saved.get("param_groups", [])]}
     params = [p for group in saved.get("param_groups", []) for p in group["params"]]
     if params and all(isinstance(p, int) for p in params):
         optimizer.load_state_dict(saved)

@@ -188,9 +188,11 @@ class Trainer:
             for p in params:
                 p.grad = torch.zeros_like(p)
         # overlap_steps: fused AdamW, the implementation that can skip a step on the device
-        fused = True if self.tc.overlap_steps else None
         optimizer = torch.optim.AdamW(
-            params, lr=self.tc.learning_rate, weight_decay=self.tc.weight_decay, fused=fused
+            params,
+            lr=self.tc.learning_rate,
+            weight_decay=self.tc.weight_decay,
+            fused=True if self.tc.overlap_steps else None,
         )
         self.scheduler = get_scheduler(
             self.tc.lr_scheduler,
@@ -211,8 +213,6 @@ class Trainer:
             )
             self.state = restored["state"]
             ckpt.set_rng_state(restored["rng"])
-            for group in self.optimizer.param_groups:  # a checkpoint's groups carry its own flag
-                group["fused"] = fused
         context = sum(len(ex) for ex in self.train_set) / len(self.train_set)
         labeled = self.train_stats.labeled_tokens / max(1, self.train_stats.tokens)
         self.flops_per_token = model_flops_per_token(self.model, context, labeled)
@@ -428,9 +428,10 @@ class Trainer:
     def settle(self, s: dict[str, Any], at_step: dict[str, Any], out: dict[str, Any], writer: Any) -> float:
         """Read one step's outcome (``at_step``: the state right after it) into the live state
         ``s`` and the log; abort after too many non-finite steps. Returns the step's loss."""
-        t0 = time.perf_counter()
-        out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
-        s["train_time"] += time.perf_counter() - t0  # waiting for a step's GPU work is step time
+        if any(isinstance(v, torch.Tensor) for v in out.values()):  # overlap_steps
+            t0 = time.perf_counter()
+            out = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+            s["train_time"] += time.perf_counter() - t0  # waiting for a step's GPU work is step time
         if not out["finite"]:
             s["skipped_steps"] += 1
         self.log_train(at_step, out, writer)
