@@ -171,9 +171,15 @@ def test_special_ids_without_generation_eos(tiny_model_dir: Path) -> None:
     assert pad_token_id(tok, GenerationConfig(eos_token_id=[1, 0], pad_token_id=3)) == 3
 
 
-def test_quantization_needs_cuda(tiny_model_dir: Path) -> None:
-    with pytest.raises(TunebenchError, match="CUDA"):
-        load_model(ModelConfig(name=str(tiny_model_dir), quantization="4bit"), device="cpu")
+@pytest.mark.parametrize("kind", ["8bit", "4bit"])
+def test_kbit_loading_quantizes_the_linear_layers(tiny_model_dir: Path, kind: str) -> None:
+    """bitsandbytes' CPU backend: the projections become k-bit layers, embeddings stay dense."""
+    bnb = pytest.importorskip("bitsandbytes")
+    model, _tok = load_model(ModelConfig(name=str(tiny_model_dir), quantization=kind), device="cpu")
+    layer = {"8bit": bnb.nn.Linear8bitLt, "4bit": bnb.nn.Linear4bit}[kind]
+    proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(proj, layer)
+    assert not isinstance(model.get_input_embeddings(), layer)
 
 
 # --------------------------------------------------------------------------- names and errors

@@ -113,7 +113,9 @@ class ModelConfig(Strict):
         "generation (sdpa without copying the KV cache once per query head of a group); sdpa on CPU.",
     )
     quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="bitsandbytes 8-/4-bit loading (GPU only), as the study did for Code Llama 34B."
+        "none",
+        description="bitsandbytes 8-/4-bit loading, as the study did for Code Llama 34B (8-bit). "
+        "For GPUs; bitsandbytes' CPU backend also runs it, slowly (the tests use it).",
     )
     cache_dir: str | None = Field(
         None, description="Where converted models are cached (default ~/.cache/tunebench/models)."
