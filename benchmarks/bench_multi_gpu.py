@@ -125,13 +125,19 @@ def tunebench(*command: str, log: Path) -> float:
     return elapsed
 
 
+def step_marks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cumulative tokens and time in steps before each step: mark i is before step i+1, the
+    last one after the last step (the train rows of metrics.jsonl, after a zero mark)."""
+    train = [r for r in rows if r["split"] == "train" and "train_time" in r]
+    return [{"tokens": 0, "train_time": 0.0}, *train]
+
+
 def steady_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float | None:
     """Tokens/s over the training steps after the first ``settle`` (time in steps only)."""
-    train = [r for r in rows if r["split"] == "train" and "train_time" in r]  # row i: after step i+1
-    if len(train) <= settle:
+    marks = step_marks(rows)
+    if len(marks) <= settle + 1:
         return None
-    start = {"tokens": 0, "train_time": 0.0} if settle == 0 else train[settle - 1]
-    last = train[-1]
+    start, last = marks[settle], marks[-1]
     return (last["tokens"] - start["tokens"]) / (last["train_time"] - start["train_time"])
 
 
@@ -139,11 +145,10 @@ def median_step_tokens_per_s(rows: list[dict[str, Any]], settle: int) -> float |
     """Median over the steps after ``settle`` of each step's tokens / time: a step that compiled
     or recorded CUDA graphs for a new shape is an outlier here (a long run meets each of its few
     shapes once), where it would weigh on the mean."""
-    train = [r for r in rows if r["split"] == "train" and "train_time" in r]  # row i: after step i+1
-    base = [{"tokens": 0, "train_time": 0.0}, *train]  # base[i]: before step i+1
+    marks = step_marks(rows)
     rates = [
         (b["tokens"] - a["tokens"]) / (b["train_time"] - a["train_time"])
-        for a, b in zip(base[settle:], base[settle + 1 :], strict=False)  # steps settle+1, ...
+        for a, b in zip(marks[settle:], marks[settle + 1 :], strict=False)  # steps settle+1, ...
         if b["train_time"] > a["train_time"]
     ]
     return statistics.median(rates) if rates else None

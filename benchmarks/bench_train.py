@@ -184,10 +184,8 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
     reset_memory()
     losses, times, tokens, norms, rates = [], [], [], [], []
     for step in range(args.steps):
-        t0 = time.perf_counter()
-        out = trainer.train_step(step)
-        sync()
-        times.append(time.perf_counter() - t0)
+        seconds, out = timed_step(trainer, step)
+        times.append(seconds)
         losses.append(float(out["loss"]))  # overlap_steps: tensors, read here
         tokens.append(out["tokens"])
         norms.append(float(out["grad_norm"]))  # non-finite: the step was skipped
@@ -204,6 +202,14 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
     return result
 
 
+def timed_step(trainer: Any, step: int) -> tuple[float, dict[str, Any]]:
+    """One optimizer step, timed until the GPU has finished it."""
+    t0 = time.perf_counter()
+    out = trainer.train_step(step)
+    sync()
+    return time.perf_counter() - t0, out
+
+
 def steady_state(args: argparse.Namespace, trainer: Any) -> dict[str, Any]:
     """Throughput over repeats of the timed steps' data: every shape has been compiled (and,
     with CUDA graphs, recorded) by then, as in a long run where a handful of shapes recur."""
@@ -214,10 +220,9 @@ def steady_state(args: argparse.Namespace, trainer: Any) -> dict[str, Any]:
     times, tokens = [], 0
     for _ in range(args.repeat):
         for step in range(args.warmup, args.steps):
-            t0 = time.perf_counter()
-            tokens += trainer.train_step(step)["tokens"]
-            sync()
-            times.append(time.perf_counter() - t0)
+            seconds, out = timed_step(trainer, step)
+            times.append(seconds)
+            tokens += out["tokens"]
     tps = tokens / sum(times)
     gpu = torch.cuda.get_device_name(0) if trainer.device.type == "cuda" else None
     return {

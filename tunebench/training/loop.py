@@ -393,7 +393,7 @@ class Trainer:
                 if pending is not None:  # the previous step's numbers, now that this one is queued
                     loss = self.settle(s, *pending, writer)
                 pending = (dict(s), out)
-                if not self.tc.overlap_steps or self.is_boundary(s["step"]):
+                if not self.tc.overlap_steps or any(self.evaluates_and_saves(s["step"])):
                     # validation and checkpoints see every step's outcome first
                     loss = self.settle(s, *pending, writer)
                     pending = None
@@ -403,8 +403,6 @@ class Trainer:
                 if progress is not None:
                     tps = s["tokens"] / max(s["train_time"], 1e-9)
                     progress.update(task, completed=s["step"], loss=loss, tps=tps)
-            if pending is not None:  # the loop ends at a boundary, so this is only a safeguard
-                self.settle(s, *pending, writer)
         except KeyboardInterrupt:
             last = ckpt.latest_checkpoint(self.run.checkpoints_dir)
             where = f"last checkpoint {last.name}" if last else "no checkpoint yet"
@@ -443,18 +441,18 @@ class Trainer:
             )
         return float(out["loss"])
 
-    def is_boundary(self, step: int) -> bool:
-        """Steps after which the loop validates, saves or ends (see maybe_evaluate_and_save)."""
+    def evaluates_and_saves(self, step: int) -> tuple[bool, bool]:
+        """Whether the loop validates, and whether it saves, after ``step`` (the last step does
+        both). Early stopping happens only at a validation, so the loop ends at one of these."""
         tc = self.tc
-        saves = tc.save_every is not None and step % tc.save_every == 0
-        return step >= self.total or step % tc.eval_every == 0 or saves
+        evaluate = step % tc.eval_every == 0 or step >= self.total
+        return evaluate, evaluate or (tc.save_every is not None and step % tc.save_every == 0)
 
     def maybe_evaluate_and_save(self, s: dict[str, Any], writer: Any) -> None:
         tc = self.tc
         step = s["step"]
         final = step >= self.total
-        evaluate = step % tc.eval_every == 0 or final
-        save = evaluate or (tc.save_every is not None and step % tc.save_every == 0)
+        evaluate, save = self.evaluates_and_saves(step)
         if evaluate:
             val = self.validation_loss()
             if val is not None:
