@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -206,3 +207,32 @@ def test_steps_cell_says_which_checkpoint_the_run_kept() -> None:
     }
     assert steps_cell(chosen) == "240 (adapter: step 180, by validation suite_accuracy)"
     assert steps_cell({"provider": "openai", "steps": 6, "best_step": 4}) == "6" and steps_cell({}) == "–"
+
+
+def paired_rows(report_dir: Path) -> list[list[str]]:
+    return table_rows((report_dir / "report.md").read_text(encoding="utf-8"), "## Paired significance")
+
+
+def test_runs_without_per_example_verdicts_are_rescored(runs: Path, tmp_path: Path) -> None:
+    """Committed studies keep no per_example.jsonl: the report re-scores the predictions, with
+    the recorded scorer settings, and gets the same paired tests as from the scorer's own files."""
+    names = ["oracle-sql", "perturbed-sql", "oracle-viggo", "perturbed-viggo"]
+    folder = copy_runs(runs, tmp_path / "r", names)
+    with_files = paired_rows(write_report(folder, tmp_path / "a"))
+    removed = list(folder.glob("*/eval/*/per_example.jsonl"))
+    assert len(removed) == 4
+    for path in removed:
+        path.unlink()
+    assert paired_rows(write_report(folder, tmp_path / "b")) == with_files
+    assert not any(folder.glob("*/eval/*/per_example.jsonl"))  # nothing written into the runs
+
+
+def test_a_rescore_that_disagrees_with_the_committed_metrics_is_refused(runs: Path, tmp_path: Path) -> None:
+    folder = copy_runs(runs, tmp_path / "r", ["oracle-viggo", "perturbed-viggo"])
+    metrics_path = folder / "perturbed-viggo/eval/test/metrics.json"
+    metrics = read_json(metrics_path)
+    metrics["exact_match"] = round(metrics["exact_match"] + 0.25, 6)
+    metrics_path.write_text(json.dumps(metrics), encoding="utf-8")
+    (metrics_path.parent / "per_example.jsonl").unlink()
+    with pytest.raises(TunebenchError, match=r"does not reproduce .*differs in exact_match"):
+        write_report(folder, tmp_path / "out")

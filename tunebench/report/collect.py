@@ -183,8 +183,52 @@ def load_run(run: RunDir, system: str, task: str, description: str | None) -> Ru
             )
         info.predictions[split] = read_jsonl(predictions, required=("id", "prediction", "gold"))
         info.metrics[split] = read_json(metrics_path)
-        info.per_example[split] = read_jsonl(run.eval_dir(split) / "per_example.jsonl", required=("id",))
+        info.per_example[split] = per_example(info, split)
     return info
+
+
+# What a re-score may change in metrics.json without changing a verdict: where and how fast.
+INCIDENTAL_METRIC_KEYS = ("predictions", "task", "seconds", "options")
+# Recorded scorer options that name folders of the machine that scored (not settings).
+MACHINE_PATHS = ("db_dir", "suite_cache_dir")
+
+
+def per_example(info: RunInfo, split: str) -> list[dict[str, Any]]:
+    """``eval/<split>/per_example.jsonl``, or, where it is missing, a fresh re-score.
+
+    Why: committed studies keep predictions and metrics but not the per-example verdicts (they
+    are large and follow from the predictions), so a report written from a clean checkout, or a
+    study rerun that adds one cell beside committed ones, re-scores those runs. The re-score is
+    written to a temporary folder, never over the committed files, and must reproduce the
+    committed metrics: a mismatch is refused, not reported.
+    """
+    path = info.run.eval_dir(split) / "per_example.jsonl"
+    if path.is_file():
+        return read_jsonl(path, required=("id",))
+    import tempfile
+
+    from tunebench.evaluation import evaluate
+    from tunebench.tasks import get_task
+
+    committed = info.metrics[split]
+    # the settings the committed scores were made with, with this machine's paths
+    recorded = {k: v for k, v in (committed.get("options") or {}).items() if k not in MACHINE_PATHS}
+    options = {**recorded, **get_task(info.config.task).scorer_options()}
+    with tempfile.TemporaryDirectory(prefix="tunebench-rescore-") as tmp:
+        fresh = evaluate(info.config.task.name, info.run.predictions(split), tmp, options)
+        rows = read_jsonl(Path(tmp) / "per_example.jsonl", required=("id",))
+    changed = sorted(
+        key
+        for key in set(fresh) | set(committed)
+        if key not in INCIDENTAL_METRIC_KEYS and fresh.get(key) != committed.get(key)
+    )
+    if changed:
+        raise TunebenchError(
+            f"system '{info.system}', task '{info.task}', split '{split}': {path} is missing and "
+            f"re-scoring the predictions does not reproduce {path.parent / 'metrics.json'} "
+            f"(differs in {', '.join(changed[:5])}); run `tunebench evaluate` on them again"
+        )
+    return rows
 
 
 def check_same_examples(runs: list[RunInfo], task: str) -> None:
