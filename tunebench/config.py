@@ -194,10 +194,15 @@ class TrainingConfig(Strict):
         False,
         description="torch.compile each decoder layer (GPU): fewer kernels and less Python per "
         "step (35.6% MFU with liger-kernel on an H100, 1.6x eager). Off by default: compiling "
-        "takes ~85 s up front, longer than a short run saves, and in bf16 its losses run 0.7-4% "
-        "below eager's because fused kernels round intermediates elsewhere "
-        "(TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1 brought the gap from 0.34% to 0.05% on the CPU; "
-        "BENCHMARKS.md).",
+        "takes ~85 s up front, longer than a short run saves.",
+    )
+    compile_eager_rounding: bool = Field(
+        True,
+        description="With compile: fused kernels round bf16 intermediates where eager does "
+        "(inductor's emulate_precision_casts), so the compiled loss curve follows eager's. "
+        "Without it the H100's compiled bf16 losses ran 0.7-4.2% below eager's; with it within "
+        "0.28%, at the same speed (36.2% MFU; BENCHMARKS.md). Off only to reproduce older "
+        "compiled runs. Process-wide: it also applies to anything else compiled in the process.",
     )
     cuda_graphs: bool = Field(
         False,
@@ -205,9 +210,9 @@ class TrainingConfig(Strict):
         "layer as CUDA graphs (torch.compile mode reduce-overhead), so a step costs the host a few "
         "graph launches instead of thousands of kernel launches; packed rows are padded to a "
         "multiple of 256 tokens so their shapes repeat. For small steps bound by host work (the "
-        "study's batch 32 on fast GPUs). One process or DDP, not FSDP. Its first GPU run (H100, "
-        "torch 2.11) died of a segmentation fault, so on a GPU it also needs "
-        "TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS=1.",
+        "study's batch 32 on fast GPUs). One process or DDP, not FSDP. Both its GPU runs (H100, "
+        "torch 2.11) died of a segmentation fault in a compiled layer's backward, so on a GPU it "
+        "also needs TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS=1.",
     )
     overlap_steps: bool = Field(
         False,
@@ -216,8 +221,8 @@ class TrainingConfig(Strict):
         "non-finite step is skipped on the device (fused AdamW's found_inf), still without "
         "touching AdamW's state, but the learning-rate schedule advances over it. Meant for "
         "small steps whose GPU work is shorter than the host's (2 GPUs at batch 128 scaled "
-        "1.32x, BENCHMARKS.md); not measured on a GPU yet. Validation and checkpoint steps "
-        "still wait. One process or DDP, not FSDP.",
+        "1.32x, BENCHMARKS.md); on one H100, compiled at batch 64, 2.7% faster; not yet measured "
+        "on 2 GPUs. Validation and checkpoint steps still wait. One process or DDP, not FSDP.",
     )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."

@@ -171,7 +171,11 @@ class Trainer:
                 "liger fused linear cross-entropy: %s", "on" if fused else "not installed, using chunked loss"
             )
         if self.tc.compile:
-            compile_layers(causal_lm(self.model), cuda_graphs=self.tc.cuda_graphs)
+            compile_layers(
+                causal_lm(self.model),
+                cuda_graphs=self.tc.cuda_graphs,
+                eager_rounding=self.tc.compile_eager_rounding,
+            )
         self.state = new_state()
         self.restore_or_start()  # the adapter's weights, before FSDP would shard them
         # CUDA graphs: a fixed var-len max length (at least the longest filler), so the graphs'
@@ -634,19 +638,21 @@ CUDA_GRAPHS_OPT_IN = "TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS"
 
 
 def check_cuda_graphs_allowed(requested: bool, device_type: str, env: Any) -> None:
-    """Refuse ``training.cuda_graphs`` on a GPU unless opted in: on its first GPU run (one H100,
-    torch 2.11, 2026-11-28) the process died of a segmentation fault while compiling and
-    recording, and the cause is not known yet. On the CPU it only fills rows (what tests check)."""
+    """Refuse ``training.cuda_graphs`` on a GPU unless opted in: on both its GPU runs (one H100,
+    torch 2.11, 2026-11-28 and 2026-12-06) the process died of a segmentation fault, the second
+    time (with faulthandler on) inside inductor's generated code for a compiled layer's backward,
+    run on autograd's device thread; the cause below that is not known. On the CPU it only fills
+    rows (what tests check)."""
     if requested and device_type == "cuda" and env.get(CUDA_GRAPHS_OPT_IN) != "1":
         raise TunebenchError(
-            "training.cuda_graphs crashed (segmentation fault) on its only GPU run so far (H100, "
+            "training.cuda_graphs crashed (segmentation fault) on both its GPU runs so far (H100, "
             "torch 2.11; BENCHMARKS.md), so it is off until that is understood: set "
             "training.cuda_graphs: false (training.compile alone is the fast path), or "
             f"{CUDA_GRAPHS_OPT_IN}=1 to try it anyway"
         )
 
 
-def compile_layers(model: torch.nn.Module, cuda_graphs: bool = False) -> None:
+def compile_layers(model: torch.nn.Module, cuda_graphs: bool = False, eager_rounding: bool = True) -> None:
     """torch.compile each decoder layer in place (``nn.Module.compile``: parameter names, and
     thus saved adapters, are unchanged).
 
@@ -657,7 +663,14 @@ def compile_layers(model: torch.nn.Module, cuda_graphs: bool = False) -> None:
     ``cuda_graphs``: mode ``reduce-overhead``, each layer's forward and backward replayed as
     CUDA graphs, recorded once per distinct (row length, boundary count): rows come in multiples
     of 256 tokens and boundary lists in multiples of 16, so a handful of shapes recur.
+    ``eager_rounding``: inductor rounds bf16 intermediates where eager does (its
+    ``emulate_precision_casts``); set here because compiling happens at the first call, and
+    inductor reads its config then. Without it the H100's compiled losses ran 0.7-4.2% below
+    eager's, with it within 0.28% at the same speed (BENCHMARKS.md, seventh sitting).
     """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.emulate_precision_casts = eager_rounding
     mode = "reduce-overhead" if cuda_graphs else None
     for layer in model.get_decoder().layers:
         layer.compile(dynamic=True, mode=mode)
