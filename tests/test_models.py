@@ -28,6 +28,7 @@ from tunebench.models import (
     stop_token_ids,
     training_eos_id,
 )
+from tunebench.training.mfu import count_params
 
 SMOL = "smollm2-135m"
 SQL = "SELECT name, COUNT(*) FROM singer WHERE age > 20 GROUP BY country ORDER BY name DESC"
@@ -180,6 +181,9 @@ def test_kbit_loading_quantizes_the_linear_layers(tiny_model_dir: Path, kind: st
     proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(proj, layer)
     assert not isinstance(model.get_input_embeddings(), layer)
+    # MFU counts the weights the matmuls use, not the bytes that store them (4-bit: 2 per byte)
+    dense, _tok = load_model(ModelConfig(name=str(tiny_model_dir)), device="cpu")
+    assert sum(count_params(model)) == sum(count_params(dense))
 
 
 # --------------------------------------------------------------------------- names and errors

@@ -79,14 +79,26 @@ def mfu(tokens_per_s: float, per_token: float, gpu_name: str | None, n_gpus: int
 
 
 def count_params(model: object) -> tuple[int, int]:
-    """(frozen, trainable) parameter counts of a (peft) model."""
+    """(frozen, trainable) parameter counts of a (peft) model, as the matmuls see them."""
     frozen = trainable = 0
     for p in model.parameters():  # type: ignore[attr-defined]
         if p.requires_grad:
             trainable += p.numel()
         else:
-            frozen += p.numel()
+            frozen += logical_numel(p)
     return frozen, trainable
+
+
+def logical_numel(param: object) -> int:
+    """Elements of the weight a layer computes with: a bitsandbytes 4-bit weight is stored as
+    packed bytes (two values per byte, so ``numel`` is half), its quant_state keeps the shape."""
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    if shape is not None:
+        count = 1
+        for dim in shape:
+            count *= int(dim)
+        return count
+    return param.numel()  # type: ignore[attr-defined]
 
 
 def model_flops_per_token(model: object, context: float, lm_head_fraction: float = 1.0) -> float:
