@@ -3,8 +3,10 @@ needs stays.
 
 Dropped: the rendered `prompt` (rebuilt by `tunebench prepare` from the config), the raw
 vote candidates (`candidates_raw`), the `raw` generation where its first line is the prediction
-already, and, in the checkpoints a cell compared (`checkpoint_choice/step-N/`), the vote
-`candidates` (the cell's own files keep them).
+already, and the vote `candidates` of validation predictions (the checkpoints a cell compared,
+`checkpoint_choice/step-N/`, and the cell's own, which are the chosen checkpoint's): the test
+predictions keep them, and every `selection` record stays. Studies slimmed before 2026-12-06
+kept the cell's own validation candidates.
 """
 
 from __future__ import annotations
@@ -24,6 +26,6 @@ def slim(row: dict[str, Any], compared_checkpoint: bool) -> dict[str, Any]:
 
 
 for path in sorted(Path(sys.argv[1]).glob("**/predictions/*.jsonl")):
-    compared = "checkpoint_choice" in path.parts
+    compared = "checkpoint_choice" in path.parts or path.name == "validation.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     path.write_text("".join(json.dumps(slim(r, compared), ensure_ascii=False) + "\n" for r in rows))
