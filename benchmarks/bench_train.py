@@ -20,10 +20,12 @@ Variants (``--variants``, comma-separated):
                      without random dropout masks (the gap is there at step 1 already, where LoRA
                      adds nothing, so dropout cannot be all of it)
   packed-compile-liger  packed-compile + liger-kernel's fused linear cross-entropy
-  packed-compile-liger-emulate
-                     the same with TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1: fused kernels round
-                     bf16 intermediates where eager does (on the CPU this brought the compiled
-                     loss within 0.05% of eager's, from 0.34%)
+  packed-compile-liger-inductor-rounding
+                     the same with training.compile_eager_rounding off: fused kernels round bf16
+                     intermediates where inductor likes (the compiled default before 2026-12-06;
+                     its losses ran 0.7-4.2% below eager's on the H100). Until then the
+                     rounding-emulating variant was packed-compile-liger-emulate
+                     (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1, tree 06e264b)
   packed-graphs      packed-compile + training.cuda_graphs (layers replayed as CUDA graphs)
   packed-compile-liger-overlap
                      packed-compile-liger + training.overlap_steps (no wait for the GPU inside a
@@ -69,15 +71,16 @@ ENGINE = {
         "training.liger": True,
         "training.overlap_steps": True,
     },
-    # eager's bf16 roundings emulated by inductor (environment below): does the compiled loss
-    # curve then follow eager's, and at what speed?
-    "packed-compile-liger-emulate": {"training.compile": True, "training.liger": True},
+    # inductor's own bf16 rounding (compile's default before training.compile_eager_rounding)
+    "packed-compile-liger-inductor-rounding": {
+        "training.compile": True,
+        "training.liger": True,
+        "training.compile_eager_rounding": False,
+    },
     "packed-8bit": {"model.quantization": "8bit"},
     "packed-4bit": {"model.quantization": "4bit"},
 }
 HF = {"hf-b8": 8, "hf-b32": 32}
-# Environment a variant's own process runs with (run_isolated); inductor reads it at import.
-VARIANT_ENV = {"packed-compile-liger-emulate": {"TORCHINDUCTOR_EMULATE_PRECISION_CASTS": "1"}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -455,11 +458,9 @@ def run_variant(args: argparse.Namespace, workdir: Path, name: str) -> dict[str,
     import torch
     import torch._inductor.config as inductor_config
 
-    if name in VARIANT_ENV:  # in-process too (inductor read the environment at import)
-        os.environ.update(VARIANT_ENV[name])
-        inductor_config.emulate_precision_casts = True
     try:
         result = (run_hf if name in HF else run_engine)(args, workdir, name)
+        # the rounding the compiled layers used (training.compile_eager_rounding)
         result["inductor_emulate_precision_casts"] = inductor_config.emulate_precision_casts
         return result
     except torch.cuda.OutOfMemoryError:
@@ -482,7 +483,7 @@ def run_isolated(argv: list[str] | None, name: str, workdir: Path) -> dict[str, 
     part = workdir / f"{name}.json"
     rest = list(sys.argv[1:] if argv is None else argv)
     command = [sys.executable, __file__, *rest, "--in-process", "--variants", name, "--out", str(part)]
-    proc = subprocess.run(command, check=False, env={**os.environ, **VARIANT_ENV.get(name, {})})
+    proc = subprocess.run(command, check=False)
     if not part.is_file():
         return {"status": f"error: exit status {proc.returncode}, no result"}
     return json.loads(part.read_text(encoding="utf-8"))["results"].get(name, {"status": "missing"})
