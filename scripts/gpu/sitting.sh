@@ -1,5 +1,5 @@
-# One GPU sitting as background queues that outlive the 10-minute call limit: what is still owed
-# after the sixth sitting (scripts/gpu/README.md), for the seventh. Source env.sh first, and assemble.sh for the
+# One GPU sitting as background queues that outlive the 10-minute call limit: as run in the
+# seventh sitting (2026-12-06; what is owed since is in scripts/gpu/README.md). Source env.sh first, and assemble.sh for the
 # models. Never edit this file while a sitting runs: bash reads a script as it goes, and each call
 # syncs the working tree to the machine.
 #   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
