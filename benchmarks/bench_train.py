@@ -456,12 +456,15 @@ def print_table(results: dict[str, Any], reference: list[float] | None) -> None:
 def run_variant(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
     """One variant here; a failure becomes its status (one broken variant must not lose the rest)."""
     import torch
-    import torch._inductor.config as inductor_config
 
     try:
         result = (run_hf if name in HF else run_engine)(args, workdir, name)
-        # the rounding the compiled layers used (training.compile_eager_rounding)
-        result["inductor_emulate_precision_casts"] = inductor_config.emulate_precision_casts
+        overrides = ENGINE.get(name, {})
+        if overrides.get("training.compile"):  # the rounding its compiled layers used
+            from tunebench.config import TrainingConfig
+
+            default = TrainingConfig.model_fields["compile_eager_rounding"].default
+            result["compile_eager_rounding"] = overrides.get("training.compile_eager_rounding", default)
         return result
     except torch.cuda.OutOfMemoryError:
         return {"status": "oom"}

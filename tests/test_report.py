@@ -12,9 +12,11 @@ import pytest
 from tests.test_report_fixtures import make_run, make_study_runs
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_jsonl
+from tunebench.pipeline import evaluate_stage
 from tunebench.report import write_report
 from tunebench.report.build import HEADLINE, fmt_metric, fmt_p
 from tunebench.report.stats import holm, mcnemar_exact
+from tunebench.rundir import RunDir
 
 SECTIONS = [
     "## Results",
@@ -218,13 +220,28 @@ def test_runs_without_per_example_verdicts_are_rescored(runs: Path, tmp_path: Pa
     the recorded scorer settings, and gets the same paired tests as from the scorer's own files."""
     names = ["oracle-sql", "perturbed-sql", "oracle-viggo", "perturbed-viggo"]
     folder = copy_runs(runs, tmp_path / "r", names)
+    for name in ("oracle-sql", "perturbed-sql"):  # a setting that is not the scorer's default
+        run = RunDir(folder / name)
+        evaluate_stage(run.load_config(), run, "test", suite_size=0, workers=1)
     with_files = paired_rows(write_report(folder, tmp_path / "a"))
     removed = list(folder.glob("*/eval/*/per_example.jsonl"))
     assert len(removed) == 4
     for path in removed:
         path.unlink()
+    # a re-score with the default 8-database suites would give suite verdicts and be refused
     assert paired_rows(write_report(folder, tmp_path / "b")) == with_files
     assert not any(folder.glob("*/eval/*/per_example.jsonl"))  # nothing written into the runs
+
+
+def test_a_rescore_without_the_databases_says_so(
+    runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = copy_runs(runs, tmp_path / "r", ["oracle-sql", "perturbed-sql"])
+    (folder / "perturbed-sql/eval/test/per_example.jsonl").unlink()
+    (tmp_path / "no-data").mkdir()
+    monkeypatch.setenv("TUNEBENCH_DATA_DIR", str(tmp_path / "no-data"))
+    with pytest.raises(TunebenchError, match=r"needs the databases .*\(set TUNEBENCH_DATA_DIR"):
+        write_report(folder, tmp_path / "out")
 
 
 def test_a_rescore_that_disagrees_with_the_committed_metrics_is_refused(runs: Path, tmp_path: Path) -> None:

@@ -193,16 +193,16 @@ class TrainingConfig(Strict):
     compile: bool = Field(
         False,
         description="torch.compile each decoder layer (GPU): fewer kernels and less Python per "
-        "step (35.6% MFU with liger-kernel on an H100, 1.6x eager). Off by default: compiling "
-        "takes ~85 s up front, longer than a short run saves.",
+        "step (36.2% MFU with liger-kernel on an H100, 1.63x eager, on eager's loss curve). Off "
+        "by default: compiling takes ~85 s up front, longer than a short run saves.",
     )
     compile_eager_rounding: bool = Field(
         True,
         description="With compile: fused kernels round bf16 intermediates where eager does "
-        "(inductor's emulate_precision_casts), so the compiled loss curve follows eager's. "
-        "Without it the H100's compiled bf16 losses ran 0.7-4.2% below eager's; with it within "
-        "0.28%, at the same speed (36.2% MFU; BENCHMARKS.md). Off only to reproduce older "
-        "compiled runs. Process-wide: it also applies to anything else compiled in the process.",
+        "(inductor's emulate_precision_casts, as the compiled layers' own option), so the "
+        "compiled loss curve follows eager's. Without it the H100's compiled bf16 losses ran "
+        "0.7-4.2% below eager's; with it within 0.27%, at the same speed (BENCHMARKS.md). Off "
+        "only to reproduce older compiled runs.",
     )
     cuda_graphs: bool = Field(
         False,

@@ -205,23 +205,20 @@ def per_example(info: RunInfo, split: str) -> list[dict[str, Any]]:
     path = info.run.eval_dir(split) / "per_example.jsonl"
     if path.is_file():
         return read_jsonl(path, required=("id",))
+    import json
     import tempfile
 
     from tunebench.evaluation import evaluate
-    from tunebench.tasks import get_task
 
     committed = info.metrics[split]
-    # the settings the committed scores were made with, with this machine's paths
-    recorded = {k: v for k, v in (committed.get("options") or {}).items() if k not in MACHINE_PATHS}
-    options = {**recorded, **get_task(info.config.task).scorer_options()}
     with tempfile.TemporaryDirectory(prefix="tunebench-rescore-") as tmp:
-        fresh = evaluate(info.config.task.name, info.run.predictions(split), tmp, options)
+        fresh = evaluate(
+            info.config.task.name, info.run.predictions(split), tmp, rescore_options(info, split)
+        )
         rows = read_jsonl(Path(tmp) / "per_example.jsonl", required=("id",))
-    changed = sorted(
-        key
-        for key in set(fresh) | set(committed)
-        if key not in INCIDENTAL_METRIC_KEYS and fresh.get(key) != committed.get(key)
-    )
+    fresh = json.loads(json.dumps(fresh))  # as metrics.json holds it (lists, string keys)
+    # the committed keys only: a metric a newer scorer adds is no reason to refuse an old run
+    changed = sorted(k for k in committed if k not in INCIDENTAL_METRIC_KEYS and fresh.get(k) != committed[k])
     if changed:
         raise TunebenchError(
             f"system '{info.system}', task '{info.task}', split '{split}': {path} is missing and "
@@ -229,6 +226,27 @@ def per_example(info: RunInfo, split: str) -> list[dict[str, Any]]:
             f"(differs in {', '.join(changed[:5])}); run `tunebench evaluate` on them again"
         )
     return rows
+
+
+def rescore_options(info: RunInfo, split: str) -> dict[str, Any]:
+    """The scorer settings the committed metrics recorded, with this machine's folders."""
+    from tunebench.tasks import get_task
+
+    local = get_task(info.config.task).scorer_options()
+    recorded = info.metrics[split].get("options")
+    if not isinstance(recorded, dict):  # a scorer that records none: this task's defaults
+        return local
+    options = {k: v for k, v in recorded.items() if k not in MACHINE_PATHS}
+    if recorded.get("db_dir"):  # scored on real databases: they are needed again
+        if not local.get("db_dir"):
+            raise TunebenchError(
+                f"system '{info.system}', task '{info.task}', split '{split}': "
+                f"{info.run.eval_dir(split) / 'per_example.jsonl'} is missing, and re-scoring the "
+                "predictions needs the databases they were scored on, which this machine lacks "
+                "(set TUNEBENCH_DATA_DIR, or task.data_dir, to the data folder)"
+            )
+        options["db_dir"] = local["db_dir"]
+    return options
 
 
 def check_same_examples(runs: list[RunInfo], task: str) -> None:

@@ -664,16 +664,18 @@ def compile_layers(model: torch.nn.Module, cuda_graphs: bool = False, eager_roun
     CUDA graphs, recorded once per distinct (row length, boundary count): rows come in multiples
     of 256 tokens and boundary lists in multiples of 16, so a handful of shapes recur.
     ``eager_rounding``: inductor rounds bf16 intermediates where eager does (its
-    ``emulate_precision_casts``); set here because compiling happens at the first call, and
-    inductor reads its config then. Without it the H100's compiled losses ran 0.7-4.2% below
-    eager's, with it within 0.28% at the same speed (BENCHMARKS.md, seventh sitting).
+    ``emulate_precision_casts``). Passed as these layers' own inductor options, which inductor
+    also applies to the backward it compiles later, so nothing else compiled in the process
+    (a static-cache decode step, say) is affected. Without it the H100's compiled losses ran
+    0.7-4.2% below eager's, with it within 0.27% at the same speed (BENCHMARKS.md, seventh
+    sitting). ``mode`` and ``options`` exclude each other, so CUDA graphs are asked for by the
+    option that mode ``reduce-overhead`` stands for.
     """
-    import torch._inductor.config as inductor_config
-
-    inductor_config.emulate_precision_casts = eager_rounding
-    mode = "reduce-overhead" if cuda_graphs else None
+    options: dict[str, Any] = {"emulate_precision_casts": eager_rounding}
+    if cuda_graphs:
+        options["triton.cudagraphs"] = True
     for layer in model.get_decoder().layers:
-        layer.compile(dynamic=True, mode=mode)
+        layer.compile(dynamic=True, options=options)
 
 
 def train(config: ExperimentConfig, run: RunDir, resume: bool = True) -> dict[str, Any]:
