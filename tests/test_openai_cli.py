@@ -87,11 +87,18 @@ def write_config(tmp_path: Path, emu: Emulator) -> Path:
     return config
 
 
+def default_sigint() -> None:
+    """Ctrl-C as an interactive shell delivers it. A suite started in the background by a
+    non-interactive shell (`cmd &`) inherits SIGINT ignored, and so would the child: Python
+    then installs no KeyboardInterrupt handler and the signal these tests send does nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_following(config: Path, emu: Emulator, stdin: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OPENAI_API_KEY": emu.api_key}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunebench", "train", str(config)],
-        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=default_sigint,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while emu.count("GET", f"/v1/fine_tuning/jobs/{next(iter(emu.jobs), '?')}") < 3:
