@@ -369,6 +369,8 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
     path = write_config(tmp_path, tiny_model_dir, data_dir, "two")
     proc = train_cli(path, *SHARDING[sharding], OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # where bitsandbytes is installed, its CPU-kernel notice is not printed by every process
+    assert "gemm_4bit_forward" not in proc.stderr
     root = tmp_path / "runs" / "two"
     two = read_json(root / "train_summary.json")
     assert two["processes"] == 2 and two["sharding"] == sharding.split("-")[0]

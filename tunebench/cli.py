@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -378,6 +379,10 @@ def main() -> None:
     # thread's Python stack to stderr instead of ending the process without a word
     with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
         faulthandler.enable()  # fails only where stderr is no real file (some embedders)
+    # bitsandbytes, which peft imports whenever it is installed, warns on CPUs with AVX512-bf16
+    # that an optional 4-bit CPU kernel package ("kernels") is missing, and uses its own
+    # fallback: a line on every run, 8-/4-bit or not, that asks the user for nothing needed
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
     try:
         app()
