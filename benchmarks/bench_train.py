@@ -208,6 +208,8 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
         result.update(steady_state(args, trainer))
     result["peak_memory_gb"] = peak_gb()
     result["micro_batches_note"] = f"tokens_per_micro_batch={cfg.training.tokens_per_micro_batch}"
+    if cfg.training.compile:  # the rounding its compiled layers used
+        result["compile_eager_rounding"] = cfg.training.compile_eager_rounding
     if args.profile:
         result["profile"] = profile_steps(trainer, args.steps, 2)
     del trainer
@@ -458,14 +460,7 @@ def run_variant(args: argparse.Namespace, workdir: Path, name: str) -> dict[str,
     import torch
 
     try:
-        result = (run_hf if name in HF else run_engine)(args, workdir, name)
-        overrides = ENGINE.get(name, {})
-        if overrides.get("training.compile"):  # the rounding its compiled layers used
-            from tunebench.config import TrainingConfig
-
-            default = TrainingConfig.model_fields["compile_eager_rounding"].default
-            result["compile_eager_rounding"] = overrides.get("training.compile_eager_rounding", default)
-        return result
+        return (run_hf if name in HF else run_engine)(args, workdir, name)
     except torch.cuda.OutOfMemoryError:
         return {"status": "oom"}
     except Exception as exc:

@@ -17,6 +17,8 @@ not count recomputation (gradient checkpointing), so it is model FLOPs, not hard
 
 from __future__ import annotations
 
+import math
+
 # Peak dense bf16 tensor-core FLOP/s (no sparsity), from the vendors' datasheets.
 PEAK_BF16_FLOPS: dict[str, float] = {
     "H100 SXM": 989e12,
@@ -93,12 +95,7 @@ def logical_numel(param: object) -> int:
     """Elements of the weight a layer computes with: a bitsandbytes 4-bit weight is stored as
     packed bytes (two values per byte, so ``numel`` is half), its quant_state keeps the shape."""
     shape = getattr(getattr(param, "quant_state", None), "shape", None)
-    if shape is not None:
-        count = 1
-        for dim in shape:
-            count *= int(dim)
-        return count
-    return param.numel()  # type: ignore[attr-defined]
+    return math.prod(int(dim) for dim in shape) if shape is not None else param.numel()  # type: ignore[attr-defined]
 
 
 def model_flops_per_token(model: object, context: float, lm_head_fraction: float = 1.0) -> float:
