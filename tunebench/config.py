@@ -361,6 +361,20 @@ class EndpointConfig(Strict):
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx with backoff.")
 
 
+class EnsembleConfig(Strict):
+    """Runs whose predictions are pooled and voted (used when ``provider: ensemble``)."""
+
+    members: list[str] = Field(
+        ...,
+        min_length=2,
+        description="Finished runs of the same task, in order (the first one's greedy output wins "
+        "ties): a run name under runs_dir, or a path containing '/'. In a study, a system name of "
+        "the same study means that system's cell for the task. Their candidates are pooled per "
+        "example and voted: SQL by execution on generated databases (generation.vote_* and "
+        "training.seed), other tasks by the most frequent prediction.",
+    )
+
+
 class CostConfig(Strict):
     """Prices for cost accounting (dated, overridable)."""
 
@@ -374,10 +388,11 @@ class ExperimentConfig(Strict):
 
     name: str = Field(..., description="Run name; outputs go to <runs_dir>/<name>/.")
     runs_dir: str = Field("runs", description="Parent folder of run directories.")
-    provider: Literal["local", "openai", "endpoint", "base"] = Field(
+    provider: Literal["local", "openai", "endpoint", "base", "ensemble"] = Field(
         "local",
         description="`local`: LoRA fine-tune here; `base`: the base model zero/k-shot, no training; "
-        "`openai`: an OpenAI fine-tuning job; `endpoint`: predictions from an OpenAI-compatible server.",
+        "`openai`: an OpenAI fine-tuning job; `endpoint`: predictions from an OpenAI-compatible server; "
+        "`ensemble`: a vote over finished runs' candidates (no training or generation of its own).",
     )
     task: TaskConfig = Field(default_factory=TaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -386,6 +401,7 @@ class ExperimentConfig(Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     endpoint: EndpointConfig | None = Field(None, description="Required when provider is `endpoint`.")
+    ensemble: EnsembleConfig | None = Field(None, description="Required when provider is `ensemble`.")
     cost: CostConfig = Field(default_factory=CostConfig)
     eval_splits: list[Literal["validation", "test"]] = Field(
         default_factory=lambda: ["test"], description="Splits to predict and score."
@@ -395,6 +411,8 @@ class ExperimentConfig(Strict):
     def _endpoint_needs_settings(self) -> ExperimentConfig:
         if self.provider == "endpoint" and self.endpoint is None:
             raise ValueError("provider 'endpoint' needs an 'endpoint' section")
+        if (self.provider == "ensemble") != (self.ensemble is not None):
+            raise ValueError("an 'ensemble' section goes with provider 'ensemble' (and it needs one)")
         if self.generation.selection == "execution_vote":
             if self.task.name != "sql":
                 raise ValueError(
@@ -487,6 +505,7 @@ def reference_markdown() -> str:
         ("generation", GenerationConfig),
         ("openai", OpenAIConfig),
         ("endpoint", EndpointConfig),
+        ("ensemble", EnsembleConfig),
         ("cost", CostConfig),
     ]
     nested = {name for name, _ in sections}

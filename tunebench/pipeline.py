@@ -61,7 +61,8 @@ def ensure_prepared(config: ExperimentConfig, run: RunDir) -> None:
 def train_stage(
     config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False
 ) -> dict[str, Any]:
-    """Fine-tune according to the provider (nothing to do for ``base`` and ``endpoint``)."""
+    """Fine-tune according to the provider (nothing to do for ``base`` and ``endpoint``; an
+    ensemble records its members' training as its own)."""
     if config.provider == "local":
         from tunebench.training import train
         from tunebench.training.choose import choose_checkpoint
@@ -74,6 +75,10 @@ def train_stage(
         from tunebench.providers.openai import train_openai
 
         return train_openai(config, run, yes=yes)
+    if config.provider == "ensemble":
+        from tunebench.inference.ensemble import train_ensemble
+
+        return train_ensemble(config, run)
     return {}
 
 

@@ -33,7 +33,7 @@ from tunebench.io import write_json
 from tunebench.rundir import RunDir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
-SECTIONS = ("task", "model", "lora", "training", "generation", "openai", "endpoint", "cost")
+SECTIONS = ("task", "model", "lora", "training", "generation", "openai", "endpoint", "ensemble", "cost")
 SectionDict = dict[str, Any]
 
 
@@ -53,6 +53,9 @@ class Sections(Strict):
     generation: SectionDict | None = Field(None, description="Keys of the experiment's `generation` section.")
     openai: SectionDict | None = Field(None, description="Keys of the experiment's `openai` section.")
     endpoint: SectionDict | None = Field(None, description="Keys of the experiment's `endpoint` section.")
+    ensemble: SectionDict | None = Field(
+        None, description="Keys of the experiment's `ensemble` section (members: system names of this study)."
+    )
     cost: SectionDict | None = Field(None, description="Keys of the experiment's `cost` section.")
     eval_splits: list[Literal["validation", "test"]] | None = Field(
         None, description="Splits to predict and score (default: the experiment's, `[test]`)."
@@ -84,8 +87,10 @@ class SystemEntry(Sections):
 
     name: str = Field(..., description="Label in run names and the report (e.g. `lora-1.5b`).")
     description: str | None = Field(None, description="One line shown in the report.")
-    provider: Literal["local", "openai", "endpoint", "base"] = Field(
-        ..., description="`base` zero/k-shot, `local` LoRA, `openai` fine-tuning job, `endpoint` server."
+    provider: Literal["local", "openai", "endpoint", "base", "ensemble"] = Field(
+        ...,
+        description="`base` zero/k-shot, `local` LoRA, `openai` fine-tuning job, `endpoint` server, "
+        "`ensemble` a vote over other systems' candidates (runs after them).",
     )
     tasks: list[str] | None = Field(
         None, description="Only these task labels (default: every task of the study)."
@@ -249,6 +254,10 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
     runs_dir = str(study.resolved_runs_dir())
     cells: list[Cell] = []
     names: set[str] = set()
+    variants = {
+        (f"{system.name}-{label}" if label else system.name): system for system in study.systems
+        for label, _ in grid_points(system.grid)
+    }  # fmt: skip
     for system in study.systems:
         for label, point in grid_points(system.grid):
             variant = f"{system.name}-{label}" if label else system.name
@@ -257,6 +266,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
                     continue
                 data = _cell_data(study, system, task, point, overrides)
                 data.update(name=f"{variant}-{task.name}", runs_dir=runs_dir, provider=system.provider)
+                _name_members(data, variants, task.name)
                 where = f"{source}: system '{variant}', task '{task.name}'"
                 cfg = parse_model(ExperimentConfig, data, where)
                 if cfg.name in names:
@@ -264,6 +274,25 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
                 names.add(cfg.name)
                 cells.append(Cell(variant, system.name, task.name, system.description, cfg))
     return cells
+
+
+def _name_members(data: dict[str, Any], variants: dict[str, SystemEntry], task: str) -> None:
+    """An ensemble's members that name systems of the study become those systems' cells."""
+    members = (data.get("ensemble") or {}).get("members")
+    if not isinstance(members, list):
+        return
+    named = []
+    for member in members:
+        system = variants.get(member) if isinstance(member, str) else None
+        if system is None:
+            named.append(member)  # a run name or path outside the study
+            continue
+        if system.tasks is not None and task not in system.tasks:
+            raise TunebenchError(f"ensemble member '{member}' has no '{task}' cell")
+        if system.provider == "ensemble":
+            raise TunebenchError(f"ensemble member '{member}' is an ensemble itself")
+        named.append(f"{member}-{task}")
+    data["ensemble"]["members"] = named
 
 
 def _cell_data(
@@ -322,6 +351,11 @@ def select_cells(cells: list[Cell], patterns: Sequence[str] | None) -> list[Cell
     return [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
 
 
+def run_order(cells: list[Cell]) -> list[Cell]:
+    """The cells in study order, ensembles last: they vote over other cells' predictions."""
+    return sorted(cells, key=lambda c: c.config.provider == "ensemble")
+
+
 def run_study(
     path: str | Path,
     yes: bool = False,
@@ -351,6 +385,7 @@ def run_study(
     runs_dir.mkdir(parents=True, exist_ok=True)
     write_json(runs_dir / "study.json", study_index(study, every_cell))
     failures: list[str] = []
+    chosen = run_order(chosen)
     for number, cell in enumerate(chosen, start=1):
         console.print(f"[{number}/{len(chosen)}] {cell.name} ({cell.config.provider})")
         try:

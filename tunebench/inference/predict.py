@@ -7,6 +7,8 @@ Providers:
 * ``base``: the base model alone: zero-shot, or k-shot with ``generation.few_shot: k``.
 * ``endpoint`` / ``openai``: requests to an OpenAI-compatible server, delegated to
   :mod:`tunebench.inference.endpoint` (which writes and resumes its own output file).
+* ``ensemble``: no generation; finished runs' candidates pooled and voted
+  (:mod:`tunebench.inference.ensemble`).
 
 **k-shot format** (provider ``base``, ``generation.few_shot: k``): k training examples, drawn
 once with ``training.seed`` from the prepared train split (the same shots for every prompt),
@@ -60,6 +62,10 @@ def predict(config: ExperimentConfig, run: RunDir, split: str) -> Path:
     examples = load_prepared(run, split)
     if config.provider in ("endpoint", "openai"):
         return predict_remote(config, run, split, task, examples)
+    if config.provider == "ensemble":
+        from tunebench.inference.ensemble import predict_ensemble
+
+        return predict_ensemble(config, run, split, examples)
     return predict_local(config, run, split, task, examples)
 
 

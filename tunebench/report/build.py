@@ -28,7 +28,7 @@ PAIRED = {
 # The verdict used to pick wrong predictions, most meaningful first.
 PRIMARY = {"sql": ["execution_accuracy", "exact_match"], "viggo": ["mr_match", "exact_match"]}
 INPUT_FIELDS = ("question", "sentence", "target", "input")
-SELF_HOSTED = ("local", "base")
+SELF_HOSTED = ("local", "base", "ensemble")
 
 
 # --- formatting: one function per kind of number, so tests can parse them back -------------
@@ -71,6 +71,7 @@ def build_blocks(data: StudyData) -> list[Block]:
             note=True,
         )
     )
+    blocks.append(systems_table(data))
     for section in (
         results_section,
         significance_section,
@@ -83,6 +84,15 @@ def build_blocks(data: StudyData) -> list[Block]:
     ):
         blocks += section(data)
     return blocks
+
+
+def systems_table(data: StudyData) -> Table:
+    """Each system once: its provider and the study's one-line description of it."""
+    first = {}
+    for run in data.runs:
+        first.setdefault(run.system, run)
+    rows = [[name, run.provider, short(run.description or "–", 240)] for name, run in first.items()]
+    return Table(["system", "provider", "description"], rows)
 
 
 def metric_names(data: StudyData, task: str) -> list[str]:

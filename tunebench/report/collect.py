@@ -1,7 +1,7 @@
 """Gather what a report needs from run directories, and refuse inputs that cannot be compared.
 
-The source is a study YAML (its cells name the run directories) or a folder of run
-directories (its ``study.json``, written by ``tunebench run STUDY.yaml``, gives the system and
+The source is a study YAML (its cells name the run directories, and its ensembles' members from
+elsewhere join as rows of their own) or a folder of run directories (its ``study.json``, written by ``tunebench run STUDY.yaml``, gives the system and
 task labels; without one they are derived from each run's config). Refused, with one line
 naming the run: a study cell without a run directory, a run without predictions or scores for
 a split, and two systems of one task evaluated on different examples or golds.
@@ -104,6 +104,7 @@ def _from_study(path: Path) -> StudyData:
                 f"(run `tunebench run {path}` first)"
             )
         runs.append(load_run(run, cell.system, cell.task, cell.description))
+    runs = [*outside_members(runs), *runs]
     return StudyData(
         title=study.name,
         description=study.description,
@@ -151,6 +152,27 @@ def _from_folder(folder: Path) -> StudyData:
         runs=runs,
         default_out=folder / "report",
     )
+
+
+def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
+    """Members of the study's ensembles that are not cells of the study, as rows of their own:
+    an ensemble is read beside what it voted over."""
+    from tunebench.inference.ensemble import member_dirs
+
+    inside = {r.run.root.resolve() for r in runs}
+    extra: list[RunInfo] = []
+    for info in runs:
+        if info.provider != "ensemble":
+            continue
+        for member in member_dirs(info.config):
+            if member.root.resolve() in inside:
+                continue
+            inside.add(member.root.resolve())
+            config = member.load_config()
+            suffix = f"-{config.task.name}"
+            system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
+            extra.append(load_run(member, system, info.task, f"ensemble member, from {member.root}"))
+    return extra
 
 
 def load_run(run: RunDir, system: str, task: str, description: str | None) -> RunInfo:
