@@ -314,6 +314,14 @@ class GenerationConfig(Strict):
         "in bf16 a near-tie can differ (1 of 568 rows).",
     )
     few_shot: int = Field(0, ge=0, description="k training examples prepended to each prompt (baselines).")
+    prompt_format: Literal["plain", "chat"] = Field(
+        "plain",
+        description="`plain`: the task's prompt as a LoRA run trains on it (the study's), answer on "
+        "the first line. `chat` (provider base): the task's chat messages, as an OpenAI model is sent "
+        "them, in the model's chat template, and the model answers freely (no stop at a newline; "
+        "raise max_new_tokens); the prediction is the first fenced code block, else the first line. "
+        "The fair zero-shot baseline for an instruct model, which answers the plain prompt with prose.",
+    )
     long_prompts: Literal["truncate_left", "error"] = Field(
         "truncate_left",
         description="Prompts longer than the model's context minus max_new_tokens: drop their oldest "
@@ -411,6 +419,13 @@ class ExperimentConfig(Strict):
     def _endpoint_needs_settings(self) -> ExperimentConfig:
         if self.provider == "endpoint" and self.endpoint is None:
             raise ValueError("provider 'endpoint' needs an 'endpoint' section")
+        if self.generation.prompt_format == "chat" and self.provider != "base":
+            raise ValueError(
+                "generation.prompt_format: chat is for the base model (provider base): a LoRA run is "
+                "trained on the plain prompt, and endpoint/openai runs choose their API's format"
+            )
+        if self.generation.prompt_format == "chat" and self.generation.few_shot:
+            raise ValueError("generation.prompt_format: chat takes no few_shot examples")
         if (self.provider == "ensemble") != (self.ensemble is not None):
             raise ValueError("an 'ensemble' section goes with provider 'ensemble' (and it needs one)")
         if self.generation.selection == "execution_vote":

@@ -82,9 +82,28 @@ def few_shot_prefix(config: ExperimentConfig, run: RunDir, task: Task) -> str:
     return "".join(f"{s.prompt}{s.completion}{task.completion_suffix}\n" for s in shots)
 
 
-def model_prompts(config: ExperimentConfig, run: RunDir, task: Task, examples: list[Example]) -> list[str]:
+def model_prompts(
+    config: ExperimentConfig, run: RunDir, task: Task, examples: list[Example], tokenizer: Any | None = None
+) -> list[str]:
+    """The text sent to the model: the task's prompt (after k shots), or with
+    ``generation.prompt_format: chat`` the task's chat messages in the tokenizer's chat template."""
+    if config.generation.prompt_format == "chat":
+        return [chat_prompt(tokenizer, task, ex) for ex in examples]
     prefix = few_shot_prefix(config, run, task) if config.provider == "base" else ""
     return [prefix + ex.prompt for ex in examples]
+
+
+def chat_prompt(tokenizer: Any, task: Task, example: Example) -> str:
+    """The task's system + user messages (what an OpenAI model is sent), as the model's chat template
+    renders them, up to the assistant's turn."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "the model")
+        raise TunebenchError(
+            f"generation.prompt_format: chat needs a chat template; {name}'s tokenizer has none"
+        )
+    return str(
+        tokenizer.apply_chat_template(task.chat_messages(example), tokenize=False, add_generation_prompt=True)
+    )
 
 
 # --- resume bookkeeping -------------------------------------------------------------------
@@ -190,7 +209,6 @@ def predict_local(
     key = fingerprint(config, run, split)
     done, spent = load_partial(partial, meta_path, key)
     resumed = len(done)
-    every_prompt = model_prompts(config, run, task, examples)
     gen = config.generation
     start_load = time.perf_counter()
     adapter = run.adapter_dir if config.provider == "local" else None
@@ -208,6 +226,7 @@ def predict_local(
             cache_implementation=gen.cache_implementation,
         )
     load_s = time.perf_counter() - start_load
+    every_prompt = model_prompts(config, run, task, examples, generator.tokenizer)
     share = shard.share(generator, every_prompt, gen.batch_size)
     mine, prompts = [examples[i] for i in share], [every_prompt[i] for i in share]
     passes = sampling_passes(config, task)
@@ -252,6 +271,7 @@ def predict_local(
         batch_size=gen.batch_size,
         merged_adapter=bool(adapter is not None and gen.merge_adapter),
         few_shot=gen.few_shot if config.provider == "base" else 0,
+        prompt_format=gen.prompt_format,
         truncated_prompts=sum(1 for r in rows if r.get("truncated")),
         resumed_rows=resumed,
         dtype=str(generator.dtype).removeprefix("torch."),
@@ -407,7 +427,7 @@ def sampling_passes(config: ExperimentConfig, task: Task) -> list[Any]:
         temperature=gen.temperature,
         top_p=gen.top_p,
         n=gen.num_candidates,
-        stop_on_newline=task.stops_on_newline,
+        stop_on_newline=task.stops_on_newline and gen.prompt_format == "plain",  # chat: free answers
         seed=config.training.seed if gen.do_sample else None,
     )
     if gen.selection != "execution_vote":

@@ -8,6 +8,7 @@ scorer in :mod:`tunebench.evaluation`. Everything downstream sees only :class:`E
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,7 +82,16 @@ class Task(ABC):
 
     # --- predictions ------------------------------------------------------------------
     def postprocess(self, generation: str) -> str:
-        """Raw generation -> prediction: the first line, stripped (the study's rule)."""
+        """Raw generation -> prediction: the first line, stripped (the study's rule).
+
+        A generation holding a complete fenced code block (an instruct model prompted in its chat
+        format answers with one, often after a sentence) gives that block's content instead, on
+        one line for first-line tasks. A fine-tuned model's plain answer has no fence and is
+        unchanged.
+        """
+        block = fenced_block(generation)
+        if block is not None:
+            generation = " ".join(block.split()) if self.config.first_line_only else block
         text = generation.lstrip("\n") if self.config.first_line_only else generation
         if self.config.first_line_only:
             text = text.split("\n", 1)[0]
@@ -104,6 +114,15 @@ class Task(ABC):
         """The one number that ranks systems (and checkpoints) on this task: (name, value);
         None when no example could be scored."""
         return "exact_match", number(metrics.get("exact_match"))
+
+
+FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+
+
+def fenced_block(text: str) -> str | None:
+    """The content of the first complete ```fenced``` code block (language tag dropped), if any."""
+    match = FENCE.search(text)
+    return match.group(1).strip() if match else None
 
 
 def number(value: Any) -> float | None:
