@@ -139,3 +139,21 @@ def test_predict_with_execution_vote(tmp_path: Path, lively_model_dir: Path) -> 
     info = vote_run.manifest()["stages"]["predict:test"]
     assert info["selection"] == "execution_vote" and info["num_candidates"] == 3
     assert info["selection_changed"] == sum(r["selection"]["chosen"] != 0 for r in rows)
+
+
+def test_a_key_column_with_a_narrow_literal_range_still_keys_every_row() -> None:
+    """singer_id = 1 and = 2 give the key column values near 1..2 only, fewer than a table's rows:
+    the key column came out shorter than the others and the whole vote failed (zip error), so the
+    example kept its greedy candidate. Keys now extend past the literals' range."""
+    row = {
+        "id": "x",
+        "context": "CREATE TABLE singer (singer_id INTEGER, name VARCHAR)",
+        "candidates": [
+            "SELECT name FROM singer WHERE singer_id = 2",
+            "SELECT name FROM singer WHERE singer_id = 1",
+            "SELECT name FROM singer WHERE singer_id = 1",
+        ],
+    }
+    selection = select_row(row, suite_size=8, seed=42)["selection"]
+    assert "error" not in selection
+    assert selection["groups"] == [1, 2] and selection["chosen"] == 1

@@ -140,6 +140,15 @@ class ValuePools:
                 values += _fill_like(pattern, self.rng)
         return values
 
+    def fresh_values(self, root: ColumnKey, count: int, taken: list[Any]) -> list[Any]:
+        """``count`` values of the group's type that are not in ``taken`` (beyond its range)."""
+        if self.numeric[root]:
+            start = int(max((v for v in taken if isinstance(v, int | float)), default=0)) + 1
+            return list(range(start, start + count))
+        name = root[1][:4] or "v"
+        used = set(taken)
+        return [v for v in (f"{name}_{k}" for k in range(count + len(used) + 1)) if v not in used][:count]
+
     def random_pool(self, root: ColumnKey, size: int) -> list[Any]:
         """``size`` random values for a group, in the range of its literals when it has some."""
         rng = self.rng
@@ -194,6 +203,8 @@ class Generator:
         literal = self.pools.literal_pool[root]
         if _is_key(info, table) and len(self.pools.groups[root]) >= 1:
             distinct = list(dict.fromkeys(literal + self.shared[root] + self.pools.random_pool(root, n * 3)))
+            if len(distinct) < n:  # a narrow literal range (say 1..4) cannot key every row
+                distinct += self.pools.fresh_values(root, n - len(distinct), distinct)
             rng.shuffle(distinct)
             values = distinct[:n]
             self.key_values[root] = values
