@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tunebench.config import ExperimentConfig, parse_model
+from tunebench.config import ExperimentConfig, TaskConfig, parse_model
 from tunebench.data.prepare import load_prepared
 from tunebench.errors import TunebenchError
 from tunebench.evaluation.sql.mutate import WRONG, mutations
@@ -22,7 +22,7 @@ from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import ensure_prepared, open_run, run_experiment
 from tunebench.rundir import RunDir
 from tunebench.study import expand, load_study, run_order, run_study
-from tunebench.tasks import get_task
+from tunebench.tasks import Example, get_task
 
 N = 24
 STUDY = """
@@ -118,15 +118,18 @@ def test_a_study_ensemble_beats_both_members_and_costs_their_time(tmp_path: Path
     assert sum(r["prediction"] == r["gold"] for r in rows) >= 0.85 * len(rows)
     stage = read_json(runs / "both-sql" / "manifest.json")["stages"]["predict:test"]
     assert stage["members"] == [str(runs / "a-sql"), str(runs / "b-sql")]
-    assert stage["members_wall_time_s"] == 4.0  # the members' generation is the ensemble's
-    assert stage["wall_time_s"] == pytest.approx(4.0 + stage["vote_s"], abs=2e-3)
+    assert stage["wall_time_s"] == 4.0  # the members' generation is the ensemble's; the vote is apart
+    assert stage["vote_s"] > 0
     cost = read_json(runs / "both-sql" / "cost.json")
     assert cost["provider"] == "ensemble" and cost["training_cost_usd"] == 0  # base members trained nothing
-    assert cost["inference"]["test"]["wall_time_s"] == stage["wall_time_s"]
+    members_cost = [read_json(runs / f"{m}-sql" / "cost.json")["inference"]["test"] for m in "ab"]
+    for key in ("wall_time_s", "a40_conversion_usd"):  # the members' own records, added up
+        assert cost["inference"]["test"][key] == pytest.approx(sum(c[key] for c in members_cost))
+    assert cost["inference"]["test"]["vote_s"] == stage["vote_s"]  # recorded, not priced
 
     assert report is not None
     md = (report / "report.md").read_text(encoding="utf-8")
-    assert "| both | ensemble |" in md  # the cost table's row
+    assert "| both | ensemble | cpu |" in md  # the cost table's row (provider, hardware)
 
 
 def test_an_ensemble_of_runs_outside_the_study_reports_them_beside_it(tmp_path: Path) -> None:
@@ -162,7 +165,8 @@ def test_members_must_be_finished_runs_of_the_same_examples(tmp_path: Path) -> N
     rows = read_jsonl(tmp_path / "runs" / "b-sql" / "predictions" / "test.jsonl")
     write_jsonl(tmp_path / "runs" / "b-sql" / "predictions" / "test.jsonl", rows[:-1])
     with pytest.raises(
-        TunebenchError, match=r"b-sql: 1 of 4 test examples have no prediction \(first: sql-eval-00003\)"
+        TunebenchError,
+        match=r"b-sql: its test predictions are not the ensemble's 4 examples \(first missing: sql-eval-00003\)",
     ):
         run_experiment(ensemble)
     # a member of other data
@@ -191,6 +195,7 @@ def test_members_must_be_finished_runs_of_the_same_examples(tmp_path: Path) -> N
             {"provider": "ensemble", "ensemble": {"members": ["a"]}},
             "ensemble.members: List should have at least 2",
         ),
+        ({"provider": "ensemble", "ensemble": {"members": ["a", "b", "a"]}}, "members named twice: a"),
     ],
 )
 def test_bad_ensemble_configs_are_one_line_errors(patch: dict[str, Any], message: str) -> None:
@@ -205,22 +210,120 @@ def test_study_members_name_systems_and_ensembles_run_last(tmp_path: Path) -> No
     assert [c.name for c in cells] == ["both-sql", "a-sql", "b-sql"]
     assert cells[0].config.ensemble.members == ["a-sql", "b-sql"]  # type: ignore[union-attr]
     assert [c.name for c in run_order(cells)] == ["a-sql", "b-sql", "both-sql"]
-    nested = (
-        STUDY.format(runs=tmp_path / "runs", n=4)
-        + "  - {name: c, provider: ensemble, ensemble: {members: [both, a]}}\n"
-    )
-    path.write_text(nested, encoding="utf-8")
-    with pytest.raises(TunebenchError, match="ensemble member 'both' is an ensemble itself"):
-        expand(load_study(path))
 
 
 def test_pooling_keeps_member_order_and_majority_breaks_ties_to_the_earliest() -> None:
+    task = get_task(
+        TaskConfig(name="custom", train_file="unused.jsonl", test_file="unused.jsonl", prompt_template="{q}")
+    )
+    example = Example(id="x", prompt="q?", completion="g", fields={"q": "q?"})
     a = [{"id": "x", "gold": "g", "prediction": "p", "prompt_tokens": 3}]
-    b = [{"id": "x", "gold": "g", "prediction": "q", "candidates": ["q", "p", "r"], "prompt_tokens": 4}]
-    (row,) = pool_rows([a, b])
-    assert row["candidates"] == ["p", "q", "p", "r"] and row["member_candidates"] == [1, 3]
-    assert row["prompt_tokens"] == 7 and row["prediction"] == "p"
-    voted = majority_row(row)
-    assert voted["prediction"] == "p" and voted["selection"]["groups"] == [2, 1, 1]
-    tie = majority_row({**row, "candidates": ["r", "q", "q", "r"]})
+    b = [{"id": "x", "gold": "g", "prediction": "q", "candidates": ["q", "p ", "r"], "prompt_tokens": 4}]
+    (row,) = pool_rows([a, b], [example], task)
+    assert row["candidates"] == ["p", "q", "p ", "r"] and row["member_candidates"] == [1, 3]
+    assert row["prompt_tokens"] == 7 and row["prediction"] == "p" and row["q"] == "q?"
+    voted = majority_row(row, task)
+    assert voted["prediction"] == "p" and voted["selection"]["groups"] == [2, 1, 1]  # "p " is "p"
+    tie = majority_row({**row, "candidates": ["r", "q", "q", "r"]}, task)
     assert tie["prediction"] == "r" and tie["selection"]["chosen"] == 0
+    blank = majority_row({**row, "candidates": ["", " ", "s"]}, task)  # no answer, no vote
+    assert blank["prediction"] == "s" and blank["selection"]["groups"] == [1]
+
+
+def test_viggo_votes_compare_meaning_representations() -> None:
+    task = get_task(TaskConfig(name="viggo"))
+    row = {
+        "candidates": [
+            "inform(name[X], rating[good])",
+            "inform(rating[good], name[X])",  # the same MR, attributes in another order
+            "inform(name[X], rating[poor])",
+            "inform(name[X",  # does not parse: no vote
+        ]
+    }
+    voted = majority_row(row, task)
+    assert voted["selection"] == {"chosen": 0, "groups": [2, 1], "executable": 3}
+
+
+def test_a_member_predicting_again_makes_the_ensemble_vote_again(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(runs=tmp_path / "runs", n=6), encoding="utf-8")
+    finish_members(path)
+    run_study(path)
+    runs = tmp_path / "runs"
+    first = accuracy(runs / "both-sql")
+    # member b predicts again and now agrees with a's wrong answers: the vote must follow
+    a_rows = read_jsonl(runs / "a-sql" / "predictions" / "test.jsonl")
+    write_jsonl(runs / "b-sql" / "predictions" / "test.jsonl", a_rows)
+    RunDir(runs / "b-sql").forget_stages(["evaluate:test", "cost"])
+    run_study(path)
+    again = read_jsonl(runs / "both-sql" / "predictions" / "test.jsonl")
+    assert [r["candidates"] for r in again] == [r["candidates"] * 2 for r in a_rows]
+    assert accuracy(runs / "both-sql") == accuracy(runs / "a-sql") < first
+    # nothing changed since: a rerun keeps every stage as it is
+    stages = read_json(runs / "both-sql" / "manifest.json")["stages"]
+    run_study(path)
+    assert read_json(runs / "both-sql" / "manifest.json")["stages"] == stages
+
+
+def test_study_members_are_checked_when_the_study_expands(tmp_path: Path) -> None:
+    base = STUDY.format(runs=tmp_path / "runs", n=4)
+    path = tmp_path / "study.yaml"
+    cases = {
+        "  - {name: c, provider: ensemble, ensemble: {members: [a, bb]}}\n": "ensemble member 'bb' is not a system of the study",
+        "  - {name: o, provider: openai}\n  - {name: c, provider: ensemble, ensemble: {members: [a, o]}}\n": "member 'o' has provider 'openai'",
+        "  - {name: c, provider: ensemble, ensemble: {members: [a, both]}}\n": "member 'both' has provider 'ensemble'",
+    }
+    for extra, message in cases.items():
+        path.write_text(base + extra, encoding="utf-8")
+        with pytest.raises(TunebenchError, match=f"system 'c', task 'sql': .*{message}"):
+            expand(load_study(path))
+    # a vote set for every cell in defaults, and an ensemble section there, break no cell
+    shared = base.replace(
+        "  generation: {vote_budget_s: 30}",
+        "  generation: {vote_budget_s: 30, num_candidates: 4, selection: execution_vote}\n"
+        "  ensemble: {members: [a, b]}",
+    ).replace("{name: a, provider: base}", "{name: a, provider: base, tasks: [sql]}")
+    path.write_text(shared, encoding="utf-8")
+    cells = {c.name: c.config for c in expand(load_study(path))}
+    assert cells["a-sql"].ensemble is None and cells["both-sql"].ensemble.members == ["a-sql", "b-sql"]  # type: ignore[union-attr]
+
+
+def test_trained_members_on_viggo_vote_by_majority_and_add_up_their_training(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    study = f"""
+name: tiny-ens
+runs_dir: {tmp_path / "runs"}
+defaults:
+  model: {{name: {tiny_model_dir}}}
+  task: {{max_train_examples: 8, max_eval_examples: 4}}
+  training: {{max_steps: 1, warmup_steps: 0, batch_size: 4, micro_batch_size: 4, eval_every: 1,
+              max_length: 256, tokens_per_micro_batch: 1024}}
+  generation: {{max_new_tokens: 8, batch_size: 8}}
+tasks: [viggo]
+systems:
+  - {{name: l1, provider: local, training: {{seed: 1}}}}
+  - {{name: l2, provider: local, training: {{seed: 2}}}}
+  - {{name: l3, provider: local, training: {{seed: 3}}}}
+  - {{name: two, provider: ensemble, ensemble: {{members: [l1, l2]}}}}
+  - {{name: three, provider: ensemble, ensemble: {{members: [l1, l2, l3]}}}}
+"""
+    path = tmp_path / "study.yaml"
+    path.write_text(study, encoding="utf-8")
+    with pytest.raises(TunebenchError, match="two-viggo: a majority vote needs at least 3 candidates"):
+        run_study(path)
+    runs = tmp_path / "runs"
+    task = get_task(TaskConfig(name="viggo"))
+    for row in read_jsonl(runs / "three-viggo" / "predictions" / "test.jsonl"):
+        keys = [task.vote_key(c) for c in row["candidates"]]
+        counted = [k for k in keys if k is not None]
+        if counted:
+            assert counted.count(task.vote_key(row["prediction"])) == max(counted.count(k) for k in counted)
+        assert "sentence" in row  # the example's own fields, for the report's wrong-predictions table
+    cost = read_json(runs / "three-viggo" / "cost.json")
+    members = [read_json(runs / f"l{k}-viggo" / "cost.json")["training"] for k in (1, 2, 3)]
+    for key in ("wall_time_s", "a40_conversion_usd"):
+        assert cost["training"][key] == pytest.approx(sum(m[key] for m in members), abs=1e-6)
+    summary = read_json(runs / "three-viggo" / "train_summary.json")
+    walls = [read_json(runs / f"l{k}-viggo" / "train_summary.json")["wall_time_s"] for k in (1, 2, 3)]
+    assert summary["wall_time_s"] == pytest.approx(sum(walls), abs=1e-3)

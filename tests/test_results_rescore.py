@@ -26,16 +26,19 @@ def test_every_committed_study_is_checked() -> None:
 def test_committed_predictions_rescore_to_committed_metrics(
     cell: str, tmp_path: Path, data_dir: Path
 ) -> None:
+    """Both splits: the test numbers, and the validation numbers the checkpoint and study rules
+    compared (each cell's own validation predictions are committed whole)."""
     run = RunDir(RESULTS / cell)
     config = run.load_config()
     config = config.model_copy(update={"task": config.task.model_copy(update={"data_dir": str(data_dir)})})
     options = {**get_task(config.task).scorer_options(), "suite_cache_dir": ""}
-    fresh = evaluate(config.task.name, run.predictions("test"), tmp_path, options)
-    committed = read_json(run.eval_dir("test") / "metrics.json")
-    for key in ("predictions", "task", "seconds", "options"):  # where and how fast, not what
-        fresh.pop(key, None)
-        committed.pop(key, None)
-    assert fresh == committed
+    for split in config.eval_splits:
+        fresh = evaluate(config.task.name, run.predictions(split), tmp_path / split, options)
+        committed = read_json(run.eval_dir(split) / "metrics.json")
+        for key in ("predictions", "task", "seconds", "options", "rescored"):  # where and how fast, not what
+            fresh.pop(key, None)
+            committed.pop(key, None)
+        assert fresh == committed, split
 
 
 def test_the_unfinished_cells_partial_test_predictions_rescore(tmp_path: Path, data_dir: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunebench.errors import TunebenchError
 from tunebench.io import read_text
@@ -379,8 +379,17 @@ class EnsembleConfig(Strict):
         "ties): a run name under runs_dir, or a path containing '/'. In a study, a system name of "
         "the same study means that system's cell for the task. Their candidates are pooled per "
         "example and voted: SQL by execution on generated databases (generation.vote_* and "
-        "training.seed), other tasks by the most frequent prediction.",
+        "training.seed), other tasks by the answer most candidates give (ViGGO: the parsed meaning "
+        "representation; at least 3 candidates per example).",
     )
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, members: list[str]) -> list[str]:
+        repeated = sorted({m for m in members if members.count(m) > 1})
+        if repeated:
+            raise ValueError(f"members named twice: {', '.join(repeated)}")
+        return members
 
 
 class CostConfig(Strict):
@@ -428,7 +437,7 @@ class ExperimentConfig(Strict):
             raise ValueError("generation.prompt_format: chat takes no few_shot examples")
         if (self.provider == "ensemble") != (self.ensemble is not None):
             raise ValueError("an 'ensemble' section goes with provider 'ensemble' (and it needs one)")
-        if self.generation.selection == "execution_vote":
+        if self.generation.selection == "execution_vote" and self.provider != "ensemble":  # it always votes
             if self.task.name != "sql":
                 raise ValueError(
                     f"generation.selection: execution_vote needs task sql (task is '{self.task.name}')"

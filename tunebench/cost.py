@@ -6,8 +6,8 @@ inference (the manifest's ``predict:<split>`` stage info), with the cost of 1,00
 from the measured throughput. The same wall time is also priced at the study's A40 rate; that
 is a *price conversion*, labelled as such, never a measurement on an A40.
 
-An ensemble (``provider: ensemble``) costs what its members did: their training added up, and
-for each split their generation time plus the vote's.
+An ensemble (``provider: ensemble``) costs what its members did: their ``cost.json`` records
+added up (:func:`tunebench.inference.ensemble.ensemble_cost`).
 
 OpenAI runs are priced per token: ``trained_tokens`` x the training price, and the predictions'
 prompt/completion tokens x the input/output prices.
@@ -132,34 +132,6 @@ def _self_hosted_training(
     }
 
 
-def _ensemble_training(config: ExperimentConfig, a40: GpuPrice) -> dict[str, Any]:
-    """An ensemble's training: its members' (each priced as its own training), added up."""
-    from tunebench.inference.ensemble import trained_members
-
-    parts = []
-    for member in trained_members(config):  # base members trained nothing
-        summary = _summary(member)
-        choice_s = float(member.manifest().get("stages", {}).get("choose", {}).get("gpu_time_s") or 0.0)
-        parts.append(
-            _self_hosted_training(summary, hourly_price(config, summary.get("gpu_type")), a40, choice_s)
-        )
-
-    def total(key: str) -> float | None:
-        values = [p[key] for p in parts]
-        return None if any(v is None for v in values) else round(sum(values), 6)  # 0 when none trained
-
-    return {
-        "members": config.ensemble.members if config.ensemble else [],
-        "wall_time_s": total("wall_time_s"),
-        "checkpoint_choice_s": total("checkpoint_choice_s"),
-        "gpu_type": parts[0]["gpu_type"] if parts else None,
-        "gpu_count": max((p["gpu_count"] for p in parts), default=1),
-        "gpu_hours": total("gpu_hours"),
-        "cost_usd": total("cost_usd"),
-        "a40_conversion_usd": total("a40_conversion_usd"),
-    }
-
-
 def _self_hosted_inference(info: dict[str, Any], price: GpuPrice | None, a40: GpuPrice) -> dict[str, Any]:
     wall = info.get("wall_time_s")
     reused = info.get("reused_from")
@@ -238,6 +210,10 @@ def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         record["openai"] = _openai_cost(config, run, summary)
         record["training_cost_usd"] = record["openai"]["training"]["cost_usd"]
         return record
+    if config.provider == "ensemble":
+        from tunebench.inference.ensemble import ensemble_cost
+
+        return {**record, **ensemble_cost(config, run)}
     if config.provider == "endpoint":
         record["endpoint"] = {
             split: {**token_totals(run, split), **stages.get(f"predict:{split}", {})}
@@ -263,9 +239,6 @@ def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     if config.provider == "local":
         choice_s = float(stages.get("choose", {}).get("gpu_time_s") or 0.0)
         record["training"] = _self_hosted_training(summary, price, a40, choice_s)
-        record["training_cost_usd"] = record["training"]["cost_usd"]
-    elif config.provider == "ensemble":
-        record["training"] = _ensemble_training(config, a40)
         record["training_cost_usd"] = record["training"]["cost_usd"]
     else:  # base: nothing trained
         record["training"] = None

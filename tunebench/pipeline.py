@@ -141,6 +141,10 @@ def run_experiment(config: ExperimentConfig, yes: bool = False, gpus: int = 1) -
     """
     run = open_run(config)
     ensure_prepared(config, run)
+    if config.provider == "ensemble":  # a member trained or predicted again: vote again
+        from tunebench.inference.ensemble import forget_stale
+
+        forget_stale(config, run)
     if not run.stage_done("train"):
         if gpus > 1 and config.provider == "local":
             launched_stage(config, gpus, ["train"], "training")

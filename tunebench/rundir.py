@@ -95,6 +95,13 @@ class RunDir:
         manifest.setdefault("stages", {})[stage] = {"finished": now(), **info}
         write_json(self.manifest_path, manifest)
 
+    def forget_stages(self, stages: list[str]) -> None:
+        """Mark ``stages`` unfinished again (their inputs changed): the next run redoes them."""
+        manifest = self.manifest()
+        for stage in stages:
+            manifest.get("stages", {}).pop(stage, None)
+        write_json(self.manifest_path, manifest)
+
     def stage_done(self, stage: str) -> bool:
         return stage in self.manifest().get("stages", {})
 

@@ -266,8 +266,8 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
                     continue
                 data = _cell_data(study, system, task, point, overrides)
                 data.update(name=f"{variant}-{task.name}", runs_dir=runs_dir, provider=system.provider)
-                _name_members(data, variants, task.name)
                 where = f"{source}: system '{variant}', task '{task.name}'"
+                _name_members(data, variants, task.name, where)
                 cfg = parse_model(ExperimentConfig, data, where)
                 if cfg.name in names:
                     raise TunebenchError(f"{where}: two cells are both named '{cfg.name}'")
@@ -276,21 +276,36 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
     return cells
 
 
-def _name_members(data: dict[str, Any], variants: dict[str, SystemEntry], task: str) -> None:
-    """An ensemble's members that name systems of the study become those systems' cells."""
+def _name_members(data: dict[str, Any], variants: dict[str, SystemEntry], task: str, where: str) -> None:
+    """An ensemble's members, system names of the study, become those systems' cells for ``task``
+    (a member with a '/' is a run directory elsewhere, taken as it is). Other cells carry no
+    ``ensemble`` section (one set in ``defaults`` is meant for the ensembles)."""
+    from tunebench.inference.ensemble import MEMBER_PROVIDERS
+
+    if data.get("provider") != "ensemble":
+        data.pop("ensemble", None)
+        return
     members = (data.get("ensemble") or {}).get("members")
     if not isinstance(members, list):
-        return
+        return  # the config's own validation names what is missing
     named = []
     for member in members:
+        if isinstance(member, str) and "/" in member:
+            named.append(member)
+            continue
         system = variants.get(member) if isinstance(member, str) else None
         if system is None:
-            named.append(member)  # a run name or path outside the study
-            continue
+            raise TunebenchError(
+                f"{where}: ensemble member '{member}' is not a system of the study (its systems: "
+                f"{', '.join(variants)}); a run directory elsewhere is given as a path with a '/'"
+            )
         if system.tasks is not None and task not in system.tasks:
-            raise TunebenchError(f"ensemble member '{member}' has no '{task}' cell")
-        if system.provider == "ensemble":
-            raise TunebenchError(f"ensemble member '{member}' is an ensemble itself")
+            raise TunebenchError(f"{where}: ensemble member '{member}' has no '{task}' cell")
+        if system.provider not in MEMBER_PROVIDERS:
+            raise TunebenchError(
+                f"{where}: ensemble member '{member}' has provider '{system.provider}'; members must be "
+                f"{' or '.join(MEMBER_PROVIDERS)} systems"
+            )
         named.append(f"{member}-{task}")
     data["ensemble"]["members"] = named
 

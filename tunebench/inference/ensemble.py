@@ -1,27 +1,31 @@
 """Ensembles (``provider: ensemble``): pool finished runs' candidates and vote, no new generation.
 
 An ensemble run reads the predictions of its ``ensemble.members`` (other runs of the same task
-and split, finished first) and writes its own ``predictions/<split>.jsonl``:
+and examples, finished first) and writes its own ``predictions/<split>.jsonl``:
 
 * **Pooling.** For each example, the candidates of every member in member order: a member's
   ``candidates`` when it sampled several (``generation.num_candidates``), else its prediction.
   The first member's first candidate (its greedy output) comes first, so it wins every tie.
 * **Vote.** SQL: the execution vote of :mod:`tunebench.inference.select` over the pooled
   candidates (databases generated from the CREATE TABLE context; this run's
-  ``generation.vote_*`` settings and ``training.seed``). Other tasks: the most frequent
-  prediction (exact text), the earliest on ties.
+  ``generation.vote_*`` settings and ``training.seed``). Other tasks: the answer most candidates
+  give (:meth:`~tunebench.tasks.base.Task.vote_key`: ViGGO compares parsed meaning
+  representations, others the text), the earliest on ties; a majority needs at least 3
+  candidates per example.
 
 Why: members trained differently (rank, seed, targets) err differently, so a vote across them
 corrects more than more samples from one model do; on the SQL lever study two adapters' pooled
 candidates scored higher on the validation split than either alone (``results/qwen15-ensemble``).
 
-The members' generation time is the ensemble's: ``predict:<split>`` records the members' summed
-wall times plus the vote's, and ``train_summary.json`` the members' summed training, so cost and
-report price an ensemble as what it took to produce.
+**Cost.** An ensemble costs what its members did: its ``cost.json`` adds up the members' own
+(training, and each split's predictions); the vote itself is CPU work, recorded as ``vote_s``
+and not priced. **Staleness.** Each stage records a digest of the member files it read; when a
+member is trained or predicted again, the ensemble's stages are redone on the next run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,14 +35,12 @@ from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
 from tunebench.rundir import RunDir
-from tunebench.tasks import Example
+from tunebench.tasks import Example, Task, get_task
 
-#: fields copied from the first member's row (the example, not any member's output)
-EXAMPLE_FIELDS = ("id", "gold", "question", "context", "db_id", "input", "fields")
-
-
-#: providers whose runs can be members: self-hosted, so the ensemble's GPU time prices them all
+#: providers whose runs can be members: self-hosted runs whose cost.json prices GPU time
 MEMBER_PROVIDERS = ("local", "base")
+#: fewest candidates per example a (non-SQL) majority can be taken over
+MAJORITY_MIN = 3
 
 
 def member_dirs(config: ExperimentConfig) -> list[RunDir]:
@@ -52,26 +54,67 @@ def member_dirs(config: ExperimentConfig) -> list[RunDir]:
     return dirs
 
 
-def trained_members(config: ExperimentConfig) -> list[RunDir]:
-    """The members that trained (provider local); checks every member's provider and task."""
-    trained = []
+def checked_members(config: ExperimentConfig) -> list[tuple[RunDir, ExperimentConfig]]:
+    """Every member with its config; refuses members of another provider or task."""
+    out = []
     for member in member_dirs(config):
         member_config = member.load_config()
         if member_config.provider not in MEMBER_PROVIDERS:
             raise TunebenchError(
                 f"ensemble member {member.root}: provider '{member_config.provider}'; members must be "
-                f"{' or '.join(MEMBER_PROVIDERS)} runs (self-hosted: their GPU time is the ensemble's cost)"
+                f"{' or '.join(MEMBER_PROVIDERS)} runs"
             )
         if member_config.task.name != config.task.name:
             raise TunebenchError(
                 f"ensemble member {member.root}: task '{member_config.task.name}', the ensemble's is "
                 f"'{config.task.name}'"
             )
-        if member_config.provider == "local":
-            trained.append(member)
-    return trained
+        out.append((member, member_config))
+    return out
 
 
+def members_digest(members: list[RunDir], files: list[str]) -> str | None:
+    """A digest of the members' ``files`` (relative paths; a missing one counts as missing), or
+    None when a member's folder is gone (a finished ensemble whose members moved is left as is)."""
+    digest = hashlib.sha256()
+    for member in members:
+        if not member.root.is_dir():
+            return None
+        for name in files:
+            path = member.root / name
+            digest.update(f"{member.root}\x00{name}\x00".encode())
+            digest.update(path.read_bytes() if path.is_file() else b"\x00missing")
+    return digest.hexdigest()[:16]
+
+
+def _predictions_digest(members: list[RunDir], split: str) -> str | None:
+    return members_digest(members, [f"predictions/{split}.jsonl"])
+
+
+def _training_digest(members: list[RunDir]) -> str | None:
+    return members_digest(members, ["train_summary.json", "cost.json"])
+
+
+def forget_stale(config: ExperimentConfig, run: RunDir) -> list[str]:
+    """Drop the ensemble's finished stages whose member files changed since; returns them."""
+    members = member_dirs(config)
+    stages = run.manifest().get("stages", {})
+    stale: list[str] = []
+    train = stages.get("train")
+    if train is not None and train.get("members_digest") not in (None, _training_digest(members)):
+        stale += ["train", "cost"]
+    for split in config.eval_splits:
+        info = stages.get(f"predict:{split}")
+        current = _predictions_digest(members, split)
+        if info is not None and current is not None and info.get("members_digest") != current:
+            stale += [f"predict:{split}", f"evaluate:{split}", "cost"]
+    stale = [s for s in dict.fromkeys(stale) if s in stages]
+    if stale:
+        run.forget_stages(stale)
+    return stale
+
+
+# --- pooling and voting ---------------------------------------------------------------------
 def _member_rows(member: RunDir, split: str, examples: list[Example]) -> list[dict[str, Any]]:
     path = member.predictions(split)
     if not path.is_file():
@@ -81,10 +124,13 @@ def _member_rows(member: RunDir, split: str, examples: list[Example]) -> list[di
         )
     rows = {r["id"]: r for r in read_jsonl(path, required=("id", "prediction"))}
     missing = [ex.id for ex in examples if ex.id not in rows]
-    if missing:
+    if missing or len(rows) != len(examples):
+        detail = (
+            f"first missing: {missing[0]}" if missing else f"{len(rows)} rows for {len(examples)} examples"
+        )
         raise TunebenchError(
-            f"ensemble member {member.root}: {len(missing)} of {len(examples)} {split} examples have no "
-            f"prediction (first: {missing[0]}); members must predict the same examples"
+            f"ensemble member {member.root}: its {split} predictions are not the ensemble's "
+            f"{len(examples)} examples ({detail}); members must predict exactly the same examples"
         )
     other = next((ex.id for ex in examples if rows[ex.id].get("gold", ex.completion) != ex.completion), None)
     if other is not None:
@@ -103,43 +149,60 @@ def candidates_of(row: dict[str, Any]) -> list[str]:
     return [str(row.get("prediction") or "")]
 
 
-def pool_rows(per_member: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One row per example with every member's candidates, in member order.
+def pool_rows(
+    per_member: list[list[dict[str, Any]]], examples: list[Example], task: Task
+) -> list[dict[str, Any]]:
+    """One row per example: the example's own fields and every member's candidates in member order.
 
     ``per_member[m][k]`` is member m's row for example k. ``member_candidates`` records how
     many candidates each member gave, so a chosen index maps back to its member.
     """
     pooled = []
-    for rows in zip(*per_member, strict=True):
-        first = rows[0]
-        out = {key: first[key] for key in EXAMPLE_FIELDS if key in first}
+    for example, rows in zip(examples, zip(*per_member, strict=True), strict=True):
         lists = [candidates_of(r) for r in rows]
-        out["candidates"] = [c for cands in lists for c in cands]
-        out["member_candidates"] = [len(c) for c in lists]
-        out["prediction"] = out["candidates"][0]
-        for key in ("prompt_tokens", "completion_tokens"):
-            out[key] = sum(int(r.get(key) or 0) for r in rows)
-        pooled.append(out)
+        candidates = [c for cands in lists for c in cands]
+        pooled.append(
+            {
+                "id": example.id,
+                "prediction": candidates[0],
+                "gold": example.completion,
+                **task.eval_fields(example),
+                "candidates": candidates,
+                "member_candidates": [len(c) for c in lists],
+                "prompt_tokens": sum(int(r.get("prompt_tokens") or 0) for r in rows),
+                "completion_tokens": sum(int(r.get("completion_tokens") or 0) for r in rows),
+            }
+        )
     return pooled
 
 
-def majority_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The most frequent candidate (exact text) becomes the prediction; the earliest on ties."""
+def majority_row(row: dict[str, Any], task: Task) -> dict[str, Any]:
+    """The answer most candidates give becomes the prediction (its earliest candidate); ties go to
+    the answer given first. Candidates that are no answer (``vote_key`` None) get no vote; when
+    none is an answer, candidate 0 stays."""
     candidates = row["candidates"]
-    counts = Counter(candidates)
+    keys = [task.vote_key(c) for c in candidates]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return {**row, "prediction": candidates[0], "selection": {"chosen": 0, "groups": [], "executable": 0}}
     best = max(counts.values())
-    chosen = next(i for i, c in enumerate(candidates) if counts[c] == best)
-    groups = list(dict.fromkeys(candidates))
+    chosen = next(i for i, k in enumerate(keys) if k is not None and counts[k] == best)
     return {
         **row,
         "prediction": candidates[chosen],
-        "selection": {"chosen": chosen, "groups": [counts[g] for g in groups], "executable": len(candidates)},
+        "selection": {"chosen": chosen, "groups": list(counts.values()), "executable": sum(counts.values())},
     }
 
 
-def vote_rows(config: ExperimentConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def vote_rows(config: ExperimentConfig, task: Task, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if config.task.name != "sql":
-        return [majority_row(r) for r in rows]
+        fewest = min((len(r["candidates"]) for r in rows), default=MAJORITY_MIN)
+        if fewest < MAJORITY_MIN:
+            raise TunebenchError(
+                f"{config.name}: a majority vote needs at least {MAJORITY_MIN} candidates per example and "
+                f"the members give {fewest}; add members (or members with several candidates)"
+            )
+        return [majority_row(r, task) for r in rows]
     from tunebench.inference.select import select_by_execution
 
     gen = config.generation
@@ -153,73 +216,151 @@ def vote_rows(config: ExperimentConfig, rows: list[dict[str, Any]]) -> list[dict
 
 
 def _summed_stage(members: list[RunDir], stage: str) -> dict[str, Any]:
-    """The members' ``stage`` infos added up (wall time, tokens) with their hardware."""
+    """The members' ``stage`` infos added up (GPU wall time) with their hardware."""
     infos = [m.manifest().get("stages", {}).get(stage) or {} for m in members]
     walls = [i.get("wall_time_s") for i in infos]
     gpus = [i.get("gpu_type") for i in infos if i.get("gpu_type")]
-    return {
-        "members_wall_time_s": round(sum(walls), 3) if all(w is not None for w in walls) else None,
+    reused = [
+        f"{m.root.name}: {i['reused_from']}"
+        for m, i in zip(members, infos, strict=True)
+        if i.get("reused_from")
+    ]
+    out: dict[str, Any] = {
+        "wall_time_s": round(sum(walls), 3) if all(w is not None for w in walls) else None,
         "gpu_type": gpus[0] if gpus else None,
         "gpu_count": max((int(i.get("gpu_count") or 1) for i in infos), default=1),
-        "reused_from": ", ".join(str(i["reused_from"]) for i in infos if i.get("reused_from")) or None,
     }
+    if reused:
+        out["members_reused_from"] = reused
+    return out
 
 
 def predict_ensemble(config: ExperimentConfig, run: RunDir, split: str, examples: list[Example]) -> Path:
     """Pool the members' predictions of ``split`` and vote; writes ``run.predictions(split)``."""
-    trained_members(config)  # refuses members of another task or provider
-    members = member_dirs(config)
+    members = [m for m, _ in checked_members(config)]
+    task = get_task(config.task)
     per_member = [_member_rows(m, split, examples) for m in members]
+    digest = _predictions_digest(members, split)
     start = time.perf_counter()
-    voted = vote_rows(config, pool_rows(per_member))
+    voted = vote_rows(config, task, pool_rows(per_member, examples, task))
     vote_s = time.perf_counter() - start
     final = run.predictions(split)
     write_jsonl(final, voted)
     summed = _summed_stage(members, f"predict:{split}")
-    wall = None if summed["members_wall_time_s"] is None else summed["members_wall_time_s"] + vote_s
-    infos = [r["selection"] for r in voted]
+    wall = summed["wall_time_s"]
     run.record_stage(
         f"predict:{split}",
         provider="ensemble",
         members=[str(m.root) for m in members],
+        members_digest=digest,
         n=len(voted),
-        wall_time_s=round(wall, 3) if wall is not None else None,
+        **summed,  # the members' generation time: the ensemble's
         predictions_per_s=round(len(voted) / wall, 3) if wall else None,
-        vote_s=round(vote_s, 3),
+        vote_s=round(vote_s, 3),  # CPU work, not priced
         selection="execution_vote" if config.task.name == "sql" else "majority",
-        selection_changed=sum(1 for i in infos if i["chosen"] != 0),
+        selection_changed=sum(1 for r in voted if r["selection"]["chosen"] != 0),
         prompt_tokens=sum(r["prompt_tokens"] for r in voted),
         completion_tokens=sum(r["completion_tokens"] for r in voted),
-        **{k: v for k, v in summed.items() if k != "members_wall_time_s" and v is not None},
-        members_wall_time_s=summed["members_wall_time_s"],
     )
     return final
 
 
 def train_ensemble(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
-    """Nothing to train: the members' training, summed, is written as this run's summary."""
-    members = trained_members(config)
+    """Nothing to train: the trained members' summaries, added up, become this run's summary
+    (none when no member trained, as for a base run)."""
+    pairs = checked_members(config)
+    trained = [m for m, c in pairs if c.provider == "local"]
     summaries = []
-    for member in members:
+    for member in trained:
         if not member.train_summary.is_file():
             raise TunebenchError(
                 f"ensemble member {member.root}: not trained ({member.train_summary} missing); "
                 "run that member first"
             )
         summaries.append(read_json(member.train_summary))
-    walls = [s.get("wall_time_s") for s in summaries]
-    choice = [
-        float(m.manifest().get("stages", {}).get("choose", {}).get("gpu_time_s") or 0.0) for m in members
-    ]
-    gpus = [s.get("gpu_type") for s in summaries if s.get("gpu_type")]
-    summary = {
-        "provider": "ensemble",
-        "members": [str(m.root) for m in member_dirs(config)],
-        "wall_time_s": round(sum(walls), 3) if all(w is not None for w in walls) else None,  # 0 untrained
-        "checkpoint_choice_s": round(sum(choice), 3),
-        "gpu_type": gpus[0] if gpus else None,
-        "gpu_count": max((int(s.get("gpu_count") or 1) for s in summaries), default=1),
-        "train_tokens": sum(int(s.get("train_tokens") or 0) for s in summaries),
-    }
-    write_json(run.train_summary, summary)
+    summary: dict[str, Any] = {}
+    if summaries:
+        walls = [s.get("wall_time_s") for s in summaries]
+        choice = [
+            float(m.manifest().get("stages", {}).get("choose", {}).get("gpu_time_s") or 0.0) for m in trained
+        ]
+        gpus = [s.get("gpu_type") for s in summaries if s.get("gpu_type")]
+        summary = {
+            "provider": "ensemble",
+            "members": [str(m.root) for m, _ in pairs],
+            "wall_time_s": round(sum(walls), 3) if all(w is not None for w in walls) else None,
+            "checkpoint_choice_s": round(sum(choice), 3),
+            "gpu_type": gpus[0] if gpus else None,
+            "gpu_count": max((int(s.get("gpu_count") or 1) for s in summaries), default=1),
+            "train_tokens": sum(int(s.get("train_tokens") or 0) for s in summaries),
+        }
+        write_json(run.train_summary, summary)
+    run.record_stage("train", members_digest=_training_digest([m for m, _ in pairs]))
     return summary
+
+
+# --- cost -------------------------------------------------------------------------------------
+def _total(parts: list[dict[str, Any]], key: str) -> float | None:
+    values = [p.get(key) for p in parts]
+    return None if any(v is None for v in values) else round(sum(values), 6)
+
+
+def ensemble_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """The members' ``cost.json`` records added up: training, and each split's predictions (the
+    vote is CPU work and not priced). Each member is priced as its own cost.json priced it."""
+    from tunebench.cost import per_1k
+
+    records = []
+    for member, _ in checked_members(config):
+        if not member.cost_path.is_file():
+            raise TunebenchError(f"ensemble member {member.root}: not finished ({member.cost_path} missing)")
+        records.append(read_json(member.cost_path))
+    trained = [r["training"] for r in records if r.get("training")]
+    training = None
+    if trained:
+        training = {
+            key: _total(trained, key)
+            for key in ("wall_time_s", "checkpoint_choice_s", "gpu_hours", "cost_usd", "a40_conversion_usd")
+        }
+        training["gpu_type"] = trained[0].get("gpu_type")
+    inference: dict[str, Any] = {}
+    stages = run.manifest().get("stages", {})
+    for split in config.eval_splits:
+        parts = [(r.get("inference") or {}).get(split) for r in records]
+        info = stages.get(f"predict:{split}")
+        if info is None or any(p is None for p in parts):
+            continue
+        n = info.get("n")
+        usd, a40 = _total(parts, "cost_usd"), _total(parts, "a40_conversion_usd")
+        inference[split] = {
+            "wall_time_s": _total(parts, "wall_time_s"),
+            "n": n,
+            "predictions_per_s": info.get("predictions_per_s"),
+            "gpu_type": info.get("gpu_type"),
+            "gpu_count": info.get("gpu_count"),
+            "prompt_tokens": info.get("prompt_tokens"),
+            "completion_tokens": info.get("completion_tokens"),
+            "cost_usd": usd,
+            "cost_per_1k_predictions": per_1k(usd, n),
+            "a40_conversion_usd": a40,
+            "a40_conversion_per_1k_predictions": per_1k(a40, n),
+            "vote_s": info.get("vote_s"),
+            **({"note": _reuse_note(info)} if info.get("members_reused_from") else {}),
+        }
+    prices = [r.get("price") for r in records if r.get("price")]
+    return {
+        "members": [str(m) for m in (config.ensemble.members if config.ensemble else [])],
+        "price": prices[0] if prices else None,
+        "a40_price": next((r["a40_price"] for r in records if r.get("a40_price")), None),
+        "training": training,
+        "training_cost_usd": training["cost_usd"] if training else 0.0,
+        "inference": inference,
+    }
+
+
+def _reuse_note(info: dict[str, Any]) -> str:
+    reused = info["members_reused_from"]
+    return (
+        f"members predicted this split while choosing their checkpoints ({'; '.join(reused)}): that time "
+        "is also in their training"
+    )

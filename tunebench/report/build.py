@@ -340,7 +340,7 @@ def reference_api(run: RunInfo, split: str) -> tuple[float, str] | None:
     """The fine-tuned GPT-3.5 per-token price with this run's own measured tokens per query."""
     from tunebench.cost import openai_model_price
 
-    if run.config.provider != "local" and run.config.provider != "base":
+    if run.config.provider not in SELF_HOSTED:
         return None
     info = run.manifest.get("stages", {}).get(f"predict:{split}", {})
     n, pt, ct = info.get("n"), info.get("prompt_tokens"), info.get("completion_tokens")

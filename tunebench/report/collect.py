@@ -144,6 +144,7 @@ def _from_folder(folder: Path) -> StudyData:
         description = None
     if not runs:
         raise TunebenchError(f"{folder}: no run directories (folders with config.yaml) found")
+    runs = [*outside_members(runs), *runs]
     return StudyData(
         title=title,
         description=description,
@@ -171,6 +172,11 @@ def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
             config = member.load_config()
             suffix = f"-{config.task.name}"
             system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
+            taken = {r.system for r in [*runs, *extra] if r.task == info.task}
+            if system in taken:  # a study system of the same name: keep the rows apart
+                system = f"{system} (member)"
+            if system in taken:
+                system = str(member.root)
             extra.append(load_run(member, system, info.task, f"ensemble member, from {member.root}"))
     return extra
 
@@ -210,7 +216,7 @@ def load_run(run: RunDir, system: str, task: str, description: str | None) -> Ru
 
 
 # What a re-score may change in metrics.json without changing a verdict: where and how fast.
-INCIDENTAL_METRIC_KEYS = ("predictions", "task", "seconds", "options")
+INCIDENTAL_METRIC_KEYS = ("predictions", "task", "seconds", "options", "rescored")
 # Recorded scorer options that name folders of the machine that scored (not settings).
 MACHINE_PATHS = ("db_dir", "suite_cache_dir")
 

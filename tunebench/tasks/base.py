@@ -97,6 +97,13 @@ class Task(ABC):
             text = text.split("\n", 1)[0]
         return text.strip()
 
+    def vote_key(self, prediction: str) -> str | None:
+        """What a majority vote compares (an ensemble of a non-SQL task): predictions with the same
+        key are the same answer; None: not an answer (it gets no vote). Here: the text with its
+        whitespace collapsed."""
+        text = " ".join(prediction.split())
+        return text or None
+
     @property
     def stops_on_newline(self) -> bool:
         """Generation may stop at the first newline (only the first line is kept)."""

@@ -51,6 +51,19 @@ class ViggoTask(Task):
             {"role": "user", "content": example.fields["sentence"]},
         ]
 
+    def vote_key(self, prediction: str) -> str | None:
+        """The parsed MR, order of attributes and list items aside (what ``mr_match`` compares);
+        None for a prediction that does not parse."""
+        from tunebench.evaluation.mr import MR, parse_mr
+
+        mr = parse_mr(prediction)
+        if not isinstance(mr, MR):
+            return None
+        slots = sorted(
+            (attr, sorted(v) if isinstance(v, frozenset) else v) for attr, v in mr.normalized().items()
+        )
+        return repr((mr.function, slots))
+
     def _raw(self, split: str) -> tuple[list[dict[str, Any]], str]:
         root = None if self.config.hub_id else local_data_dir(self.config.data_dir)
         if root is not None:
