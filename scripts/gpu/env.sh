@@ -1,7 +1,7 @@
 # Sourced at the start of every command on a lent GPU machine (see scripts/gpu/README.md).
 # keep/ survives between calls on a warm machine because .git/info/exclude lists it.
 # Study runs written by background jobs (sitting.sh) must survive the next call's sync too.
-for pattern in /keep/ adapter/ checkpoints/ tensorboard/ /results/qwen15-levers/; do
+for pattern in /keep/ adapter/ checkpoints/ tensorboard/ /results/qwen15-levers/ /results/qwen15-replicate/; do
   grep -qx "$pattern" .git/info/exclude 2>/dev/null || echo "$pattern" >> .git/info/exclude
 done
 mkdir -p keep/parts keep/site keep/cache
