@@ -28,8 +28,16 @@ from tunebench.tasks import get_task
         ("\n\nSELECT 1", "SELECT 1"),
     ],
 )
-def test_sql_answers_come_from_the_first_fenced_block(raw: str, sql: str) -> None:
-    assert get_task(TaskConfig(name="sql")).postprocess(raw) == sql
+def test_chat_answers_come_from_the_first_fenced_block(raw: str, sql: str) -> None:
+    assert get_task(TaskConfig(name="sql")).postprocess(raw, fenced=True) == sql
+
+
+def test_the_studys_first_line_rule_ignores_fences() -> None:
+    """Plain prompts (fine-tuned, API and k-shot runs) keep the study's rule, fence or not."""
+    task = get_task(TaskConfig(name="sql"))
+    answer = "SELECT a FROM t\n\nAlternatively:\n```sql\nSELECT b\nFROM t\n```"
+    assert task.postprocess(answer) == "SELECT a FROM t"
+    assert task.postprocess("```sql\nSELECT 1\n```") == "```sql"
 
 
 def test_multi_line_tasks_keep_the_blocks_lines(tmp_path: Path) -> None:
@@ -44,7 +52,7 @@ def test_multi_line_tasks_keep_the_blocks_lines(tmp_path: Path) -> None:
             first_line_only=False,
         )
     )
-    assert task.postprocess('Here:\n```json\n{"a": 1,\n "b": 2}\n```') == '{"a": 1,\n "b": 2}'
+    assert task.postprocess('Here:\n```json\n{"a": 1,\n "b": 2}\n```', fenced=True) == '{"a": 1,\n "b": 2}'
 
 
 def base_chat(tmp_path: Path, model: str, **generation: Any) -> ExperimentConfig:
@@ -75,7 +83,7 @@ def test_the_base_model_is_prompted_in_its_chat_template_and_answers_freely(tmp_
             f"<|im_start|>user\n{row['question']}<|im_end|>\n<|im_start|>assistant\n"
         )
         assert row["finish_reason"] in ("stop", "length")  # never cut at the first newline
-        assert row["prediction"] == task.postprocess(row["raw"])
+        assert row["prediction"] == task.postprocess(row["raw"], fenced=True)
     # free answers run past a first line (SmolLM2-135M explains itself)
     assert any("\n" in row["raw"].strip() for row in rows)
     assert read_json(run.manifest_path)["stages"]["predict:test"]["prompt_format"] == "chat"

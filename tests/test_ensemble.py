@@ -327,3 +327,26 @@ systems:
     summary = read_json(runs / "three-viggo" / "train_summary.json")
     walls = [read_json(runs / f"l{k}-viggo" / "train_summary.json")["wall_time_s"] for k in (1, 2, 3)]
     assert summary["wall_time_s"] == pytest.approx(sum(walls), abs=1e-3)
+
+
+def test_slimmed_or_moved_members_leave_a_finished_ensemble_as_it_is(tmp_path: Path) -> None:
+    """What the vote does not read (prompts, raw text) may be dropped from the members' files,
+    and the members may be gone: the ensemble's finished stages stand."""
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(runs=tmp_path / "runs", n=4), encoding="utf-8")
+    finish_members(path)
+    run_study(path)
+    runs = tmp_path / "runs"
+    stages = read_json(runs / "both-sql" / "manifest.json")["stages"]
+    for member in ("a-sql", "b-sql"):
+        file = runs / member / "predictions" / "test.jsonl"
+        write_jsonl(
+            file, [{k: v for k, v in r.items() if k not in ("question", "raw")} for r in read_jsonl(file)]
+        )
+    ensemble = next(c for c in expand(load_study(path)) if c.name == "both-sql").config
+    run_experiment(ensemble)
+    assert read_json(runs / "both-sql" / "manifest.json")["stages"] == stages
+    for member in ("a-sql", "b-sql"):
+        (runs / member).rename(tmp_path / member)
+    run_experiment(ensemble)
+    assert read_json(runs / "both-sql" / "manifest.json")["stages"] == stages

@@ -197,3 +197,45 @@ def test_errors_in_openai_format(served: Any) -> None:
         client.completions.create(model=NAME, prompt="x", max_tokens=2, stream=True)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model=NAME, prompt="x", max_tokens=2, temperature=7)
+
+
+def test_a_chat_format_base_run_serves_its_messages_through_the_chat_template(
+    tmp_path: Path, lively_model_dir: Path
+) -> None:
+    """A run prompted in the model's chat format (generation.prompt_format: chat) answers the
+    task's chat messages from the template rendering, as its predictions were made, not from
+    the plain training prompt a LoRA run would get."""
+    from fastapi.testclient import TestClient
+
+    from tunebench.data.prepare import load_prepared
+    from tunebench.inference.predict import chat_prompt
+
+    config, run = support.make_run(
+        tmp_path, lively_model_dir, name="chat-base", provider="base", n=2, prompt_format="chat"
+    )
+    app = create_app(run.root, device="cpu", batch_wait_ms=1)
+    tokenizer = app.state.generator.tokenizer
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    task = get_task(config.task)
+    example = load_prepared(run, "test")[0]
+    try:
+        with TestClient(app) as client:
+            body = {
+                "model": "chat-base",
+                "messages": task.chat_messages(example),
+                "max_tokens": 8,
+                "temperature": 0,
+            }
+            chat = client.post("/v1/chat/completions", json=body).json()
+            rendered = chat_prompt(tokenizer, task, example)
+            assert rendered.startswith("<|system|>") and rendered != example.prompt
+            plain = client.post(
+                "/v1/completions",
+                json={"model": "chat-base", "prompt": rendered, "max_tokens": 8, "temperature": 0},
+            ).json()
+        assert chat["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
+    finally:
+        app.state.batcher.close()

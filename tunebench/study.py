@@ -259,6 +259,10 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
         for label, _ in grid_points(system.grid)
     }  # fmt: skip
     for system in study.systems:
+        if system.ensemble is not None and system.provider != "ensemble":
+            raise TunebenchError(
+                f"{source}: system '{system.name}': an 'ensemble' section goes with provider ensemble"
+            )
         for label, point in grid_points(system.grid):
             variant = f"{system.name}-{label}" if label else system.name
             for task in study.task_entries:

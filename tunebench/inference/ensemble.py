@@ -26,6 +26,7 @@ member is trained or predicted again, the ensemble's stages are redone on the ne
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -73,40 +74,52 @@ def checked_members(config: ExperimentConfig) -> list[tuple[RunDir, ExperimentCo
     return out
 
 
-def members_digest(members: list[RunDir], files: list[str]) -> str | None:
-    """A digest of the members' ``files`` (relative paths; a missing one counts as missing), or
-    None when a member's folder is gone (a finished ensemble whose members moved is left as is)."""
-    digest = hashlib.sha256()
-    for member in members:
-        if not member.root.is_dir():
-            return None
-        for name in files:
-            path = member.root / name
-            digest.update(f"{member.root}\x00{name}\x00".encode())
-            digest.update(path.read_bytes() if path.is_file() else b"\x00missing")
-    return digest.hexdigest()[:16]
+def _digest(parts: list[tuple[str, Any]]) -> str:
+    text = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _predictions_digest(members: list[RunDir], split: str) -> str | None:
-    return members_digest(members, [f"predictions/{split}.jsonl"])
+    """A digest of what the vote reads from the members' ``split`` predictions: each row's id,
+    gold and candidates (not the prompt or raw text a slimmed copy drops), member by member (by
+    folder name: a study moved elsewhere is the same study). None when a member's folder or file
+    is gone (a finished ensemble is then left as it is)."""
+    parts: list[tuple[str, Any]] = []
+    for member in members:
+        path = member.predictions(split)
+        if not path.is_file():
+            return None
+        rows = [(r["id"], r.get("gold"), candidates_of(r)) for r in read_jsonl(path, required=("id",))]
+        parts.append((member.root.name, rows))
+    return _digest(parts)
 
 
 def _training_digest(members: list[RunDir]) -> str | None:
-    return members_digest(members, ["train_summary.json", "cost.json"])
+    """A digest of the members' train_summary.json and cost.json contents (None when a member's
+    folder is gone)."""
+    parts: list[tuple[str, Any]] = []
+    for member in members:
+        if not member.root.is_dir():
+            return None
+        for path in (member.train_summary, member.cost_path):
+            parts.append((f"{member.root.name}/{path.name}", read_json(path) if path.is_file() else None))
+    return _digest(parts)
 
 
 def forget_stale(config: ExperimentConfig, run: RunDir) -> list[str]:
-    """Drop the ensemble's finished stages whose member files changed since; returns them."""
+    """Drop the ensemble's finished stages whose member inputs changed since; returns them.
+    Stages whose members cannot be read any more (moved, deleted) are kept."""
     members = member_dirs(config)
     stages = run.manifest().get("stages", {})
     stale: list[str] = []
-    train = stages.get("train")
-    if train is not None and train.get("members_digest") not in (None, _training_digest(members)):
+
+    def changed(info: dict[str, Any] | None, current: str | None) -> bool:
+        return info is not None and current is not None and info.get("members_digest") not in (None, current)
+
+    if changed(stages.get("train"), _training_digest(members)):
         stale += ["train", "cost"]
     for split in config.eval_splits:
-        info = stages.get(f"predict:{split}")
-        current = _predictions_digest(members, split)
-        if info is not None and current is not None and info.get("members_digest") != current:
+        if changed(stages.get(f"predict:{split}"), _predictions_digest(members, split)):
             stale += [f"predict:{split}", f"evaluate:{split}", "cost"]
     stale = [s for s in dict.fromkeys(stale) if s in stages]
     if stale:
@@ -325,11 +338,18 @@ def ensemble_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         training["gpu_type"] = trained[0].get("gpu_type")
     inference: dict[str, Any] = {}
     stages = run.manifest().get("stages", {})
+    members = [m for m, _ in checked_members(config)]
     for split in config.eval_splits:
-        parts = [(r.get("inference") or {}).get(split) for r in records]
         info = stages.get(f"predict:{split}")
-        if info is None or any(p is None for p in parts):
+        if info is None:
             continue
+        parts = [(r.get("inference") or {}).get(split) for r in records]
+        missing = [str(m.root) for m, p in zip(members, parts, strict=True) if p is None]
+        if missing:
+            raise TunebenchError(
+                f"ensemble member {missing[0]}: its cost.json prices no {split} predictions; "
+                "rerun that member (its cost stage) first"
+            )
         n = info.get("n")
         usd, a40 = _total(parts, "cost_usd"), _total(parts, "a40_conversion_usd")
         inference[split] = {
@@ -348,9 +368,11 @@ def ensemble_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
             **({"note": _reuse_note(info)} if info.get("members_reused_from") else {}),
         }
     prices = [r.get("price") for r in records if r.get("price")]
+    same = all(p == prices[0] for p in prices)
     return {
         "members": [str(m) for m in (config.ensemble.members if config.ensemble else [])],
-        "price": prices[0] if prices else None,
+        "price": prices[0] if prices and same else None,  # each member is priced in its own record
+        **({} if same else {"note": "members priced at different hourly rates: see their cost.json"}),
         "a40_price": next((r["a40_price"] for r in records if r.get("a40_price")), None),
         "training": training,
         "training_cost_usd": training["cost_usd"] if training else 0.0,

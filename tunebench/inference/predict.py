@@ -241,8 +241,10 @@ def predict_local(
             results = generate_candidates(
                 generator, [prompts[i] for i in indexes], passes, [mine[i].id for i in indexes]
             )
+            fenced = gen.prompt_format == "chat"
             rows = [
-                prediction_row(task, mine[i], prompts[i], r) for i, r in zip(indexes, results, strict=True)
+                prediction_row(task, mine[i], prompts[i], r, fenced)
+                for i, r in zip(indexes, results, strict=True)
             ]
             append_rows(partial, rows)
             done.update((row["id"], row) for row in rows)
@@ -488,13 +490,16 @@ def length_sorted_batches(generator: Any, prompts: list[str], batch_size: int) -
     return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def prediction_row(task: Task, example: Example, prompt: str, result: Any) -> dict[str, Any]:
-    """One predictions-file row (format in notes/TEAM.md)."""
+def prediction_row(
+    task: Task, example: Example, prompt: str, result: Any, fenced: bool = False
+) -> dict[str, Any]:
+    """One predictions-file row (format in notes/TEAM.md); ``fenced``: answers come from code
+    fences (chat-format prompts, :meth:`Task.postprocess`)."""
     first = result.completions[0]
     row: dict[str, Any] = {
         "id": example.id,
         "prompt": prompt,
-        "prediction": task.postprocess(first.text),
+        "prediction": task.postprocess(first.text, fenced),
         "gold": example.completion,
         **task.eval_fields(example),
         "raw": first.text,
@@ -503,7 +508,7 @@ def prediction_row(task: Task, example: Example, prompt: str, result: Any) -> di
         "finish_reason": first.finish_reason,
     }
     if len(result.completions) > 1:
-        row["candidates"] = [task.postprocess(c.text) for c in result.completions]
+        row["candidates"] = [task.postprocess(c.text, fenced) for c in result.completions]
         row["candidates_raw"] = [c.text for c in result.completions]
     if result.truncated:
         row["truncated"] = True

@@ -301,7 +301,9 @@ def create_app(
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             return error(400, "messages: expected a non-empty list of {role, content} objects", "messages")
-        prompt = task_prompt(task, pattern, messages)
+        # a run prompted in the model's chat format (generation.prompt_format: chat) was never
+        # given the task's plain prompt: its messages go through the chat template as they are
+        prompt = task_prompt(task, pattern, messages) if gen.prompt_format == "plain" else None
         in_task_format = prompt is not None
         if prompt is None:
             prompt = template_prompt(generator.tokenizer, messages)

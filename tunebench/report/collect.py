@@ -166,8 +166,8 @@ def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
         if info.provider != "ensemble":
             continue
         for member in member_dirs(info.config):
-            if member.root.resolve() in inside:
-                continue
+            if member.root.resolve() in inside or not member.config_path.is_file():
+                continue  # a study cell already, or not reachable from here (the ensemble's row stands)
             inside.add(member.root.resolve())
             config = member.load_config()
             suffix = f"-{config.task.name}"

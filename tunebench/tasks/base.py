@@ -81,15 +81,15 @@ class Task(ABC):
         return [*self.chat_messages(example), {"role": "assistant", "content": example.completion}]
 
     # --- predictions ------------------------------------------------------------------
-    def postprocess(self, generation: str) -> str:
+    def postprocess(self, generation: str, fenced: bool = False) -> str:
         """Raw generation -> prediction: the first line, stripped (the study's rule).
 
-        A generation holding a complete fenced code block (an instruct model prompted in its chat
-        format answers with one, often after a sentence) gives that block's content instead, on
-        one line for first-line tasks. A fine-tuned model's plain answer has no fence and is
-        unchanged.
+        ``fenced`` (a base model prompted in its chat format, which answers freely, often with a
+        sentence and then a code block): the first complete fenced code block's content instead,
+        on one line for first-line tasks; the first line when there is no block. Never for the
+        study's plain prompts, fine-tuned or API runs: their rule stays the first line.
         """
-        block = fenced_block(generation)
+        block = fenced_block(generation) if fenced else None
         if block is not None:
             generation = " ".join(block.split()) if self.config.first_line_only else block
         text = generation.lstrip("\n") if self.config.first_line_only else generation
