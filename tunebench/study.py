@@ -232,6 +232,11 @@ def _label(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.+=-]", "_", str(value))
 
 
+def variant_name(system: SystemEntry, label: str) -> str:
+    """The name of one grid point of a system (the system's own name without a grid)."""
+    return f"{system.name}-{label}" if label else system.name
+
+
 def grid_points(grid: dict[str, list[Any] | dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """The cartesian product of a grid as (label, {dotted key: value}) pairs."""
     if not grid:
@@ -255,16 +260,17 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
     cells: list[Cell] = []
     names: set[str] = set()
     variants = {
-        (f"{system.name}-{label}" if label else system.name): system for system in study.systems
+        variant_name(system, label): system
+        for system in study.systems
         for label, _ in grid_points(system.grid)
-    }  # fmt: skip
+    }
     for system in study.systems:
         if system.ensemble is not None and system.provider != "ensemble":
             raise TunebenchError(
                 f"{source}: system '{system.name}': an 'ensemble' section goes with provider ensemble"
             )
         for label, point in grid_points(system.grid):
-            variant = f"{system.name}-{label}" if label else system.name
+            variant = variant_name(system, label)
             for task in study.task_entries:
                 if system.tasks is not None and task.name not in system.tasks:
                     continue

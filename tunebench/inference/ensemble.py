@@ -231,7 +231,6 @@ def vote_rows(config: ExperimentConfig, task: Task, rows: list[dict[str, Any]]) 
 def _summed_stage(members: list[RunDir], stage: str) -> dict[str, Any]:
     """The members' ``stage`` infos added up (GPU wall time) with their hardware."""
     infos = [m.manifest().get("stages", {}).get(stage) or {} for m in members]
-    walls = [i.get("wall_time_s") for i in infos]
     gpus = [i.get("gpu_type") for i in infos if i.get("gpu_type")]
     reused = [
         f"{m.root.name}: {i['reused_from']}"
@@ -239,7 +238,7 @@ def _summed_stage(members: list[RunDir], stage: str) -> dict[str, Any]:
         if i.get("reused_from")
     ]
     out: dict[str, Any] = {
-        "wall_time_s": round(sum(walls), 3) if all(w is not None for w in walls) else None,
+        "wall_time_s": _total(infos, "wall_time_s", 3),
         "gpu_type": gpus[0] if gpus else None,
         "gpu_count": max((int(i.get("gpu_count") or 1) for i in infos), default=1),
     }
@@ -293,7 +292,6 @@ def train_ensemble(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         summaries.append(read_json(member.train_summary))
     summary: dict[str, Any] = {}
     if summaries:
-        walls = [s.get("wall_time_s") for s in summaries]
         choice = [
             float(m.manifest().get("stages", {}).get("choose", {}).get("gpu_time_s") or 0.0) for m in trained
         ]
@@ -301,7 +299,7 @@ def train_ensemble(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         summary = {
             "provider": "ensemble",
             "members": [str(m.root) for m, _ in pairs],
-            "wall_time_s": round(sum(walls), 3) if all(w is not None for w in walls) else None,
+            "wall_time_s": _total(summaries, "wall_time_s", 3),
             "checkpoint_choice_s": round(sum(choice), 3),
             "gpu_type": gpus[0] if gpus else None,
             "gpu_count": max((int(s.get("gpu_count") or 1) for s in summaries), default=1),
@@ -313,9 +311,10 @@ def train_ensemble(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
 
 
 # --- cost -------------------------------------------------------------------------------------
-def _total(parts: list[dict[str, Any]], key: str) -> float | None:
+def _total(parts: list[dict[str, Any]], key: str, digits: int = 6) -> float | None:
+    """``key`` added up over ``parts``; None when any part lacks it."""
     values = [p.get(key) for p in parts]
-    return None if any(v is None for v in values) else round(sum(values), 6)
+    return None if any(v is None for v in values) else round(sum(values), digits)
 
 
 def ensemble_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
@@ -323,8 +322,9 @@ def ensemble_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     vote is CPU work and not priced). Each member is priced as its own cost.json priced it."""
     from tunebench.cost import per_1k
 
+    members = [m for m, _ in checked_members(config)]
     records = []
-    for member, _ in checked_members(config):
+    for member in members:
         if not member.cost_path.is_file():
             raise TunebenchError(f"ensemble member {member.root}: not finished ({member.cost_path} missing)")
         records.append(read_json(member.cost_path))
@@ -338,7 +338,6 @@ def ensemble_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
         training["gpu_type"] = trained[0].get("gpu_type")
     inference: dict[str, Any] = {}
     stages = run.manifest().get("stages", {})
-    members = [m for m, _ in checked_members(config)]
     for split in config.eval_splits:
         info = stages.get(f"predict:{split}")
         if info is None:

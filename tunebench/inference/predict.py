@@ -230,6 +230,7 @@ def predict_local(
     share = shard.share(generator, every_prompt, gen.batch_size)
     mine, prompts = [examples[i] for i in share], [every_prompt[i] for i in share]
     passes = sampling_passes(config, task)
+    fenced = gen.prompt_format == "chat"  # chat answers come from code fences
     todo = [i for i, ex in enumerate(mine) if ex.id not in done]
     batches = length_sorted_batches(generator, [prompts[i] for i in todo], gen.batch_size)
     write_json(meta_path, {"fingerprint": key, "generation_s": spent})
@@ -241,7 +242,6 @@ def predict_local(
             results = generate_candidates(
                 generator, [prompts[i] for i in indexes], passes, [mine[i].id for i in indexes]
             )
-            fenced = gen.prompt_format == "chat"
             rows = [
                 prediction_row(task, mine[i], prompts[i], r, fenced)
                 for i, r in zip(indexes, results, strict=True)

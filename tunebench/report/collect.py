@@ -135,9 +135,7 @@ def _from_folder(folder: Path) -> StudyData:
         runs = []
         for sub in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
             config = RunDir(sub).load_config()
-            suffix = f"-{config.task.name}"
-            system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
-            runs.append(load_run(RunDir(sub), system, config.task.name, None))
+            runs.append(load_run(RunDir(sub), system_label(config), config.task.name, None))
         # a study's runs live in <study>/runs: name the report after the study, not "runs"
         where = folder.resolve()  # "runs", "./runs" and "x/../runs" name the same folder
         title = where.parent.name if where.name == "runs" and where.parent.name else where.name
@@ -155,6 +153,12 @@ def _from_folder(folder: Path) -> StudyData:
     )
 
 
+def system_label(config: ExperimentConfig) -> str:
+    """A run's system label without a study index: its name less the ``-<task>`` a study appends."""
+    suffix = f"-{config.task.name}"
+    return config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
+
+
 def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
     """Members of the study's ensembles that are not cells of the study, as rows of their own:
     an ensemble is read beside what it voted over."""
@@ -169,9 +173,7 @@ def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
             if member.root.resolve() in inside or not member.config_path.is_file():
                 continue  # a study cell already, or not reachable from here (the ensemble's row stands)
             inside.add(member.root.resolve())
-            config = member.load_config()
-            suffix = f"-{config.task.name}"
-            system = config.name[: -len(suffix)] if config.name.endswith(suffix) else config.name
+            system = system_label(member.load_config())
             taken = {r.system for r in [*runs, *extra] if r.task == info.task}
             if system in taken:  # a study system of the same name: keep the rows apart
                 system = f"{system} (member)"
