@@ -43,3 +43,45 @@ def test_steady_and_median_step_throughput_skip_exactly_the_settling_steps() -> 
     # settle 3: steps 4 and 5 only, a median of two
     assert bench.median_step_tokens_per_s(rows, 3) == pytest.approx((1000 + 10000) / 2)
     assert bench.median_step_tokens_per_s(rows, 5) is None
+
+
+def test_gpu_idle_is_split_by_the_loops_named_ranges() -> None:
+    bench = load("bench_step_scaling")
+
+    def span(name: str, ts: float, dur: float, cat: str = "user_annotation") -> dict:
+        return {"name": name, "cat": cat, "ts": ts, "dur": dur}
+
+    # two steps of 100 us; kernels overlap each other (counted once) and spill past a range
+    events = [
+        span("bench/step", 0, 100),
+        span("tunebench/forward", 0, 40),
+        span("tunebench/backward", 40, 40),
+        span("k1", 10, 30, "kernel"),
+        span("k2", 20, 30, "kernel"),  # 10-50 busy: 30 in forward, 10 in backward
+        span("copy", 90, 5, "gpu_memcpy"),  # outside the ranges
+        span("gpu side of a range", 0, 100, "gpu_user_annotation"),  # not GPU work
+        span("bench/step", 200, 100),
+        span("tunebench/forward", 200, 40),
+        span("k3", 250, 50, "kernel"),  # 250-300: outside the ranges
+    ]
+    out = bench.idle_by_scope(events)
+    assert out["steps"] == 2
+    # per step, in seconds: wall 100 us; busy (40 + 5 + 50) / 2
+    assert out["wall_s"] == pytest.approx(100e-6)
+    assert out["gpu_busy_s"] == pytest.approx(47.5e-6)
+    assert out["gpu_idle_s"] == pytest.approx(52.5e-6)
+    ranges = out["by_range"]
+    assert ranges["tunebench/forward"]["gpu_idle_s"] == pytest.approx((10 + 40) / 2 * 1e-6)
+    assert ranges["tunebench/backward"]["gpu_idle_s"] == pytest.approx(30 / 2 * 1e-6)
+    assert ranges["tunebench/backward"]["count"] == pytest.approx(0.5)
+    # outside: step 1 has 20 us outside, 5 busy; step 2 has 60 outside, 50 busy
+    assert ranges["(outside ranges)"]["wall_s"] == pytest.approx(40e-6)
+    assert ranges["(outside ranges)"]["gpu_idle_s"] == pytest.approx(12.5e-6)
+    total_idle = sum(r["gpu_idle_s"] for r in ranges.values())
+    assert total_idle == pytest.approx(out["gpu_idle_s"])
+
+
+def test_two_gpu_bound_is_the_step_time_ratio_to_the_half_batch() -> None:
+    bench = load("bench_step_scaling")
+    bounds = bench.two_gpu_bounds({4: 0.09, 64: 0.15, 128: 0.24, 256: 0.42})
+    assert bounds == {128: pytest.approx(1.6), 256: pytest.approx(1.75)}  # 4 has no half measured

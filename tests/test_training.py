@@ -70,6 +70,10 @@ def test_pad_equal_to_eos_never_hides_labels(base, sql_examples) -> None:
     assert batch["targets"][0].tolist() == [IGNORE, pad, pad, eos, IGNORE]
     assert batch["targets"][1].tolist() == [eos] + [IGNORE] * 4  # padding itself never labeled
     assert batch["input_ids"][1].tolist() == [5, eos, pad, pad, pad]
+    # the labeled positions, flat and found on the host (the loss selects them with no GPU sync)
+    assert batch["labeled_at"].tolist() == [1, 2, 3, 5]
+    packed = collate_packed([ex, short])
+    assert packed["labeled_at"].tolist() == [1, 2, 3, 5]  # one row: the same flat positions
 
 
 def test_full_sequence_loss_labels_the_prompt_too(base, sql_examples) -> None:
@@ -137,7 +141,9 @@ def test_packed_loss_and_gradients_equal_padded(tiny_model_dir, data_dir, sql_ex
     graph_row = collate_packed(examples, pad_to=256, pad_id=pad, seq_slots=16)  # CUDA-graph shapes
     assert graph_row["input_ids"].shape[1] % 256 == 0 and len(graph_row["seq_lens"]) % 16 == 0
     assert sum(graph_row["seq_lens"]) == graph_row["input_ids"].shape[1] > sum(len(ex) for ex in examples)
-    for batch in (collate_packed(examples), collate_padded(examples, pad), graph_row):
+    # the last: labeled positions found from the targets on the device (callers without them)
+    found_on_device = {k: v for k, v in collate_packed(examples).items() if k != "labeled_at"}
+    for batch in (collate_packed(examples), collate_padded(examples, pad), graph_row, found_on_device):
         model.zero_grad()
         loss = module(**batch)
         loss.backward()

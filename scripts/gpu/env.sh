@@ -10,6 +10,10 @@ mkdir -p keep/parts keep/site keep/cache
 if [ -d .whl ] && [ ! -f keep/site/.done ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target keep/site .whl/*.whl && touch keep/site/.done
 fi
+# Small folders a sitting needs (a model's config and tokenizer, another commit's package).
+for folder in shape15 old; do
+  [ -d .stage/$folder ] && { rm -rf keep/$folder; mv .stage/$folder keep/$folder; }
+done
 # bitsandbytes (8-/4-bit loading) is too big to travel with the other wheels: its own call
 # carries .stage/bnb.
 if ls .stage/bnb/*.whl >/dev/null 2>&1; then

@@ -1,6 +1,6 @@
 # One GPU sitting as background queues that outlive the 10-minute call limit: as run in the
-# eighth sitting (2026-12-06; what is owed since is in scripts/gpu/README.md). Source env.sh first, and assemble.sh for the
-# models. Never edit this file while a sitting runs: bash reads a script as it goes, and each call
+# ninth sitting (2026-12-07; what is owed since is in scripts/gpu/README.md). Source env.sh first.
+# Never edit this file while a sitting runs: bash reads a script as it goes, and each call
 # syncs the working tree to the machine.
 #   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
 #                                             quote "start" so scripts/gpu/stop.sh's pattern
@@ -15,8 +15,7 @@ out=keep/out
 mkdir -p "$out"
 gpus=$(nvidia-smi -L | wc -l)
 py=python3
-study=examples/study_replicate_gpu.yaml
-queues=(a b1 b)
+queues=(a)
 
 job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NAME.log
   local name=$1 devices=$2
@@ -31,42 +30,39 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# One GPU (eighth sitting, 2026-12-06; only one-GPU kinds are lent, so issue #10 still waits):
-# issue #9, examples/study_replicate_gpu.yaml:
-#   a. the r=16 vote member, then (once b's member is done) the ensemble over both, then (once
-#      every queue is done) the whole study again: every cell finished, so it writes the report
-#   b. the 16-candidate member beside a's on the same GPU, then the four base cells (zero-shot in
-#      the chat format, 3-shot), both tasks
+# One GPU (ninth sitting; only one-GPU kinds are lent, so issue #10's 2-GPU runs still wait).
+# Issue #10: how a step's time scales with its batch on one GPU (the bound on 2 GPUs' speed-up)
+# and where the GPU waits, for the loop before this sitting (keep/old: the package at the commit
+# before the change, carried as .stage/old) and after it (this tree). The model is
+# Qwen2.5-Coder-1.5B's architecture with random weights (keep/shape15: its config and tokenizer,
+# carried as .stage/shape15): step times do not depend on the weights' values, and no model
+# pieces have to travel.
+model=keep/qwen15-rand
+scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
+  local name=$1
+  shift
+  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,32,64,128,256 \
+    --steps 8 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
+}
 queue_a() {
   queue=a
-  job replicate-r16 0 $py -m tunebench run $study --cells lora-all-linear-r16-vote-sql
-  wait_marker b1
-  job replicate-ensemble 0 $py -m tunebench run $study --cells ensemble-sql
-  wait_marker b
-  job replicate-report 0 $py -m tunebench run $study
+  job make-model 0 $py scripts/gpu/random_model.py keep/shape15 $model
+  scaling old-compile-liger --code keep/old --variant packed-compile-liger
+  scaling new-compile-liger --variant packed-compile-liger
+  scaling new-compile-liger-overlap --variant packed-compile-liger-overlap
+  scaling new-compile --variant packed-compile
+  scaling old-compile-liger-again --code keep/old --variant packed-compile-liger
   done_marker a
-}
-queue_b() {
-  queue=b1
-  job replicate-vote16 0 $py -m tunebench run $study --cells lora-all-linear-vote16-t09-sql
-  done_marker b1
-  queue=b
-  job replicate-base 0 $py -m tunebench run $study --cells 'base-*'
-  done_marker b
 }
 
 start() {
   echo "$(date +%T) sitting on $gpus GPUs at $(git rev-parse --short HEAD 2>/dev/null)" >>"$out/timeline.log"
   queue_a &
-  queue_b &
   wait
 }
 
-pack() {  # at most 8 files come back: logs+JSON, and the study's runs without weights
+pack() {  # at most 8 files come back: logs and JSON in one archive
   tar -czf "$OUT/out.tgz" "$out" 2>/dev/null
-  [ -d results/qwen15-replicate ] && tar -czf "$OUT/replicate.tgz" \
-    --exclude=adapter --exclude=checkpoints --exclude=merged --exclude=prepared \
-    --exclude='*.safetensors' --exclude=tensorboard results/qwen15-replicate
   ls -la "$OUT"
 }
 

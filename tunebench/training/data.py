@@ -207,11 +207,13 @@ def collate_packed(
         seq_lens.append(filler)
     if seq_slots:
         seq_lens.extend([0] * ((-len(seq_lens)) % seq_slots))
+    targets = torch.tensor([tgt], dtype=torch.long)
     return {
         "input_ids": torch.tensor([ids], dtype=torch.long),
         "position_ids": torch.tensor([pos], dtype=torch.long),
         "attention_mask": None,
-        "targets": torch.tensor([tgt], dtype=torch.long),
+        "targets": targets,
+        "labeled_at": labeled_positions(targets),
         "seq_lens": seq_lens,
     }
 
@@ -227,7 +229,23 @@ def collate_padded(examples: Sequence[TokenizedExample], pad_id: int) -> dict[st
         ids[row, :n] = torch.tensor(ex.input_ids)
         tgt[row, :n] = torch.tensor(ex.targets)
         mask[row, :n] = 1
-    return {"input_ids": ids, "position_ids": None, "attention_mask": mask, "targets": tgt}
+    return {
+        "input_ids": ids,
+        "position_ids": None,
+        "attention_mask": mask,
+        "targets": tgt,
+        "labeled_at": labeled_positions(tgt),
+    }
+
+
+def labeled_positions(targets: torch.Tensor) -> torch.Tensor:
+    """Flat indices of the labeled positions, found on the host where the batch is built.
+
+    Why here: selecting them on the GPU with a boolean mask (``hidden[targets != -100]``)
+    needs the count of selected rows before the loss can be launched, a device-to-host sync
+    in the middle of every micro-batch; an index tensor made on the CPU travels with the batch
+    and keeps the step free of that wait."""
+    return (targets.reshape(-1) != IGNORE).nonzero().squeeze(1)
 
 
 #: CUDA graphs: packed rows in multiples of this many tokens, boundaries in multiples of slots

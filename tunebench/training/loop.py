@@ -191,12 +191,11 @@ class Trainer:
             # otherwise adopt a graph's output buffer as .grad, which the next replay overwrites
             for p in params:
                 p.grad = torch.zeros_like(p)
-        # overlap_steps: fused AdamW, the implementation that can skip a step on the device
         optimizer = torch.optim.AdamW(
             params,
             lr=self.tc.learning_rate,
             weight_decay=self.tc.weight_decay,
-            fused=True if self.tc.overlap_steps else None,
+            fused=True if fused_adamw(self.tc.overlap_steps, self.device.type, self.fsdp) else None,
         )
         self.scheduler = get_scheduler(
             self.tc.lr_scheduler,
@@ -292,7 +291,8 @@ class Trainer:
             # FSDP: a process out of micro-batches repeats its first one with weight 0
             weight = 1.0 if j < len(micro) else 0.0
             group = micro[j] if weight else micro[0]
-            batch = self.to_device(collate(group, tc.packing, self.pad_id, tc.cuda_graphs))
+            with profiler_scope("tunebench/collate"):
+                batch = self.to_device(collate(group, tc.packing, self.pad_id, tc.cuda_graphs))
             self.graph_step()
             last = j == passes - 1  # one gradient all-reduce per step, at the last pass
             if self.fsdp:
@@ -301,30 +301,34 @@ class Trainer:
             else:
                 sync = contextlib.nullcontext() if last else self.acc.no_sync(self.loss_model)
             with sync:
-                with self.autocast():
+                with self.autocast(), profiler_scope("tunebench/forward"):
                     total = self.loss_model(**batch) * weight
                 # DDP and FSDP average gradients over ranks: scale by world / labeled so the
                 # result is sum(token losses) / labeled tokens of the whole step.
                 scaled = total * (self.world / labeled)
                 if poison:
                     scaled = scaled * float("nan")
-                scaled.backward()  # not acc.backward: it divides by a process-wide accumulation count
+                with profiler_scope("tunebench/backward"):
+                    scaled.backward()  # not acc.backward: it divides by a process-wide accumulation count
             loss_sum += total.detach() * (float("nan") if poison else 1.0)
             tokens += real_tokens(group) if weight else 0
         if tc.overlap_steps:
             return self.update_without_waiting(loss_sum, labeled, real_tokens(examples))
-        reduced = self.acc.reduce(
-            torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
-        )
-        loss = float(reduced[0]) / labeled
-        grad_norm = self.clip_gradients()
-        finite = math.isfinite(loss) and math.isfinite(grad_norm)
-        lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
-        if finite:
-            self.optimizer.step()
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)  # graphs: keep the buffers
-        return {"loss": loss, "grad_norm": grad_norm, "tokens": int(reduced[1]), "finite": finite, "lr": lr}
+        with profiler_scope("tunebench/update"):
+            reduced = self.acc.reduce(
+                torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
+            )
+            norm = self.clip_gradients()
+            # one wait for the device per step: loss, tokens and norm are read back together
+            loss_total, step_tokens, norm_value = torch.stack([reduced[0], reduced[1], norm]).tolist()
+            loss, grad_norm = loss_total / labeled, norm_value
+            finite = math.isfinite(loss) and math.isfinite(grad_norm)
+            lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
+            if finite:
+                self.optimizer.step()
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)  # graphs: keep the buffers
+        return {"loss": loss, "grad_norm": grad_norm, "tokens": int(step_tokens), "finite": finite, "lr": lr}
 
     def update_without_waiting(
         self, loss_sum: torch.Tensor, labeled: int, step_tokens: int
@@ -343,13 +347,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)
         return {"loss": loss, "grad_norm": norm, "tokens": step_tokens, "finite": finite, "lr": lr}
 
-    def clip_gradients(self) -> float:
-        """Clip to ``training.max_grad_norm``; returns the norm before clipping (inf/nan kept)."""
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip to ``training.max_grad_norm``; returns the norm before clipping (inf/nan kept)
+        as a float32 scalar on the device, not yet read back."""
         if not self.fsdp:
-            return float(self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm))
+            return self.acc.clip_grad_norm_(self.params, self.tc.max_grad_norm).float()
         # the norm over DTensor shards is itself a DTensor: its full value is the global norm
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.tc.max_grad_norm)
-        return float(fsdp.full_tensor(norm))
+        return fsdp.full_tensor(norm).float()
 
     @torch.no_grad()
     def validation_loss(self) -> float | None:
@@ -611,6 +616,20 @@ class Trainer:
         from rich.console import Console
 
         Console(stderr=True).print(message, highlight=False)
+
+
+def fused_adamw(overlap_steps: bool, device_type: str, sharded: bool) -> bool:
+    """Fused AdamW (one kernel for every LoRA tensor) where it is known to work: with
+    ``overlap_steps``, which needs it (it alone can skip a step on the device), and on one GPU
+    or DDP, where the default multi-tensor AdamW launches dozens of small kernels per step while
+    the GPU waits on the host. Not under FSDP, whose parameters are DTensor shards."""
+    return overlap_steps or (device_type == "cuda" and not sharded)
+
+
+def profiler_scope(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A named range in torch.profiler traces (``benchmarks/bench_train.py --profile`` reads
+    them to say where the GPU waits); ~1 µs when no profiler runs."""
+    return torch.profiler.record_function(name)
 
 
 def _json_float(v: Any) -> Any:

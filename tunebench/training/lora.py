@@ -155,7 +155,10 @@ class LossModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         seq_lens: list[int] | None = None,
+        labeled_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``labeled_at``: flat indices of the labeled positions (the collator's, so no
+        device sync is needed to find them); without it they are found from ``targets``."""
         lm = causal_lm(self.model)
         extra: dict[str, Any] = {}
         if seq_lens is not None and getattr(lm.config, "_attn_implementation", None) == varlen.NAME:
@@ -168,9 +171,10 @@ class LossModel(nn.Module):
             **extra,
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        keep = targets != -100
-        selected = hidden[keep]
-        labels = targets[keep]
+        if labeled_at is None:
+            labeled_at = (targets.reshape(-1) != -100).nonzero().squeeze(1)
+        selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, labeled_at)
+        labels = targets.reshape(-1).index_select(0, labeled_at)
         weight = lm.get_output_embeddings().weight
         if self.fused_loss is not None:
             return self.fused_loss(weight, selected, labels).float()
