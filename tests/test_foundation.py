@@ -120,9 +120,16 @@ def test_custom_task_jsonl_and_csv(tmp_path: Path) -> None:
         prompt_template="Q: {question}\nA:",
         target_field="answer",
     )
-    splits = get_task(fmt).splits()
+    splits = get_task(fmt.model_copy(update={"validation": "study"})).splits()
     assert splits["train"][1].prompt == "Q: q1\nA:" and splits["train"][1].completion == "a1"
     assert splits["test"][0].prompt == "Q: what?\nA:"
+    assert [ex.id for ex in splits["validation"]] == [ex.id for ex in splits["test"]]
+    # held_out (the default) without a validation file: a seeded share of train, never the test
+    held = get_task(fmt).splits()
+    assert len(held["validation"]) == 1 and len(held["train"]) == 2
+    kept = [ex.prompt for ex in held["train"] + held["validation"]]
+    assert sorted(kept) == ["Q: q0\nA:", "Q: q1\nA:", "Q: q2\nA:"]
+    assert held["validation"][0].id.startswith("custom-train-")
     jinja = fmt.model_copy(update={"prompt_template": "Q: {{ question | upper }}\nA:"})
     assert get_task(jinja).splits()["train"][0].prompt == "Q: Q0\nA:"
 
@@ -353,3 +360,68 @@ def test_rerun_accepts_operational_changes_but_refuses_a_different_experiment(tm
     other = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 16})})
     with pytest.raises(TunebenchError, match="different config"):
         open_run(other)
+
+
+def test_cli_misused_configs_and_options_say_what_to_do(tmp_path: Path) -> None:
+    write(tmp_path / "data.jsonl", "".join(f'{{"q": "q{i}", "target": "t{i}"}}\n' for i in range(4)))
+    write_custom_config(tmp_path, "x", "data.jsonl")
+    # a bad --set key is blamed on --set, not on the file
+    assert_one_line_error(
+        cli("prepare", "x.yaml", "--set", "training.max_stepz=3", cwd=tmp_path),
+        "error: --set training.max_stepz: unknown key",
+    )
+    # every way a value is wrong is named, not "(and 1 more)"
+    assert_one_line_error(
+        cli("prepare", "x.yaml", "--set", "lora.target_modules=all", cwd=tmp_path),
+        "lora.target_modules:",
+        "all-linear",
+    )
+    # a run directory keeps one config: the refusal names the keys that differ and the way out
+    assert cli("prepare", "x.yaml", cwd=tmp_path).returncode == 0
+    assert_one_line_error(
+        cli("train", "x.yaml", "--set", "training.max_steps=7", cwd=tmp_path),
+        "training.max_steps: 400 in the run, 7 now",
+        "--set name=",
+    )
+    # a study where an experiment is expected, and the other way round
+    write(tmp_path / "study.yaml", "name: s\ntasks: [sql]\nsystems:\n  - {name: b, provider: base}\n")
+    assert_one_line_error(cli("prepare", "study.yaml", cwd=tmp_path), "is a study config", "tunebench run")
+    assert_one_line_error(cli("report", "x.yaml", cwd=tmp_path), "is a single experiment config")
+    # predict: --set cannot change a run directory's config; splits are named
+    assert_one_line_error(
+        cli("predict", "--run-dir", "runs/x", "--set", "generation.max_new_tokens=5", cwd=tmp_path),
+        "--set does not apply with --run-dir",
+    )
+    assert_one_line_error(
+        cli("predict", "x.yaml", "--split", "dev", cwd=tmp_path), "choose validation or test"
+    )
+    # --gpus below 1 is a usage error
+    zero = cli("train", "x.yaml", "--gpus", "0", cwd=tmp_path)
+    assert zero.returncode == 2 and "--gpus" in zero.stderr and "Traceback" not in zero.stderr
+
+
+def test_cli_evaluate_sql_finds_the_mirrors_databases(tmp_path: Path) -> None:
+    """Without --db-dir, SQL predictions are executed on the data mirror's Spider databases, as
+    in the pipeline (and the command says where they came from)."""
+    rows = [
+        {
+            "id": "1",
+            "prediction": "SELECT count(*) FROM singer",
+            "gold": "SELECT count(*) FROM singer",
+            "db_id": "concert_singer",
+            "context": "CREATE TABLE singer (Id VARCHAR)",
+        },
+        {
+            "id": "2",
+            "prediction": "SELECT count(*) FROM stadium",
+            "gold": "SELECT count(*) FROM singer",
+            "db_id": "concert_singer",
+            "context": "CREATE TABLE singer (Id VARCHAR)",
+        },
+    ]
+    write(tmp_path / "p.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    result = cli("evaluate", "--task", "sql", "--predictions", "p.jsonl", "--out", "o", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "real databases:" in result.stderr
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["execution_n"] == 2 and metrics["execution_accuracy"] == 0.5

@@ -130,13 +130,29 @@ def copy_runs(runs: Path, dest: Path, names: list[str]) -> Path:
     return dest
 
 
-def test_refuses_run_without_predictions(runs: Path, tmp_path: Path) -> None:
+def test_an_unfinished_run_is_skipped_in_a_folder_and_refused_in_a_study(
+    runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = copy_runs(runs, tmp_path / "r", ["oracle-sql", "perturbed-sql"])
     (folder / "perturbed-sql/predictions/test.jsonl").unlink()
+    # a loose folder of runs: the finished ones are reported, the unfinished one is named
+    out = write_report(folder, tmp_path / "rep")
+    assert "skipped" in capsys.readouterr().err
+    systems = [
+        row[0] for row in table_rows((out / "report.md").read_text(encoding="utf-8"), "### sql (test)")
+    ]
+    assert systems[2:] == ["oracle"]  # after the header and rule rows
+    # a study names its cells: every one must have finished
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        f"name: s\nruns_dir: {folder}\ntasks: [sql]\nsystems:\n"
+        "  - {name: oracle, provider: local}\n  - {name: perturbed, provider: base}\n",
+        encoding="utf-8",
+    )
     with pytest.raises(
         TunebenchError, match=r"system 'perturbed' has no predictions for task 'sql' split 'test'"
     ):
-        write_report(folder)
+        write_report(study, tmp_path / "x")
 
 
 def test_refuses_different_eval_sets(runs: Path, tmp_path: Path) -> None:

@@ -193,6 +193,15 @@ def test_errors_in_openai_format(served: Any) -> None:
     client = served.client
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.completions.create(model="gpt-4o", prompt="x", max_tokens=2)
+    # no model at all (the OpenAI client insists on one; plain HTTP does not): say what to send
+    import httpx
+
+    missing = httpx.post(f"{client.base_url}completions", json={"prompt": "x", "max_tokens": 2})
+    assert missing.status_code == 400
+    assert (
+        missing.json()["error"]["message"]
+        == f"you must provide a model parameter; this server serves '{NAME}'"
+    )
     with pytest.raises(openai.BadRequestError, match="stream"):
         client.completions.create(model=NAME, prompt="x", max_tokens=2, stream=True)
     with pytest.raises(openai.BadRequestError, match="temperature"):

@@ -95,7 +95,9 @@ def prepare(
 def train(
     config: ConfigArg,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint if one exists.")] = True,
-    gpus: Annotated[int, typer.Option(help="Train on N GPUs (re-launches itself through accelerate).")] = 1,
+    gpus: Annotated[
+        int, typer.Option(min=1, help="Train on N GPUs (re-launches itself through accelerate).")
+    ] = 1,
     yes: Annotated[bool, typer.Option("--yes", help="Allow spending (OpenAI provider).")] = False,
     overrides: SetOpt = None,
 ) -> None:
@@ -122,7 +124,8 @@ def predict(
     gpus: Annotated[
         int,
         typer.Option(
-            help="Deal whole batches to N GPU processes, one each, and merge in order (local and base providers)."
+            min=1,
+            help="Deal whole batches to N GPU processes, one each, and merge in order (local and base providers).",
         ),
     ] = 1,
     overrides: SetOpt = None,
@@ -131,7 +134,14 @@ def predict(
     from tunebench.pipeline import ensure_prepared, open_run, predict_stage
     from tunebench.rundir import RunDir
 
+    if split not in ("validation", "test"):
+        raise TunebenchError(f"--split {split}: choose validation or test")
     if run_dir is not None:
+        if overrides:
+            raise TunebenchError(
+                "--set does not apply with --run-dir (the run's own config.yaml is used): pass the "
+                "config file with the run's --set options instead"
+            )
         run = RunDir(run_dir)
         cfg = run.load_config()
     elif config is not None:
@@ -155,7 +165,11 @@ def evaluate(
     predictions: Annotated[Path, typer.Option(help="Predictions JSONL (id, prediction, gold, ...).")],
     out: Annotated[Path, typer.Option(help="Output folder for metrics.json and per_example.jsonl.")],
     db_dir: Annotated[
-        Path | None, typer.Option(help="sql: folder of <db_id>/<db_id>.sqlite for execution accuracy.")
+        Path | None,
+        typer.Option(
+            help="sql: folder of <db_id>/<db_id>.sqlite for execution accuracy (default: the data "
+            "mirror's sql/spider/database)."
+        ),
     ] = None,
     suite_size: Annotated[int | None, typer.Option(help="sql: generated databases per example.")] = None,
     timeout: Annotated[
@@ -182,8 +196,27 @@ def evaluate(
             options[key] = value
     if keep_distinct:
         options["keep_distinct"] = True
+    if task == "sql" and db_dir is None:
+        options.update(default_sql_databases())
     metrics = evaluate_fn(task, predictions, out, options)
     print_metrics(metrics)
+
+
+def default_sql_databases() -> dict[str, Any]:
+    """The real Spider databases of the local data mirror, as the pipeline uses them, said aloud
+    either way (without them execution accuracy on real databases is not scored)."""
+    from tunebench.data.paths import local_data_dir
+
+    root = local_data_dir(None)
+    path = root / "sql" / "spider" / "database" if root else None
+    if path is not None and path.is_dir():
+        console.print(f"real databases: {path} (--db-dir to choose others)")
+        return {"db_dir": str(path)}
+    console.print(
+        "no --db-dir and no Spider databases in the data mirror ($TUNEBENCH_DATA_DIR or "
+        "../shared/data): execution accuracy on real databases is not scored"
+    )
+    return {}
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
@@ -195,7 +228,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     for key, value in metrics.items():
         if isinstance(value, float) and not key.endswith("_ci95"):
             ci = metrics.get(f"{key}_ci95")
-            n = metrics.get(f"{key}_n")
+            n = metrics.get(f"{key}_n", metrics.get(f"{key.split('_')[0]}_n"))
             label = f"{key} (n={n})" if n is not None else key
             table.add_row(label, f"{value:.4f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
     Console().print(table)
@@ -216,14 +249,14 @@ def run(
     ] = None,
     gpus: Annotated[
         int,
-        typer.Option(help="Train and predict on N GPUs, one process each (as train/predict --gpus N)."),
+        typer.Option(
+            min=1, help="Train and predict on N GPUs, one process each (as train/predict --gpus N)."
+        ),
     ] = 1,
 ) -> None:
     """The whole pipeline: every stage of an experiment, or every cell of a study + its report."""
     from tunebench.config import load_yaml
 
-    if gpus < 1:
-        raise TunebenchError(f"--gpus {gpus}: must be >= 1")
     data = load_yaml(config)
     if isinstance(data, dict) and "systems" in data:
         from tunebench.study import run_study
@@ -238,7 +271,30 @@ def run(
 
     cfg = load_config(config, overrides)
     result = run_experiment(cfg, yes=yes, gpus=gpus)
+    print_run_summary(cfg.eval_splits, result)
     console.print(f"done: {result.root}")
+
+
+def print_run_summary(splits: list[str], run: Any) -> None:
+    """Each scored split's headline metrics, then what the run cost."""
+    for split in splits:
+        path = run.eval_dir(split) / "metrics.json"
+        if path.is_file():
+            metrics = json.loads(path.read_text(encoding="utf-8"))
+            metrics["task"] = f"{metrics.get('task')} {split}"
+            print_metrics(metrics)
+    if run.cost_path.is_file():
+        cost = json.loads(run.cost_path.read_text(encoding="utf-8"))
+        key, how = (
+            ("cost_usd", "") if cost.get("price") else ("a40_conversion_usd", " at the study's A40 rate")
+        )
+        training = (cost.get("training") or {}).get(key) or 0.0
+        inference = sum((v or {}).get(key) or 0.0 for v in (cost.get("inference") or {}).values())
+        note = f" ({cost['note']})" if cost.get("note") else ""
+        console.print(
+            f"cost{how}: training ${training:.4f}, predictions ${inference:.4f}{note}; {run.cost_path}",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -297,7 +353,7 @@ def models() -> None:
 
 @app.command(name="config")
 def config_reference() -> None:
-    """Print the experiment config reference: every key, its default and why."""
+    """Print the config reference (experiments, then studies): every key, its default and why."""
     from tunebench.config import reference_markdown
 
     print(reference_markdown())

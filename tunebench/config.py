@@ -43,16 +43,18 @@ class TaskConfig(Strict):
     validation: Literal["held_out", "study"] = Field(
         "held_out",
         description="`held_out`: a proper validation split (ViGGO valid.csv; SQL: databases "
-        "held out of train, so none leaks). `study`: validate on the test set, as the original "
-        "study did (its numbers are then optimistic).",
+        "held out of train, so none leaks; custom: `validation_file`, else a seeded share of the "
+        "training rows). `study`: validate on the test set, as the original study did (its "
+        "numbers are then optimistic).",
     )
     validation_fraction: float = Field(
         0.1,
         gt=0,
         lt=1,
-        description="SQL held_out: whole train databases are held out for validation until they hold this share of the train rows.",
+        description="held_out: the share of the train rows held out for validation (SQL: whole "
+        "databases until they hold this share; custom without `validation_file`: rows).",
     )
-    split_seed: int = Field(0, description="Seed of the by-database SQL validation split.")
+    split_seed: int = Field(0, description="Seed of the held-out validation split (SQL, custom).")
     max_train_examples: int | None = Field(
         None,
         ge=1,
@@ -455,29 +457,50 @@ class ExperimentConfig(Strict):
         return Path(self.runs_dir) / self.name
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """One line naming the first bad key, e.g. ``cfg.yaml: training.lr: unknown key``."""
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "<root>"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind == "missing":
-        message = "required key is missing"
-    else:
-        message = err["msg"]
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"{source}: {key}: {message}{more}"
+def format_validation_error(
+    source: str, exc: ValidationError, overrides: dict[str, Any] | None = None
+) -> str:
+    """One line naming the first bad key and everything wrong with it, e.g.
+    ``cfg.yaml: training.lr: unknown key``; other bad keys are named after it. A key set by
+    ``--set`` is blamed on ``--set``, not on the file."""
+    problems: dict[str, list[str]] = {}
+    for err in exc.errors():
+        key = error_key(err["loc"])
+        message = _ERROR_WORDS.get(err["type"], err["msg"])
+        if message not in problems.setdefault(key, []):
+            problems[key].append(message)
+    (key, messages), *others = problems.items()
+    where = f"{source}: {key}"
+    for dotted in overrides or {}:
+        if key == dotted:
+            where = f"--set {key}"
+        elif key.startswith(dotted + "."):
+            where = f"--set {dotted}: {key}"
+    text = f"{where}: {'; or: '.join(messages)}"
+    if others:
+        names = ", ".join(k for k, _ in others[:4]) + (", ..." if len(others) > 4 else "")
+        text += f" (also wrong: {names})"
+    return text
 
 
-def parse_model(cls: type[Strict], data: Any, source: str) -> Any:
+_ERROR_WORDS = {"extra_forbidden": "unknown key", "missing": "required key is missing"}
+
+
+def error_key(loc: tuple[Any, ...]) -> str:
+    """The dotted key of a pydantic error location, without the union-member tags pydantic
+    inserts (``lora.target_modules.list[str]`` -> ``lora.target_modules``)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
+    return ".".join(parts) or "<root>"
+
+
+def parse_model(cls: type[Strict], data: Any, source: str, overrides: dict[str, Any] | None = None) -> Any:
     """Validate ``data`` into ``cls``; errors become a one-line :class:`TunebenchError`."""
     if not isinstance(data, dict):
         raise TunebenchError(f"{source}: expected a mapping at the top level")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise TunebenchError(format_validation_error(source, exc)) from None
+        raise TunebenchError(format_validation_error(source, exc, overrides)) from None
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -497,9 +520,14 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise TunebenchError(f"{path}: expected a mapping at the top level")
+    if "task" not in data and ("systems" in data or "tasks" in data):
+        raise TunebenchError(
+            f"{path} is a study config (it has `systems`/`tasks`), not a single experiment: "
+            f"run it with `tunebench run {path}`"
+        )
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
-    return parse_model(ExperimentConfig, data, str(path))
+    return parse_model(ExperimentConfig, data, str(path), overrides)
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -518,9 +546,29 @@ def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
+def literal_values(annotation: Any) -> tuple[list[Any], bool]:
+    """The values a field's ``Literal`` allows (also inside a union or Optional), and whether
+    they are all it takes (False when the union also takes, say, a number or a list)."""
+    import typing
+
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation)), True
+    found: list[Any] = []
+    exhaustive = True
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Literal:
+            found += [v for v in typing.get_args(arg) if v not in found]
+        elif arg is not type(None):
+            exhaustive = False
+    return found, exhaustive
+
+
 def reference_markdown() -> str:
-    """The config reference (every key, type, default and why) as Markdown tables."""
-    sections: list[tuple[str, type[BaseModel]]] = [
+    """The config reference (every key, type, default and why) as Markdown tables: experiment
+    configs, then study configs."""
+    from tunebench.study import study_sections
+
+    experiment: list[tuple[str, type[BaseModel]]] = [
         ("(top level)", ExperimentConfig),
         ("task", TaskConfig),
         ("model", ModelConfig),
@@ -532,20 +580,39 @@ def reference_markdown() -> str:
         ("ensemble", EnsembleConfig),
         ("cost", CostConfig),
     ]
+    study_intro = (
+        "### Study configs\n\nA study (`tunebench run STUDY`) is systems x tasks: each cell is an "
+        "experiment built from `defaults`, then the task's entry, then the system's (and its "
+        "`per_task` entry), each a partial experiment config with the sections above; `grid` "
+        "expands a system into one per point. `examples/study_*.yaml` are studies.\n"
+    )
+    return "\n".join([sections_markdown(experiment), study_intro, sections_markdown(study_sections())])
+
+
+def sections_markdown(sections: list[tuple[str, type[BaseModel]]]) -> str:
+    """One Markdown table per (title, model class); a field that is itself a listed section is
+    left out of the first table."""
     nested = {name for name, _ in sections}
+    top = sections[0][1]
     out = []
     for title, cls in sections:
         out.append(f"#### `{title}`\n\n| key | default | description |\n| --- | --- | --- |")
         for key, field in cls.model_fields.items():
-            if cls is ExperimentConfig and key in nested:
+            if cls is top and key in nested:
                 continue
             if field.is_required():
                 default = "required"
             elif field.default_factory is not None:
-                default = f"`{field.default_factory()}`"  # type: ignore[call-arg]
+                value = field.default_factory()  # type: ignore[call-arg]
+                default = "none set" if isinstance(value, BaseModel) else f"`{value}`"
             else:
                 default = f"`{field.default}`"
-            description = (field.description or "").replace("|", "\\|")
+            description = field.description or ""
+            values, exhaustive = literal_values(field.annotation)
+            if values:
+                listed = ", ".join(f"`{v}`" for v in values)
+                description += f" Values: {listed}." if exhaustive else f" Or: {listed}."
+            description = description.replace("|", "\\|")
             out.append(f"| `{key}` | {default.replace('|', chr(92) + '|')} | {description} |")
         out.append("")
     return "\n".join(out)

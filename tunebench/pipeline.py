@@ -38,14 +38,31 @@ def comparable(config: ExperimentConfig) -> dict[str, Any]:
     return data
 
 
+def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (nested mappings walked)."""
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        old, new = before.get(key), after.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_differences(old, new, dotted + ".")
+        elif old != new:
+            out.append(f"{dotted}: {old!r} in the run, {new!r} now")
+    return out
+
+
 def open_run(config: ExperimentConfig) -> RunDir:
     """Create (or reopen) the run directory; a different config for the same name is refused."""
     run = RunDir(config.run_dir)
     if run.config_path.is_file():
         existing = run.load_config()
-        if comparable(existing) != comparable(config):
+        changed = config_differences(comparable(existing), comparable(config))
+        if changed:
+            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise TunebenchError(
-                f"{run.root} holds a run with a different config; choose another name or delete it"
+                f"{run.root} holds a run with a different config ({shown}). A run directory keeps "
+                "one config for all its stages: give every stage the same --set options, or start "
+                "a new run with `--set name=NEW_NAME`, or delete the folder"
             )
     else:
         run.write_config(config)

@@ -179,6 +179,16 @@ class StudyConfig(Strict):
         return Path(self.report_dir) if self.report_dir else self.resolved_runs_dir() / "report"
 
 
+def study_sections() -> list[tuple[str, type[Strict]]]:
+    """The study config's parts, for the config reference (the first is the top level)."""
+    return [
+        ("(study top level)", StudyConfig),
+        ("tasks[]", TaskEntry),
+        ("systems[]", SystemEntry),
+        ("significance", SignificanceConfig),
+    ]
+
+
 def _unique(names: list[str], what: str) -> None:
     seen: set[str] = set()
     for name in names:
@@ -204,7 +214,13 @@ class Cell:
 
 def load_study(path: str | Path) -> StudyConfig:
     """Read and validate a study YAML (one-line errors naming the key)."""
-    return parse_model(StudyConfig, load_yaml(path), str(path))
+    data = load_yaml(path)
+    if isinstance(data, dict) and "task" in data and not ("tasks" in data or "systems" in data):
+        raise TunebenchError(
+            f"{path} is a single experiment config, not a study: `tunebench run` or `train` take "
+            "it; `tunebench report` takes a study config or a folder of run directories"
+        )
+    return parse_model(StudyConfig, data, str(path))
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

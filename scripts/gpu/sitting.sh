@@ -49,9 +49,9 @@ queue_a() {
   job make-model 0 $py scripts/gpu/random_model.py keep/shape15 $model
   scaling old-compile-liger --code keep/old --variant packed-compile-liger
   scaling new-compile-liger --variant packed-compile-liger
+  scaling old-compile-liger-again --code keep/old --variant packed-compile-liger
   scaling new-compile-liger-overlap --variant packed-compile-liger-overlap
   scaling new-compile --variant packed-compile
-  scaling old-compile-liger-again --code keep/old --variant packed-compile-liger
   done_marker a
 }
 

@@ -252,6 +252,8 @@ def create_app(
             return error(400, str(exc))
 
     def check_model(body: dict[str, Any]) -> JSONResponse | None:
+        if body.get("model") is None:  # OpenAI's wording, plus what to send
+            return error(400, f"you must provide a model parameter; this server serves '{name}'", "model")
         if body.get("model") != name:
             return error(
                 404, f"The model '{body.get('model')}' does not exist; this server serves '{name}'", "model"

@@ -134,8 +134,13 @@ def _from_folder(folder: Path) -> StudyData:
     else:
         runs = []
         for sub in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
-            config = RunDir(sub).load_config()
-            runs.append(load_run(RunDir(sub), system_label(config), config.task.name, None))
+            run = RunDir(sub)
+            config = run.load_config()
+            missing = [split for split in config.eval_splits if not run.predictions(split).is_file()]
+            if missing:  # a loose folder of runs: report the finished ones
+                warn(f"skipped {sub}: no predictions for {', '.join(missing)} yet (unfinished run)")
+                continue
+            runs.append(load_run(run, system_label(config), config.task.name, None))
         # a study's runs live in <study>/runs: name the report after the study, not "runs"
         where = folder.resolve()  # "runs", "./runs" and "x/../runs" name the same folder
         title = where.parent.name if where.name == "runs" and where.parent.name else where.name
@@ -151,6 +156,12 @@ def _from_folder(folder: Path) -> StudyData:
         runs=runs,
         default_out=folder / "report",
     )
+
+
+def warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"warning: {message}", highlight=False)
 
 
 def system_label(config: ExperimentConfig) -> str:

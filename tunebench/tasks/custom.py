@@ -6,6 +6,7 @@ over each row's fields and the row's ``target_field`` is the expected output.
 
 from __future__ import annotations
 
+import random
 import string
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,25 @@ class CustomTask(Task):
         cfg = self.config
         train = self._examples("train", str(Path(cfg.train_file)))
         test = self._examples("test", str(Path(cfg.test_file)))
-        if cfg.validation == "study" or not cfg.validation_file:
+        if cfg.validation == "study":
             validation = list(test)
-        else:
+        elif cfg.validation_file:
             validation = self._examples("validation", cfg.validation_file)
+        else:
+            train, validation = hold_out_rows(train, cfg.validation_fraction, cfg.split_seed)
         return {"train": train, "validation": validation, "test": test}
+
+
+def hold_out_rows(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """``held_out`` without a validation file: a seeded ``fraction`` of the training rows (at
+    least one) becomes the validation split, so early stopping never looks at the test set.
+    Both keep the file's order."""
+    if len(examples) < 2:
+        raise TunebenchError(
+            f"{len(examples)} training row(s): too few to hold some out for validation; give "
+            "task.validation_file, or task.validation: study to validate on the test set"
+        )
+    count = min(len(examples) - 1, max(1, round(fraction * len(examples))))
+    held = set(random.Random(seed).sample(range(len(examples)), count))
+    train = [ex for i, ex in enumerate(examples) if i not in held]
+    return train, [ex for i, ex in enumerate(examples) if i in held]

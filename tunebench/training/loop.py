@@ -19,6 +19,13 @@ backward has known NaN cases with masks (pytorch issues 119320, 125674, 178251);
 also creates fully masked query rows, which a naive softmax turns into NaN (all -inf row) and
 torch's CPU SDPA (>= 2.5) maps to 0. Padding-free packing has no padding and no fully masked
 row at all. Either way every step checks loss and gradient norm and skips a non-finite one.
+
+Host and device: the host only waits for the GPU once per step, where loss, token count and
+gradient norm are read back together to decide on the update (with ``overlap_steps`` not even
+then: the decision stays on the device). Nothing inside a micro-batch waits: the labeled
+positions come from the collator (:func:`.data.labeled_positions`). Where the host's share of a
+step (Python, kernel launches) rivals the GPU's, each wait leaves the GPU idle until the host
+catches up; ``benchmarks/bench_step_scaling.py`` measures that, and lists every wait.
 """
 
 from __future__ import annotations
@@ -64,6 +71,10 @@ log = logging.getLogger("tunebench.training")
 #: update the process kills itself with SIGKILL (a real crash, before that step's checkpoint).
 FAULT_NAN_ENV = "TUNEBENCH_FAULT_NAN_STEP"
 FAULT_KILL_ENV = "TUNEBENCH_FAULT_KILL_STEP"
+
+
+#: seconds between plain progress lines when stderr is not a terminal
+PLAIN_PROGRESS_EVERY_S = 30.0
 
 
 def _fault_steps(name: str) -> set[int]:
@@ -128,6 +139,7 @@ class Trainer:
         check_cuda_graphs_allowed(self.tc.cuda_graphs, self.device.type, os.environ)
         self.resume = resume
         self.start = time.perf_counter()
+        self.last_progress_line = 0.0  # perf_counter of the last plain progress line
 
     # --- setup ----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -409,9 +421,11 @@ class Trainer:
                 if s["step"] in kill_steps:
                     os.kill(os.getpid(), signal.SIGKILL)
                 self.maybe_evaluate_and_save(s, writer)
+                tps = s["tokens"] / max(s["train_time"], 1e-9)
                 if progress is not None:
-                    tps = s["tokens"] / max(s["train_time"], 1e-9)
                     progress.update(task, completed=s["step"], loss=loss, tps=tps)
+                elif self.main and self.plain_progress_due(s["step"]):
+                    self.say(f"train step {s['step']}/{self.total}: loss {loss:.4f}, {tps:.0f} tokens/s")
         except KeyboardInterrupt:
             last = ckpt.latest_checkpoint(self.run.checkpoints_dir)
             where = f"last checkpoint {last.name}" if last else "no checkpoint yet"
@@ -431,6 +445,15 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return self.finish()
+
+    def plain_progress_due(self, step: int) -> bool:
+        """Without a terminal (a log file, CI, nohup) a line every 30 s, and at the first and
+        last step, stands in for the progress bar."""
+        now = time.perf_counter()
+        if step in (1, self.total) or now - self.last_progress_line >= PLAIN_PROGRESS_EVERY_S:
+            self.last_progress_line = now
+            return True
+        return False
 
     def settle(self, s: dict[str, Any], at_step: dict[str, Any], out: dict[str, Any], writer: Any) -> float:
         """Read one step's outcome (``at_step``: the state right after it) into the live state
