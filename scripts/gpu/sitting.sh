@@ -41,8 +41,8 @@ model=keep/qwen15-rand
 scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
   local name=$1
   shift
-  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,32,64,128,256 \
-    --steps 8 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
+  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,64,128,256 \
+    --steps 6 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
 }
 queue_a() {
   queue=a
@@ -51,7 +51,6 @@ queue_a() {
   scaling new-compile-liger --variant packed-compile-liger
   scaling old-compile-liger-again --code keep/old --variant packed-compile-liger
   scaling new-compile-liger-overlap --variant packed-compile-liger-overlap
-  scaling new-compile --variant packed-compile
   done_marker a
 }
 
