@@ -42,7 +42,7 @@ scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
   local name=$1
   shift
   job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,64,128,256 \
-    --steps 6 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
+    --steps 5 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
 }
 queue_a() {
   queue=a
@@ -50,7 +50,6 @@ queue_a() {
   scaling old-compile-liger --code keep/old --variant packed-compile-liger
   scaling new-compile-liger --variant packed-compile-liger
   scaling old-compile-liger-again --code keep/old --variant packed-compile-liger
-  scaling new-compile-liger-overlap --variant packed-compile-liger-overlap
   done_marker a
 }
 
