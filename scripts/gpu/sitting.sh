@@ -41,7 +41,7 @@ model=keep/qwen15-rand
 scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
   local name=$1
   shift
-  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,64,128,256 \
+  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,64,128 \
     --steps 5 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
 }
 queue_a() {
@@ -49,7 +49,6 @@ queue_a() {
   job make-model 0 $py scripts/gpu/random_model.py keep/shape15 $model
   scaling old-compile-liger --code keep/old --variant packed-compile-liger
   scaling new-compile-liger --variant packed-compile-liger
-  scaling old-compile-liger-again --code keep/old --variant packed-compile-liger
   done_marker a
 }
 
