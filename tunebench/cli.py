@@ -345,7 +345,7 @@ def models() -> None:
 
     table = Table(title="model presets")
     for col in ("name", "model", "packages", "installed"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # nothing cut off in a narrow terminal
     for row in list_presets():
         table.add_row(row["name"], row["description"], row["packages"], "yes" if row["installed"] else "no")
     Console().print(table)
