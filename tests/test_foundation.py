@@ -425,3 +425,19 @@ def test_cli_evaluate_sql_finds_the_mirrors_databases(tmp_path: Path) -> None:
     assert "real databases:" in result.stderr
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["execution_n"] == 2 and metrics["execution_accuracy"] == 0.5
+
+
+def test_cli_run_dry_run_shows_the_plan_and_touches_nothing(tmp_path: Path) -> None:
+    write(tmp_path / "data.jsonl", "".join(f'{{"q": "q{i}", "target": "t{i}"}}\n' for i in range(4)))
+    write_custom_config(tmp_path, "x", "data.jsonl")
+    plan = cli("run", "x.yaml", "--dry-run", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    flat = " ".join(plan.stdout.split())
+    assert "new" in flat and "prepare" in flat and "cost" in flat
+    assert not (tmp_path / "runs").exists()  # a plan, nothing written
+    # after prepare: partly done, prepare no longer listed; a different config: refused, and why
+    assert cli("prepare", "x.yaml", cwd=tmp_path).returncode == 0
+    flat = " ".join(cli("run", "x.yaml", "--dry-run", cwd=tmp_path).stdout.split())
+    assert "partly done" in flat and "prepare," not in flat
+    other = cli("run", "x.yaml", "--dry-run", "--set", "lora.r=4", cwd=tmp_path)
+    assert "refused" in other.stdout and "lora.r" in other.stdout

@@ -253,11 +253,21 @@ def run(
             min=1, help="Train and predict on N GPUs, one process each (as train/predict --gpus N)."
         ),
     ] = 1,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Show what would run (each run directory, its status and the stages left), run nothing.",
+        ),
+    ] = False,
 ) -> None:
     """The whole pipeline: every stage of an experiment, or every cell of a study + its report."""
     from tunebench.config import load_yaml
 
     data = load_yaml(config)
+    if dry_run:
+        print_plan(config, data, parse_overrides(overrides), cells)
+        return
     if isinstance(data, dict) and "systems" in data:
         from tunebench.study import run_study
 
@@ -273,6 +283,35 @@ def run(
     result = run_experiment(cfg, yes=yes, gpus=gpus)
     print_run_summary(cfg.eval_splits, result)
     console.print(f"done: {result.root}")
+
+
+def print_plan(path: Path, data: Any, overrides: dict[str, Any], cells: list[str] | None) -> None:
+    """``run --dry-run``: one row per experiment the command would run, in the order it would."""
+    from tunebench.pipeline import plan
+
+    if isinstance(data, dict) and "systems" in data:
+        from tunebench.study import expand, load_study, run_order, select_cells
+
+        study = load_study(path)
+        chosen = run_order(select_cells(expand(study, overrides, str(path)), cells))
+        configs = [cell.config for cell in chosen]
+        after = f"then the report in {study.resolved_report_dir()}, once every cell of the study is done"
+    elif cells:
+        raise TunebenchError("--cells selects cells of a study; this config is a single experiment")
+    else:
+        from tunebench.config import load_experiment
+
+        configs, after = [load_experiment(path, overrides)], ""
+    table = Table(title=f"{path}: what `tunebench run` would do")
+    for column in ("run directory", "provider", "model", "task", "status", "stages to run"):
+        table.add_column(column, overflow="fold")
+    for cfg in configs:
+        step = plan(cfg)
+        todo = ", ".join(step["to_run"]) if step["status"] != "refused" else step["detail"]
+        table.add_row(step["run_dir"], cfg.provider, cfg.model.name, cfg.task.name, step["status"], todo)
+    Console().print(table)
+    if after:
+        Console().print(after, highlight=False)
 
 
 def print_run_summary(splits: list[str], run: Any) -> None:

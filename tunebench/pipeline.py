@@ -69,6 +69,34 @@ def open_run(config: ExperimentConfig) -> RunDir:
     return run
 
 
+def planned_stages(config: ExperimentConfig) -> list[str]:
+    """The manifest stages a finished run of ``config`` records, in pipeline order (``base``
+    and ``endpoint`` have no training stage)."""
+    stages = ["prepare"]
+    if config.provider in ("local", "openai", "ensemble"):
+        stages.append("train")
+    for split in config.eval_splits:
+        stages += [f"predict:{split}", f"evaluate:{split}"]
+    return [*stages, "cost"]
+
+
+def plan(config: ExperimentConfig) -> dict[str, Any]:
+    """What ``tunebench run`` would do with ``config``, without doing any of it: ``status`` is
+    new, partly done, done, or refused (its run directory holds another config; ``detail``
+    names the keys), and ``to_run`` lists the stages still to run."""
+    run = RunDir(config.run_dir)
+    stages = planned_stages(config)
+    if not run.config_path.is_file():
+        return {"run_dir": str(run.root), "status": "new", "to_run": stages, "detail": ""}
+    changed = config_differences(comparable(run.load_config()), comparable(config))
+    if changed:
+        more = f"; and {len(changed) - 1} more" if len(changed) > 1 else ""
+        return {"run_dir": str(run.root), "status": "refused", "to_run": [], "detail": changed[0] + more}
+    to_run = [stage for stage in stages if not run.stage_done(stage)]
+    status = "done" if not to_run else "partly done"
+    return {"run_dir": str(run.root), "status": status, "to_run": to_run, "detail": ""}
+
+
 def ensure_prepared(config: ExperimentConfig, run: RunDir) -> None:
     """Run the prepare stage unless the manifest records it as finished."""
     if not run.stage_done("prepare"):
