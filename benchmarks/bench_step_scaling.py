@@ -86,8 +86,9 @@ def idle_by_scope(events: list[dict[str, Any]]) -> dict[str, Any]:
     """GPU idle time per step and per named range, from a chrome trace's ``traceEvents``.
 
     GPU busy = the union of kernels, copies and memsets. Each ``bench/step`` range is one step;
-    inside it every ``tunebench/*`` range's wall and GPU-idle time is summed by name, and what
-    no range covers is ``(outside ranges)``. Times in seconds per step (averaged over steps)."""
+    inside it every ``tunebench/*`` range's wall and GPU-idle time is summed by name (a range
+    nested in another counts in both), and what no range covers is ``(outside ranges)``. Times
+    in seconds per step (averaged over steps)."""
     gpu = merge_intervals(
         [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") in GPU_EVENTS and "dur" in e]
     )
@@ -100,19 +101,19 @@ def idle_by_scope(events: list[dict[str, Any]]) -> dict[str, Any]:
         s0, s1 = step["ts"], step["ts"] + step["dur"]
         total["wall_s"] += step["dur"]
         total["gpu_busy_s"] += busy_within(gpu, s0, s1)
-        covered = 0.0
-        covered_busy = 0.0
+        inside: list[tuple[float, float]] = []
         for scope in scopes:
             a, b = max(scope["ts"], s0), min(scope["ts"] + scope["dur"], s1)
             if b <= a:
                 continue
             row = table.setdefault(scope["name"], {"wall_s": 0.0, "gpu_idle_s": 0.0, "count": 0})
-            busy = busy_within(gpu, a, b)
             row["wall_s"] += b - a
-            row["gpu_idle_s"] += (b - a) - busy
+            row["gpu_idle_s"] += (b - a) - busy_within(gpu, a, b)
             row["count"] += 1
-            covered += b - a
-            covered_busy += busy
+            inside.append((a, b))
+        covered_spans = merge_intervals(inside)  # nested ranges cover their time once
+        covered = sum(b - a for a, b in covered_spans)
+        covered_busy = sum(busy_within(gpu, a, b) for a, b in covered_spans)
         rest = table.setdefault("(outside ranges)", {"wall_s": 0.0, "gpu_idle_s": 0.0, "count": 0})
         rest["wall_s"] += step["dur"] - covered
         rest["gpu_idle_s"] += (step["dur"] - covered) - (busy_within(gpu, s0, s1) - covered_busy)

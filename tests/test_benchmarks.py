@@ -81,6 +81,18 @@ def test_gpu_idle_is_split_by_the_loops_named_ranges() -> None:
     assert total_idle == pytest.approx(out["gpu_idle_s"])
 
 
+def test_a_nested_range_is_not_counted_twice_outside() -> None:
+    bench = load("bench_step_scaling")
+    events = [
+        {"name": "bench/step", "cat": "user_annotation", "ts": 0, "dur": 100},
+        {"name": "tunebench/update", "cat": "user_annotation", "ts": 0, "dur": 60},
+        {"name": "tunebench/clip", "cat": "user_annotation", "ts": 10, "dur": 20},  # inside update
+    ]
+    ranges = bench.idle_by_scope(events)["by_range"]
+    assert ranges["(outside ranges)"]["wall_s"] == pytest.approx(40e-6)
+    assert ranges["tunebench/clip"]["wall_s"] == pytest.approx(20e-6)  # counted in its own row too
+
+
 def test_two_gpu_bound_is_the_step_time_ratio_to_the_half_batch() -> None:
     bench = load("bench_step_scaling")
     bounds = bench.two_gpu_bounds({4: 0.09, 64: 0.15, 128: 0.24, 256: 0.42})

@@ -117,3 +117,35 @@ def test_break_even_maths() -> None:
 def test_config_cost_section_is_strict() -> None:
     with pytest.raises(Exception, match="extra"):
         ExperimentConfig.model_validate({"name": "x", "cost": {"gpu": "A40"}})
+
+
+def test_the_run_summary_reads_each_providers_cost_layout() -> None:
+    """`tunebench run` prints one cost line from cost.json, whose layout differs by provider."""
+    import json
+    from pathlib import Path
+
+    from tunebench.cli import cost_line
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    gpu = json.loads((results / "qwen15-ensemble/runs/ensemble-sql/cost.json").read_text())
+    training = gpu["training"]["cost_usd"]
+    predictions = sum(v["cost_usd"] for v in gpu["inference"].values())
+    assert cost_line(gpu) == f"cost: training ${training:.4f}, predictions ${predictions:.4f}"
+    openai = {
+        "provider": "openai",
+        "training_cost_usd": 12.0,
+        "openai": {"training": {"cost_usd": 12.0}, "inference": {"test": {"cost_usd": 0.5}}},
+    }
+    assert cost_line(openai) == "cost (OpenAI's prices): training $12.0000, predictions $0.5000"
+    cpu = {
+        "provider": "local",
+        "price": None,
+        "note": "no CPU price",
+        "training": {"cost_usd": None, "a40_conversion_usd": 0.039},
+        "inference": {"test": {"cost_usd": None, "a40_conversion_usd": 0.007}},
+    }
+    assert (
+        cost_line(cpu) == "cost at the study's A40 rate: training $0.0390, predictions $0.0070 (no CPU price)"
+    )
+    endpoint = {"provider": "endpoint", "note": "endpoint runs are not priced"}
+    assert cost_line(endpoint) == "cost: endpoint runs are not priced"

@@ -441,3 +441,18 @@ def test_cli_run_dry_run_shows_the_plan_and_touches_nothing(tmp_path: Path) -> N
     assert "partly done" in flat and "prepare," not in flat
     other = cli("run", "x.yaml", "--dry-run", "--set", "lora.r=4", cwd=tmp_path)
     assert "refused" in other.stdout and "lora.r" in other.stdout
+
+
+def test_a_refused_study_cell_points_at_the_study_not_at_set_name(tmp_path: Path) -> None:
+    """A study sets its cells' names and runs_dir itself, so `--set name=` cannot be the way out."""
+    from tunebench.pipeline import open_run
+
+    cfg = ExperimentConfig(name="b-sql", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
+    open_run(cfg)
+    changed = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 4})})
+    with pytest.raises(
+        TunebenchError, match=r"lora\.r: 8 in the run, 4 now.*change the study's name or runs_dir"
+    ):
+        open_run(changed, "study")
+    with pytest.raises(TunebenchError, match=r"--set name=NEW_NAME"):
+        open_run(changed)

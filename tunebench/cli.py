@@ -268,7 +268,7 @@ def run(
     if dry_run:
         print_plan(config, data, parse_overrides(overrides), cells)
         return
-    if isinstance(data, dict) and "systems" in data:
+    if is_study(data):
         from tunebench.study import run_study
 
         out = run_study(config, yes=yes, overrides=parse_overrides(overrides), cells=cells, gpus=gpus)
@@ -285,11 +285,19 @@ def run(
     console.print(f"done: {result.root}")
 
 
+def is_study(data: Any) -> bool:
+    """A study config (as opposed to one experiment): the same test experiment loading uses to
+    refuse one, so `run` never sends a misspelt study back to itself."""
+    from tunebench.config import looks_like_study
+
+    return looks_like_study(data)
+
+
 def print_plan(path: Path, data: Any, overrides: dict[str, Any], cells: list[str] | None) -> None:
     """``run --dry-run``: one row per experiment the command would run, in the order it would."""
     from tunebench.pipeline import plan
 
-    if isinstance(data, dict) and "systems" in data:
+    if is_study(data):
         from tunebench.study import expand, load_study, run_order, select_cells
 
         study = load_study(path)
@@ -323,17 +331,24 @@ def print_run_summary(splits: list[str], run: Any) -> None:
             metrics["task"] = f"{metrics.get('task')} {split}"
             print_metrics(metrics)
     if run.cost_path.is_file():
-        cost = json.loads(run.cost_path.read_text(encoding="utf-8"))
-        key, how = (
-            ("cost_usd", "") if cost.get("price") else ("a40_conversion_usd", " at the study's A40 rate")
-        )
-        training = (cost.get("training") or {}).get(key) or 0.0
-        inference = sum((v or {}).get(key) or 0.0 for v in (cost.get("inference") or {}).values())
-        note = f" ({cost['note']})" if cost.get("note") else ""
-        console.print(
-            f"cost{how}: training ${training:.4f}, predictions ${inference:.4f}{note}; {run.cost_path}",
-            highlight=False,
-        )
+        console.print(cost_line(json.loads(run.cost_path.read_text(encoding="utf-8"))), highlight=False)
+        console.print(f"cost record: {run.cost_path}", highlight=False)
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    """One line of what a run cost, from its cost.json (each provider's own layout)."""
+    if cost.get("provider") == "endpoint":
+        return f"cost: {cost.get('note', 'not priced')}"
+    if cost.get("provider") == "openai":
+        block, key, how = cost.get("openai") or {}, "cost_usd", " (OpenAI's prices)"
+    elif cost.get("price"):
+        block, key, how = cost, "cost_usd", ""
+    else:  # no price for this hardware (CPU): the study's A40 rate, labelled as a conversion
+        block, key, how = cost, "a40_conversion_usd", " at the study's A40 rate"
+    training = (block.get("training") or {}).get(key) or 0.0
+    inference = sum((v or {}).get(key) or 0.0 for v in (block.get("inference") or {}).values())
+    note = f" ({cost['note']})" if cost.get("note") else ""
+    return f"cost{how}: training ${training:.4f}, predictions ${inference:.4f}{note}"
 
 
 @app.command()

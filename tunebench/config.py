@@ -488,9 +488,21 @@ _ERROR_WORDS = {"extra_forbidden": "unknown key", "missing": "required key is mi
 
 def error_key(loc: tuple[Any, ...]) -> str:
     """The dotted key of a pydantic error location, without the union-member tags pydantic
-    inserts (``lora.target_modules.list[str]`` -> ``lora.target_modules``)."""
-    parts = [str(p) for p in loc if not (isinstance(p, str) and "[" in p)]
+    inserts (``lora.target_modules.list[str]`` -> ``lora.target_modules``,
+    ``tasks.0.TaskEntry.name`` -> ``tasks.0.name``)."""
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _union_tags()))]
     return ".".join(parts) or "<root>"
+
+
+def _union_tags() -> set[str]:
+    """Names pydantic uses for union members: plain types and our config classes."""
+    classes: set[str] = set()
+    todo: list[type] = [Strict]
+    while todo:
+        cls = todo.pop()
+        classes.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return classes | {"str", "int", "float", "bool", "none", "list", "dict"}
 
 
 def parse_model(cls: type[Strict], data: Any, source: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -520,7 +532,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise TunebenchError(f"{path}: expected a mapping at the top level")
-    if "task" not in data and ("systems" in data or "tasks" in data):
+    if looks_like_study(data):
         raise TunebenchError(
             f"{path} is a study config (it has `systems`/`tasks`), not a single experiment: "
             f"run it with `tunebench run {path}`"
@@ -528,6 +540,11 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return parse_model(ExperimentConfig, data, str(path), overrides)
+
+
+def looks_like_study(data: Any) -> bool:
+    """A study's top level: ``systems``, or ``tasks`` without an experiment's ``task``."""
+    return isinstance(data, dict) and ("systems" in data or ("tasks" in data and "task" not in data))
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

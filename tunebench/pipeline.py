@@ -51,8 +51,19 @@ def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: st
     return out
 
 
-def open_run(config: ExperimentConfig) -> RunDir:
-    """Create (or reopen) the run directory; a different config for the same name is refused."""
+#: how to get past a refused run directory, for one experiment and for a study's cell (whose
+#: name and runs_dir the study sets, so --set name would not help)
+WAY_OUT = {
+    "experiment": "give every stage the same --set options, or start a new run with "
+    "`--set name=NEW_NAME`, or delete the folder",
+    "study": "change the study's name or runs_dir in its YAML to start new cells, or delete this "
+    "cell's folder to run it again",
+}
+
+
+def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
+    """Create (or reopen) the run directory; a different config for the same name is refused
+    (``kind``: experiment or study, for the advice)."""
     run = RunDir(config.run_dir)
     if run.config_path.is_file():
         existing = run.load_config()
@@ -61,8 +72,7 @@ def open_run(config: ExperimentConfig) -> RunDir:
             shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise TunebenchError(
                 f"{run.root} holds a run with a different config ({shown}). A run directory keeps "
-                "one config for all its stages: give every stage the same --set options, or start "
-                "a new run with `--set name=NEW_NAME`, or delete the folder"
+                f"one config for all its stages: {WAY_OUT[kind]}"
             )
     else:
         run.write_config(config)
@@ -177,14 +187,16 @@ def launched_stage(config: ExperimentConfig, gpus: int, args: list[str], what: s
         raise TunebenchError(f"{what} on {gpus} processes failed (exit status {status}); rerun to resume")
 
 
-def run_experiment(config: ExperimentConfig, yes: bool = False, gpus: int = 1) -> RunDir:
+def run_experiment(
+    config: ExperimentConfig, yes: bool = False, gpus: int = 1, kind: str = "experiment"
+) -> RunDir:
     """Every stage of one experiment, skipping finished ones.
 
     ``gpus`` > 1: training (provider local) and predictions (local, base) run on that many
     processes, each stage launched as ``tunebench train|predict ... --gpus N`` would be; scoring
     and cost stay in this process.
     """
-    run = open_run(config)
+    run = open_run(config, kind)
     ensure_prepared(config, run)
     if config.provider == "ensemble":  # a member trained or predicted again: vote again
         from tunebench.inference.ensemble import forget_stale

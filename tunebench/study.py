@@ -294,7 +294,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
                 data.update(name=f"{variant}-{task.name}", runs_dir=runs_dir, provider=system.provider)
                 where = f"{source}: system '{variant}', task '{task.name}'"
                 _name_members(data, variants, task.name, where)
-                cfg = parse_model(ExperimentConfig, data, where)
+                cfg = parse_model(ExperimentConfig, data, where, overrides)
                 if cfg.name in names:
                     raise TunebenchError(f"{where}: two cells are both named '{cfg.name}'")
                 names.add(cfg.name)
@@ -430,7 +430,7 @@ def run_study(
     for number, cell in enumerate(chosen, start=1):
         console.print(f"[{number}/{len(chosen)}] {cell.name} ({cell.config.provider})")
         try:
-            run_experiment(cell.config, yes=yes, gpus=gpus)
+            run_experiment(cell.config, yes=yes, gpus=gpus, kind="study")
         except TunebenchError as exc:
             console.print(f"[bold red]failed:[/] {cell.name}: {exc}", highlight=False)
             failures.append(f"{cell.name}: {exc}")

@@ -4,7 +4,8 @@ The source is a study YAML (its cells name the run directories, and its ensemble
 elsewhere join as rows of their own) or a folder of run directories (its ``study.json``, written by ``tunebench run STUDY.yaml``, gives the system and
 task labels; without one they are derived from each run's config). Refused, with one line
 naming the run: a study cell without a run directory, a run without predictions or scores for
-a split, and two systems of one task evaluated on different examples or golds.
+a split, and two systems of one task evaluated on different examples or golds. In a folder
+without ``study.json`` (a loose set of runs) an unfinished run is skipped with a warning instead.
 """
 
 from __future__ import annotations
@@ -133,14 +134,23 @@ def _from_folder(folder: Path) -> StudyData:
         title, description = index.get("name", folder.name), index.get("description")
     else:
         runs = []
-        for sub in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
+        found = sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file())
+        for sub in found:
             run = RunDir(sub)
             config = run.load_config()
-            missing = [split for split in config.eval_splits if not run.predictions(split).is_file()]
-            if missing:  # a loose folder of runs: report the finished ones
-                warn(f"skipped {sub}: no predictions for {', '.join(missing)} yet (unfinished run)")
+            unfinished = [
+                split
+                for split in config.eval_splits
+                if not (run.predictions(split).is_file() and (run.eval_dir(split) / "metrics.json").is_file())
+            ]
+            if unfinished:  # a loose folder of runs: report the finished ones
+                warn(f"skipped {sub}: {', '.join(unfinished)} not predicted and scored yet (unfinished run)")
                 continue
             runs.append(load_run(run, system_label(config), config.task.name, None))
+        if found and not runs:
+            raise TunebenchError(
+                f"{folder}: {len(found)} run directories, none finished (predicted and scored)"
+            )
         # a study's runs live in <study>/runs: name the report after the study, not "runs"
         where = folder.resolve()  # "runs", "./runs" and "x/../runs" name the same folder
         title = where.parent.name if where.name == "runs" and where.parent.name else where.name

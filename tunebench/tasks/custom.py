@@ -93,12 +93,10 @@ class CustomTask(Task):
 def hold_out_rows(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """``held_out`` without a validation file: a seeded ``fraction`` of the training rows (at
     least one) becomes the validation split, so early stopping never looks at the test set.
-    Both keep the file's order."""
+    Both keep the file's order. A single row stays in train (no validation split): zero-shot
+    providers need no training rows at all."""
     if len(examples) < 2:
-        raise TunebenchError(
-            f"{len(examples)} training row(s): too few to hold some out for validation; give "
-            "task.validation_file, or task.validation: study to validate on the test set"
-        )
+        return list(examples), []
     count = min(len(examples) - 1, max(1, round(fraction * len(examples))))
     held = set(random.Random(seed).sample(range(len(examples)), count))
     train = [ex for i, ex in enumerate(examples) if i not in held]

@@ -244,7 +244,7 @@ def labeled_positions(targets: torch.Tensor) -> torch.Tensor:
     Why here: selecting them on the GPU with a boolean mask (``hidden[targets != -100]``)
     needs the count of selected rows before the loss can be launched, a device-to-host sync
     in the middle of every micro-batch; an index tensor made on the CPU travels with the batch
-    and keeps the step free of that wait."""
+    and spares the step that wait (liger-kernel's fused loss, when on, still has one of its own)."""
     return (targets.reshape(-1) != IGNORE).nonzero().squeeze(1)
 
 

@@ -20,10 +20,11 @@ also creates fully masked query rows, which a naive softmax turns into NaN (all 
 torch's CPU SDPA (>= 2.5) maps to 0. Padding-free packing has no padding and no fully masked
 row at all. Either way every step checks loss and gradient norm and skips a non-finite one.
 
-Host and device: the host only waits for the GPU once per step, where loss, token count and
-gradient norm are read back together to decide on the update (with ``overlap_steps`` not even
-then: the decision stays on the device). Nothing inside a micro-batch waits: the labeled
-positions come from the collator (:func:`.data.labeled_positions`). Where the host's share of a
+Host and device: the loop waits for the GPU once per step, where loss and gradient norm are
+read back together to decide on the update (with ``overlap_steps`` not even then: the decision
+stays on the device). Nothing of ours inside a micro-batch waits: the labeled positions come from
+the collator (:func:`.data.labeled_positions`); liger-kernel's fused loss (``training.liger``)
+still reads its label count once per micro-batch (``.item()`` in liger 0.8.5). Where the host's share of a
 step (Python, kernel launches) rivals the GPU's, each wait leaves the GPU idle until the host
 catches up; ``benchmarks/bench_step_scaling.py`` measures that, and lists every wait.
 """
@@ -298,7 +299,6 @@ class Trainer:
         torch.manual_seed(step_seed(tc.seed, step, self.rank))
         poison = (step + 1) in _fault_steps(FAULT_NAN_ENV)
         loss_sum = torch.zeros((), device=self.device)
-        tokens = 0
         for j in range(passes):
             # FSDP: a process out of micro-batches repeats its first one with weight 0
             weight = 1.0 if j < len(micro) else 0.0
@@ -323,24 +323,29 @@ class Trainer:
                 with profiler_scope("tunebench/backward"):
                     scaled.backward()  # not acc.backward: it divides by a process-wide accumulation count
             loss_sum += total.detach() * (float("nan") if poison else 1.0)
-            tokens += real_tokens(group) if weight else 0
         if tc.overlap_steps:
             return self.update_without_waiting(loss_sum, labeled, real_tokens(examples))
         with profiler_scope("tunebench/update"):
-            reduced = self.acc.reduce(
-                torch.stack([loss_sum, torch.tensor(float(tokens), device=self.device)]), "sum"
-            )
+            reduced = self.acc.reduce(loss_sum, "sum")
             norm = self.clip_gradients()
-            # one wait for the device per step: loss, tokens and norm are read back together
-            loss_total, step_tokens, norm_value = torch.stack([reduced[0], reduced[1], norm]).tolist()
-            loss, grad_norm = loss_total / labeled, norm_value
+            # one wait for the device per step: loss and norm are read back together (a Python
+            # number copied to the GPU would be a wait of its own, so the token count stays
+            # here: every rank knows the whole step's examples)
+            loss_total, grad_norm = torch.stack([reduced, norm]).tolist()
+            loss = loss_total / labeled
             finite = math.isfinite(loss) and math.isfinite(grad_norm)
             lr = self.scheduler.get_last_lr()[0]  # the rate this step's update uses
             if finite:
                 self.optimizer.step()
                 self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=not self.tc.cuda_graphs)  # graphs: keep the buffers
-        return {"loss": loss, "grad_norm": grad_norm, "tokens": int(step_tokens), "finite": finite, "lr": lr}
+        return {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "tokens": real_tokens(examples),
+            "finite": finite,
+            "lr": lr,
+        }
 
     def update_without_waiting(
         self, loss_sum: torch.Tensor, labeled: int, step_tokens: int
@@ -424,8 +429,9 @@ class Trainer:
                 tps = s["tokens"] / max(s["train_time"], 1e-9)
                 if progress is not None:
                     progress.update(task, completed=s["step"], loss=loss, tps=tps)
-                elif self.main and self.plain_progress_due(s["step"]):
-                    self.say(f"train step {s['step']}/{self.total}: loss {loss:.4f}, {tps:.0f} tokens/s")
+                elif self.main and self.plain_progress_due(s["step"], s["stopped_early"]):
+                    shown = f"loss {loss:.4f}, " if math.isfinite(loss) else ""  # overlap: not read yet
+                    self.say(f"train step {s['step']}/{self.total}: {shown}{tps:.0f} tokens/s")
         except KeyboardInterrupt:
             last = ckpt.latest_checkpoint(self.run.checkpoints_dir)
             where = f"last checkpoint {last.name}" if last else "no checkpoint yet"
@@ -446,11 +452,11 @@ class Trainer:
                 writer.close()
         return self.finish()
 
-    def plain_progress_due(self, step: int) -> bool:
+    def plain_progress_due(self, step: int, last: bool = False) -> bool:
         """Without a terminal (a log file, CI, nohup) a line every 30 s, and at the first and
-        last step, stands in for the progress bar."""
+        last step (``last``: early stopping ends the run here), stands in for the progress bar."""
         now = time.perf_counter()
-        if step in (1, self.total) or now - self.last_progress_line >= PLAIN_PROGRESS_EVERY_S:
+        if last or step in (1, self.total) or now - self.last_progress_line >= PLAIN_PROGRESS_EVERY_S:
             self.last_progress_line = now
             return True
         return False
@@ -650,7 +656,7 @@ def fused_adamw(overlap_steps: bool, device_type: str, sharded: bool) -> bool:
 
 
 def profiler_scope(name: str) -> contextlib.AbstractContextManager[Any]:
-    """A named range in torch.profiler traces (``benchmarks/bench_train.py --profile`` reads
+    """A named range in torch.profiler traces (``benchmarks/bench_step_scaling.py`` reads
     them to say where the GPU waits); ~1 µs when no profiler runs."""
     return torch.profiler.record_function(name)
 
