@@ -41,14 +41,14 @@ model=keep/qwen15-rand
 scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
   local name=$1
   shift
-  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 4,64,128 \
-    --steps 5 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
+  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 64,128 \
+    --steps 4 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
 }
 queue_a() {
   queue=a
   job make-model 0 $py scripts/gpu/random_model.py keep/shape15 $model
-  scaling old-compile-liger --code keep/old --variant packed-compile-liger
   scaling new-compile-liger --variant packed-compile-liger
+  scaling old-compile-liger --code keep/old --variant packed-compile-liger
   done_marker a
 }
 
