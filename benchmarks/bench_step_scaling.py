@@ -143,42 +143,23 @@ def two_gpu_bounds(step_s: dict[int, float]) -> dict[int, float]:
 
 
 # --- measuring --------------------------------------------------------------------------------
-def sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def make_trainer(args: argparse.Namespace, workdir: Path, largest: int) -> Any:
-    from bench_train import ENGINE
+    """One Trainer of the variant, configured as bench_train.py's (enough examples for every
+    batch size's steps at the largest batch)."""
+    from bench_train import ENGINE, make_config
 
-    from tunebench.config import ExperimentConfig, set_dotted
     from tunebench.pipeline import open_run
     from tunebench.training.loop import Trainer
 
-    data: dict[str, Any] = {
-        "name": "scaling",
-        "runs_dir": str(workdir),
-        "model": {"name": args.model},
-        "task": {
-            "name": args.task,
-            "data_dir": args.data_dir,
-            "max_train_examples": (args.steps + args.warmup) * largest,
-            "max_eval_examples": 8,
-        },
-        "training": {
-            "max_steps": args.steps + args.warmup,
-            "batch_size": largest,
-            "warmup_steps": 2,
-            "eval_every": 10**6,
-            "early_stopping_patience": None,
-            "liger": False,
-        },
-    }
-    for key, value in ENGINE[args.variant].items():
-        set_dotted(data, key, value)
-    config = ExperimentConfig.model_validate(data)
+    shape = argparse.Namespace(
+        model=args.model,
+        task=args.task,
+        data_dir=args.data_dir,
+        dtype="auto",
+        steps=args.steps + args.warmup,
+        batch=largest,
+    )
+    config = make_config(shape, workdir, "scaling", ENGINE[args.variant])
     trainer = Trainer(config, open_run(config), resume=False)
     trainer.setup()
     return trainer
@@ -191,18 +172,16 @@ def with_batch(trainer: Any, batch: int) -> None:
 
 def time_batch(trainer: Any, batch: int, steps: int, warmup: int) -> dict[str, Any]:
     import torch
+    from bench_train import sync, timed_step
 
     with_batch(trainer, batch)
     times, tokens = [], []
+    sync()
     for step in range(warmup + steps):
-        sync()
-        t0 = time.perf_counter()
         with torch.profiler.record_function(STEP_SCOPE):
-            out = trainer.train_step(step)
-        float(out["loss"])  # overlap_steps returns tensors: the step ends when they are read
-        sync()
+            seconds, out = timed_step(trainer, step)  # timed until the GPU has finished the step
         if step >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(seconds)
             tokens.append(out["tokens"])
     median = statistics.median(times)
     return {
@@ -217,6 +196,7 @@ def time_batch(trainer: Any, batch: int, steps: int, warmup: int) -> dict[str, A
 
 def profile_batch(trainer: Any, batch: int, first_step: int) -> dict[str, Any]:
     import torch
+    from bench_train import sync
     from torch.profiler import ProfilerActivity, profile
 
     with_batch(trainer, batch)
@@ -240,6 +220,7 @@ def sync_sites(trainer: Any, batch: int, step: int) -> list[dict[str, Any]]:
     """Every host-device sync of one step, with the innermost project or library line (not
     torch's own) that asked for it, counted."""
     import torch
+    from bench_train import sync
 
     if not torch.cuda.is_available():
         return []

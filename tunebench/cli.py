@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunebench.errors import TunebenchError
+from tunebench.io import read_json
 
 app = typer.Typer(
     name="tunebench",
@@ -205,11 +206,10 @@ def evaluate(
 def default_sql_databases() -> dict[str, Any]:
     """The real Spider databases of the local data mirror, as the pipeline uses them, said aloud
     either way (without them execution accuracy on real databases is not scored)."""
-    from tunebench.data.paths import local_data_dir
+    from tunebench.tasks.sql import spider_databases
 
-    root = local_data_dir(None)
-    path = root / "sql" / "spider" / "database" if root else None
-    if path is not None and path.is_dir():
+    path = spider_databases()
+    if path is not None:
         console.print(f"real databases: {path} (--db-dir to choose others)")
         return {"db_dir": str(path)}
     console.print(
@@ -262,13 +262,13 @@ def run(
     ] = False,
 ) -> None:
     """The whole pipeline: every stage of an experiment, or every cell of a study + its report."""
-    from tunebench.config import load_yaml
+    from tunebench.config import load_yaml, looks_like_study
 
     data = load_yaml(config)
     if dry_run:
         print_plan(config, data, parse_overrides(overrides), cells)
         return
-    if is_study(data):
+    if looks_like_study(data):
         from tunebench.study import run_study
 
         out = run_study(config, yes=yes, overrides=parse_overrides(overrides), cells=cells, gpus=gpus)
@@ -285,19 +285,12 @@ def run(
     console.print(f"done: {result.root}")
 
 
-def is_study(data: Any) -> bool:
-    """A study config (as opposed to one experiment): the same test experiment loading uses to
-    refuse one, so `run` never sends a misspelt study back to itself."""
-    from tunebench.config import looks_like_study
-
-    return looks_like_study(data)
-
-
 def print_plan(path: Path, data: Any, overrides: dict[str, Any], cells: list[str] | None) -> None:
     """``run --dry-run``: one row per experiment the command would run, in the order it would."""
+    from tunebench.config import looks_like_study
     from tunebench.pipeline import plan
 
-    if is_study(data):
+    if looks_like_study(data):
         from tunebench.study import expand, load_study, run_order, select_cells
 
         study = load_study(path)
@@ -327,11 +320,11 @@ def print_run_summary(splits: list[str], run: Any) -> None:
     for split in splits:
         path = run.eval_dir(split) / "metrics.json"
         if path.is_file():
-            metrics = json.loads(path.read_text(encoding="utf-8"))
+            metrics = read_json(path)
             metrics["task"] = f"{metrics.get('task')} {split}"
             print_metrics(metrics)
     if run.cost_path.is_file():
-        console.print(cost_line(json.loads(run.cost_path.read_text(encoding="utf-8"))), highlight=False)
+        console.print(cost_line(read_json(run.cost_path)), highlight=False)
         console.print(f"cost record: {run.cost_path}", highlight=False)
 
 

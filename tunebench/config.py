@@ -490,7 +490,8 @@ def error_key(loc: tuple[Any, ...]) -> str:
     """The dotted key of a pydantic error location, without the union-member tags pydantic
     inserts (``lora.target_modules.list[str]`` -> ``lora.target_modules``,
     ``tasks.0.TaskEntry.name`` -> ``tasks.0.name``)."""
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _union_tags()))]
+    tags = _union_tags()
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in tags))]
     return ".".join(parts) or "<root>"
 
 

@@ -51,6 +51,11 @@ def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: st
     return out
 
 
+def differences_from_run(run: RunDir, config: ExperimentConfig) -> list[str]:
+    """How ``config`` differs from the config the run directory holds (operational keys aside)."""
+    return config_differences(comparable(run.load_config()), comparable(config))
+
+
 #: how to get past a refused run directory, for one experiment and for a study's cell (whose
 #: name and runs_dir the study sets, so --set name would not help)
 WAY_OUT = {
@@ -66,8 +71,7 @@ def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
     (``kind``: experiment or study, for the advice)."""
     run = RunDir(config.run_dir)
     if run.config_path.is_file():
-        existing = run.load_config()
-        changed = config_differences(comparable(existing), comparable(config))
+        changed = differences_from_run(run, config)
         if changed:
             shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
             raise TunebenchError(
@@ -98,7 +102,7 @@ def plan(config: ExperimentConfig) -> dict[str, Any]:
     stages = planned_stages(config)
     if not run.config_path.is_file():
         return {"run_dir": str(run.root), "status": "new", "to_run": stages, "detail": ""}
-    changed = config_differences(comparable(run.load_config()), comparable(config))
+    changed = differences_from_run(run, config)
     if changed:
         more = f"; and {len(changed) - 1} more" if len(changed) > 1 else ""
         return {"run_dir": str(run.root), "status": "refused", "to_run": [], "detail": changed[0] + more}

@@ -49,9 +49,7 @@ class SqlTask(Task):
 
     def db_dir(self) -> Path | None:
         """Real Spider databases in the local mirror, for execution accuracy."""
-        root = local_data_dir(self.config.data_dir)
-        path = root / "sql" / "spider" / "database" if root else None
-        return path if path and path.is_dir() else None
+        return spider_databases(self.config.data_dir)
 
     def scorer_options(self) -> dict[str, Any]:
         db_dir = self.db_dir()
@@ -93,6 +91,13 @@ class SqlTask(Task):
             return {"train": train, "validation": list(test), "test": test}
         train, validation = split_by_database(train, self.config.validation_fraction, self.config.split_seed)
         return {"train": train, "validation": validation, "test": test}
+
+
+def spider_databases(data_dir: str | None = None) -> Path | None:
+    """The real Spider databases (``<db_id>/<db_id>.sqlite``) of the local data mirror, if any."""
+    root = local_data_dir(data_dir)
+    path = root / "sql" / "spider" / "database" if root else None
+    return path if path and path.is_dir() else None
 
 
 def split_by_database(

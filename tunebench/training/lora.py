@@ -21,6 +21,7 @@ from torch import nn
 from tunebench.config import ExperimentConfig, LoraConfig
 from tunebench.errors import TunebenchError
 from tunebench.training import varlen
+from tunebench.training.data import labeled_positions
 
 log = logging.getLogger("tunebench.training")
 
@@ -172,7 +173,7 @@ class LossModel(nn.Module):
         )
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         if labeled_at is None:
-            labeled_at = (targets.reshape(-1) != -100).nonzero().squeeze(1)
+            labeled_at = labeled_positions(targets)
         selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, labeled_at)
         labels = targets.reshape(-1).index_select(0, labeled_at)
         weight = lm.get_output_embeddings().weight
