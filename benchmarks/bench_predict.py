@@ -243,16 +243,24 @@ def floor_seconds(
     }
 
 
+def adapter_of(run: Any) -> Path | None:
+    """The run's LoRA adapter, if it has one (a base-model run has none)."""
+    return run.adapter_dir if (run.adapter_dir / "adapter_config.json").is_file() else None
+
+
 def main() -> int:
     args = parse_args()
     import torch
 
-    from tunebench.data.prepare import load_prepared, prepare
     from tunebench.inference.local import LocalGenerator, apply_adapter, default_device, load_base_model
-    from tunebench.inference.predict import length_sorted_batches, model_prompts, predict_local
+    from tunebench.inference.predict import predict_local
+    from tunebench.inference.prompts import model_prompts
+    from tunebench.inference.shards import length_sorted_batches
     from tunebench.io import read_jsonl
     from tunebench.pipeline import open_run
+    from tunebench.pipeline.prepare import prepare
     from tunebench.tasks import get_task
+    from tunebench.tasks.base import load_prepared
     from tunebench.training.mfu import gpu_key, peak_flops
 
     device = default_device()
@@ -294,11 +302,13 @@ def main() -> int:
     for size in sizes:
         cfg = make_config(args, work, provider, size)
         if args.cache == "static":  # compile warm-up for this batch shape (untimed)
-            predict_local(cfg, run, args.split, task, examples, generator=generator)
+            predict_local(cfg, run, args.split, task, examples, adapter=adapter_of(run), generator=generator)
             run.predictions(args.split).unlink()
         sync()
         t0 = time.perf_counter()
-        path = predict_local(cfg, run, args.split, task, examples, generator=generator)
+        path = predict_local(
+            cfg, run, args.split, task, examples, adapter=adapter_of(run), generator=generator
+        )
         sync()
         wall = time.perf_counter() - t0
         rows = read_jsonl(path)
@@ -327,7 +337,9 @@ def main() -> int:
     best_rows = read_jsonl(run.predictions(args.split)) if best is results[-1] else None
     if best_rows is None:  # rerun the best size so its rows (and batches) back the floor and equality
         cfg = make_config(args, work, provider, best["batch_size"])
-        best_rows = read_jsonl(predict_local(cfg, run, args.split, task, examples, generator=generator))
+        best_rows = read_jsonl(
+            predict_local(cfg, run, args.split, task, examples, adapter=adapter_of(run), generator=generator)
+        )
 
     limit = min(args.baseline_limit, n)
     prompts = model_prompts(config, run, task, examples)

@@ -308,9 +308,10 @@ def run_hf(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]
     from torch.utils.data import SequentialSampler
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from tunebench.data.prepare import load_prepared, prepare
     from tunebench.pipeline import open_run
+    from tunebench.pipeline.prepare import prepare
     from tunebench.tasks import get_task
+    from tunebench.tasks.base import load_prepared
     from tunebench.training.data import step_example_indices, tokenize_examples
     from tunebench.training.lora import apply_lora, load_base
     from tunebench.training.mfu import model_flops_per_token

@@ -14,9 +14,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tests import test_inference_support as support
 from tunebench.config import ModelConfig
-from tunebench.inference import attention, predict
 from tunebench.io import read_jsonl
-from tunebench.models import attention_implementation, load_model
+from tunebench.models import attention, attention_implementation, load_model
+from tunebench.pipeline import predict_stage as predict
 
 lively_model_dir = support.lively_model_dir
 

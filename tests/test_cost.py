@@ -8,9 +8,10 @@ import pytest
 
 from tests.test_report_fixtures import make_run
 from tunebench.config import ExperimentConfig
-from tunebench.cost import HOURS_PER_MONTH, break_even, compute_cost, write_cost
+from tunebench.cost import HOURS_PER_MONTH, break_even
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
+from tunebench.pipeline import compute_cost, write_cost
 from tunebench.prices import GPU_PRICES, OPENAI_PRICES
 
 

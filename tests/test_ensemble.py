@@ -14,15 +14,16 @@ from typing import Any
 import pytest
 
 from tunebench.config import ExperimentConfig, TaskConfig, parse_model
-from tunebench.data.prepare import load_prepared
+from tunebench.config.study import expand, load_study
 from tunebench.errors import TunebenchError
 from tunebench.evaluation.sql.mutate import WRONG, mutations
-from tunebench.inference.ensemble import majority_row, pool_rows
 from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import ensure_prepared, open_run, run_experiment
+from tunebench.providers.ensemble import majority_row, pool_rows
 from tunebench.rundir import RunDir
-from tunebench.study import expand, load_study, run_order, run_study
+from tunebench.study import run_order, run_study
 from tunebench.tasks import Example, get_task
+from tunebench.tasks.base import load_prepared
 
 N = 24
 STUDY = """

@@ -11,9 +11,9 @@ from safetensors import safe_open
 
 from tests import test_inference_support as support
 from tunebench.config import ExperimentConfig
-from tunebench.inference import predict
 from tunebench.io import read_jsonl
 from tunebench.pipeline import open_run
+from tunebench.pipeline import predict_stage as predict
 
 lively_model_dir = support.lively_model_dir  # the shared fixture
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_merged_export_predicts_what_base_plus_adapter_predicts(
         }
     )
     merged_run = open_run(merged_config)
-    from tunebench.data.prepare import prepare
+    from tunebench.pipeline.prepare import prepare
 
     prepare(merged_config, merged_run)
     from_merged = read_jsonl(predict(merged_config, merged_run, "test"))

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from tunebench.config import ExperimentConfig, TaskConfig, load_experiment
-from tunebench.data.prepare import load_prepared, prepare
 from tunebench.errors import TunebenchError
+from tunebench.pipeline.prepare import prepare
 from tunebench.rundir import RunDir
 from tunebench.tasks import get_task
+from tunebench.tasks.base import load_prepared
 
 SQL_EXPECTED = (
     "You are a powerful text-to-SQL model. Your job is to answer questions about a database. "
@@ -162,16 +163,8 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     bad.write_text("name: x\ntask:\n  name: poetry\n")
     with pytest.raises(TunebenchError, match=r"task.name: "):
         load_experiment(bad)
-    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n")
-    with pytest.raises(TunebenchError, match=r"cuda_graphs needs training.compile: true"):
-        load_experiment(bad)
-    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n  compile: true\n  packing: false\n")
-    with pytest.raises(
-        TunebenchError, match=r"cuda_graphs needs training.compile: true and training.packing"
-    ):
-        load_experiment(bad)
-    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n  compile: true\n  fsdp: true\n")
-    with pytest.raises(TunebenchError, match=r"cuda_graphs does not work with training.fsdp"):
+    bad.write_text("name: x\ntraining:\n  cuda_graphs: true\n")  # removed from the product
+    with pytest.raises(TunebenchError, match=r"training.cuda_graphs: unknown key"):
         load_experiment(bad)
 
 
@@ -187,7 +180,7 @@ def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:
     with pytest.raises(TunebenchError, match=r"set training\.max_steps or training\.epochs"):
         load_experiment(path)
     # a study's defaults with epochs reach every cell as epoch-based, unless a cell sets steps
-    from tunebench.study import expand, load_study
+    from tunebench.config.study import expand, load_study
 
     study = tmp_path / "s.yaml"
     study.write_text(
@@ -326,7 +319,7 @@ def test_cli_unknown_task_for_evaluate(tmp_path: Path) -> None:
 
 
 def test_readme_config_reference_is_current() -> None:
-    from tunebench.config import reference_markdown
+    from tunebench.config.reference import reference_markdown
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("<!-- config-reference:start -->\n", 1)[1].split("<!-- config-reference:end -->", 1)[
@@ -343,7 +336,7 @@ def test_example_configs_validate(path: Path) -> None:
     from tunebench.config import load_yaml
 
     if "systems" in load_yaml(path):
-        from tunebench.study import load_study
+        from tunebench.config.study import load_study
 
         load_study(path)
     else:

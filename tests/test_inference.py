@@ -12,10 +12,10 @@ import torch
 from tests import test_inference_support as support
 from tunebench.config import ModelConfig
 from tunebench.errors import TunebenchError
-from tunebench.inference import predict
 from tunebench.inference.local import FirstLineStop, SamplingParams, load_generator
-from tunebench.inference.predict import FAULT_ENV, partial_paths
+from tunebench.inference.resume import FAULT_ENV, partial_paths
 from tunebench.io import read_jsonl
+from tunebench.pipeline import predict_stage as predict
 from tunebench.tasks import get_task
 
 lively_model_dir = support.lively_model_dir  # the shared fixture

@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 
 from tests import test_inference_support as support
-from tunebench.inference import predict
-from tunebench.inference.predict import FAULT_ENV, Shard, length_sorted_batches, model_prompts, partial_paths
+from tunebench.inference.prompts import model_prompts
+from tunebench.inference.resume import FAULT_ENV, partial_paths
+from tunebench.inference.shards import Shard, length_sorted_batches
 from tunebench.io import read_jsonl
+from tunebench.pipeline import predict_stage as predict
 
 lively_model_dir = support.lively_model_dir  # the shared fixture
 
@@ -36,8 +38,8 @@ def tokenizer_only(model_dir: Path) -> SimpleNamespace:
 
 
 def prompts_of(config: Any, run: Any) -> list[str]:
-    from tunebench.data.prepare import load_prepared
     from tunebench.tasks import get_task
+    from tunebench.tasks.base import load_prepared
 
     task = get_task(config.task)
     return model_prompts(config, run, task, load_prepared(run, "test"))

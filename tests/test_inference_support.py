@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tunebench.config import ExperimentConfig
-from tunebench.data.prepare import prepare
 from tunebench.pipeline import open_run
+from tunebench.pipeline.prepare import prepare
 from tunebench.rundir import RunDir
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")

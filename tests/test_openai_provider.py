@@ -15,11 +15,11 @@ from rich.console import Console
 
 from tests.openai_emulator import Emulator
 from tunebench.config import ExperimentConfig
-from tunebench.data.prepare import load_prepared
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
 from tunebench.pipeline import evaluate_stage, open_run, predict_stage
 from tunebench.providers.openai import FAULT_ENV, InjectedFault, state_path, train_openai
+from tunebench.tasks.base import load_prepared
 
 
 @pytest.fixture

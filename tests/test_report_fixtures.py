@@ -119,7 +119,7 @@ def summary(provider: str) -> dict[str, Any]:
 
 def make_study_runs(root: Path, n: int = 12) -> Path:
     """Every system x both tasks under ``root``, each with cost.json; returns ``root``."""
-    from tunebench.cost import write_cost
+    from tunebench.pipeline import write_cost
 
     for task in ("sql", "viggo"):
         for system in SYSTEMS:

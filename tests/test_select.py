@@ -12,9 +12,9 @@ from tests import test_inference_support as support
 from tunebench.config import ExperimentConfig, TaskConfig, parse_model
 from tunebench.errors import TunebenchError
 from tunebench.evaluation.sql.mutate import WRONG, mutations
-from tunebench.inference import predict
 from tunebench.inference.select import select_by_execution, select_row
 from tunebench.io import read_jsonl
+from tunebench.pipeline import predict_stage as predict
 from tunebench.tasks import get_task
 
 lively_model_dir = support.lively_model_dir  # the shared fixture

@@ -15,10 +15,10 @@ import pytest
 
 from tests import test_inference_support as support
 from tunebench.config import ExperimentConfig
-from tunebench.inference import predict
 from tunebench.inference.serve import create_app
 from tunebench.io import read_jsonl
 from tunebench.pipeline import open_run
+from tunebench.pipeline import predict_stage as predict
 from tunebench.tasks import Example, get_task
 
 lively_model_dir = support.lively_model_dir  # the shared fixture
@@ -113,7 +113,7 @@ def test_endpoint_backend_against_the_server(served: Any, local_rows: list[dict]
             }
         )
         run = open_run(config)
-        from tunebench.data.prepare import prepare
+        from tunebench.pipeline.prepare import prepare
 
         prepare(config, run)
         rows = read_jsonl(predict(config, run, "test"))
@@ -216,8 +216,8 @@ def test_a_chat_format_base_run_serves_its_messages_through_the_chat_template(
     the plain training prompt a LoRA run would get."""
     from fastapi.testclient import TestClient
 
-    from tunebench.data.prepare import load_prepared
-    from tunebench.inference.predict import chat_prompt
+    from tunebench.inference.prompts import chat_prompt
+    from tunebench.tasks.base import load_prepared
 
     config, run = support.make_run(
         tmp_path, lively_model_dir, name="chat-base", provider="base", n=2, prompt_format="chat"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tunebench.config.study import expand, grid_points, load_study
 from tunebench.errors import TunebenchError
-from tunebench.study import expand, grid_points, load_study
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -40,8 +40,8 @@ def test_study_runs_every_cell_and_reports(tmp_path: Path, tiny_model_dir: Path)
     runs = tmp_path / "runs"
     # one task per process, as on two GPUs: the other process has just opened its first cell
     # (run directory and config, nothing finished) when this one ends its own cells: no report
+    from tunebench.config.study import expand, load_study
     from tunebench.pipeline import open_run
-    from tunebench.study import expand, load_study
 
     busy = next(c for c in expand(load_study(path)) if c.name == "base-viggo")
     open_run(busy.config)
@@ -76,8 +76,9 @@ def test_study_runs_every_cell_and_reports(tmp_path: Path, tiny_model_dir: Path)
 
 
 def test_cell_patterns_select_and_a_typo_is_an_error(tmp_path: Path) -> None:
+    from tunebench.config.study import expand, load_study
     from tunebench.errors import TunebenchError
-    from tunebench.study import expand, load_study, select_cells
+    from tunebench.study import select_cells
 
     path = tmp_path / "study.yaml"
     path.write_text(STUDY.format(runs=tmp_path / "runs", model="smollm2-135m"), encoding="utf-8")

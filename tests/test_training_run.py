@@ -22,14 +22,9 @@ from tunebench.config import load_experiment
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
 from tunebench.pipeline import open_run
+from tunebench.providers.choose import choose_checkpoint, pick
 from tunebench.training import train
-from tunebench.training.choose import choose_checkpoint, pick
-from tunebench.training.loop import (
-    CUDA_GRAPHS_OPT_IN,
-    FAULT_KILL_ENV,
-    FAULT_NAN_ENV,
-    check_cuda_graphs_allowed,
-)
+from tunebench.training.loop import FAULT_KILL_ENV, FAULT_NAN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,33 +118,19 @@ def test_identical_runs_give_identical_curves_and_files(tmp_path, tiny_model_dir
     assert losses(root_c)[0] == pytest.approx(losses(root_a)[0], rel=1e-5)
 
 
-def test_cuda_graphs_are_refused_on_a_gpu_unless_opted_in() -> None:
-    """Their only GPU run crashed: a GPU run asks for an explicit opt-in, with the way out in
-    the message; the CPU (row filling only) and runs without graphs are untouched."""
-    with pytest.raises(TunebenchError, match=rf"segmentation fault.*{CUDA_GRAPHS_OPT_IN}=1"):
-        check_cuda_graphs_allowed(True, "cuda", {})
-    with pytest.raises(TunebenchError, match="cuda_graphs: false"):
-        check_cuda_graphs_allowed(True, "cuda", {CUDA_GRAPHS_OPT_IN: "0"})
-    check_cuda_graphs_allowed(True, "cuda", {CUDA_GRAPHS_OPT_IN: "1"})
-    check_cuda_graphs_allowed(True, "cpu", {})
-    check_cuda_graphs_allowed(False, "cuda", {})
-
-
-@pytest.mark.parametrize("graphs", [False, True], ids=["compile", "compile+cuda_graphs"])
-def test_compiled_layers_train_like_eager(tmp_path, tiny_model_dir, data_dir, graphs) -> None:
+def test_compiled_layers_train_like_eager(tmp_path, tiny_model_dir, data_dir) -> None:
     """training.compile (each decoder layer through torch.compile/inductor) follows eager's
     curve: same losses and adapter within fp32 rounding (dropout 0: compiled code draws its
-    own random masks). With cuda_graphs the rows are filled up to repeating shapes (the graphs
-    themselves need a GPU)."""
+    own random masks)."""
     eager_summary, eager = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "eager", max_steps=3))
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
-    options = {"compile": True, "cuda_graphs": graphs}  # on the CPU: no graphs, but the padded rows
+    options = {"compile": True}
     summary, compiled = run_train(
         write_config(tmp_path, tiny_model_dir, data_dir, "compiled", max_steps=3, **options)
     )
-    assert summary["train_tokens"] == eager_summary["train_tokens"]  # filler tokens are not counted
+    assert summary["train_tokens"] == eager_summary["train_tokens"]
     # compiled, not silently eager; and no graph per step or per layer: one for the first layer
     # (its input needs no gradient), one for the others, one for validation (no_grad), whatever
     # the micro-batch lengths of the 3 steps
@@ -180,17 +161,15 @@ def test_compiled_bf16_rounds_like_eager(tmp_path, tiny_model_dir, data_dir) -> 
     assert torch._inductor.config.emulate_precision_casts is False
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["waiting", "overlapped"])
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir, data_dir, overlap) -> None:
-    opts = {"max_steps": 6, "lora": {"dropout": 0.1}, "overlap_steps": overlap}  # dropout: RNG resumes
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_model_dir, data_dir) -> None:
+    opts = {"max_steps": 6, "lora": {"dropout": 0.1}}  # dropout: RNG resumes
     full, root_full = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "full", **opts))
     path = write_config(tmp_path, tiny_model_dir, data_dir, "killed", **opts)
     # killed after step 5's update; last checkpoint: step 4
     proc = train_cli(path, **{FAULT_KILL_ENV: "5"})
     assert proc.returncode == -9, proc.stderr[-2000:]
     root = tmp_path / "runs" / "killed"
-    # overlapped, step 5's row waits for step 6 to be queued, so the kill takes it along
-    assert max(r["step"] for r in read_jsonl(root / "metrics.jsonl")) == (4 if overlap else 5)
+    assert max(r["step"] for r in read_jsonl(root / "metrics.jsonl")) == 5
     assert not (root / "adapter").exists()
     resumed, _ = run_train(path)
     assert resumed["steps"] == 6
@@ -259,74 +238,30 @@ def test_a_checkpoint_before_the_first_update_leaves_training_unchanged(
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_overlapped_steps_train_like_waiting_ones(tmp_path, tiny_model_dir, data_dir, monkeypatch) -> None:
-    """training.overlap_steps reads each step's loss and norm late and skips a non-finite step on
-    the device (fused AdamW's found_inf): the same curve, validation and adapter as the loop
-    that waits, the same skipping and abort, and one documented difference, the learning-rate
-    schedule also advances over a skipped step."""
-    opts = {"max_steps": 5, "eval_every": 3}  # step 3 validates mid-run, steps 1-2 and 4 are read late
-    _w, waiting = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "waiting", **opts))
-    summary, overlapped = run_train(
-        write_config(tmp_path, tiny_model_dir, data_dir, "overlapped", overlap_steps=True, **opts)
-    )
-    rows_w = [r for r in read_jsonl(waiting / "metrics.jsonl") if r["split"] == "train"]
-    rows_o = [r for r in read_jsonl(overlapped / "metrics.jsonl") if r["split"] == "train"]
-    assert [r["step"] for r in rows_o] == [1, 2, 3, 4, 5]
-    assert [r["tokens"] for r in rows_o] == [r["tokens"] for r in rows_w]
-    assert [r["lr"] for r in rows_o] == [r["lr"] for r in rows_w]
-    assert losses(overlapped) == pytest.approx(losses(waiting), rel=1e-5)
-    assert losses(overlapped, "validation") == pytest.approx(losses(waiting, "validation"), rel=1e-5)
-    assert [r["grad_norm"] for r in rows_o] == pytest.approx([r["grad_norm"] for r in rows_w], rel=1e-4)
-    wa, wb = adapter(waiting), adapter(overlapped)
-    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
-    assert summary["skipped_steps"] == 0 and summary["train_tokens"] == rows_w[-1]["tokens"]
-
-    # step 2 is non-finite and not a validation step, so the overlapped loop reads it late
+def test_a_non_finite_step_is_skipped_without_touching_adamw(
+    tmp_path, tiny_model_dir, data_dir, monkeypatch
+) -> None:
+    """A non-finite step changes nothing: the next step starts from the same weights, the
+    schedule holds, AdamW's moments, decay and step count stay; too many of them abort the run,
+    naming the step that crossed the limit."""
     monkeypatch.setenv(FAULT_NAN_ENV, "2")
-    nan = {"max_steps": 3, "eval_every": 10}
-    _n, nan_waiting = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan-w", **nan))
-    summary, nan_overlapped = run_train(
-        write_config(tmp_path, tiny_model_dir, data_dir, "nan-o", overlap_steps=True, **nan)
-    )
-    rows_w = [r for r in read_jsonl(nan_waiting / "metrics.jsonl") if r["split"] == "train"]
-    rows_o = [r for r in read_jsonl(nan_overlapped / "metrics.jsonl") if r["split"] == "train"]
-    assert rows_o[1]["skipped"] is True and rows_o[1]["loss"] is None and summary["skipped_steps"] == 1
-    assert "skipped" not in rows_o[0] and "skipped" not in rows_o[2]
-    # step 3 starts from step 1's weights in both loops (the skipped step changed nothing) ...
-    assert rows_o[2]["loss"] == pytest.approx(rows_w[2]["loss"], rel=1e-5)
-    assert all(torch.isfinite(w).all() for w in adapter(nan_overlapped).values())
-    # ... but only the waiting loop holds the schedule back over the skipped step
-    assert rows_w[2]["lr"] == rows_w[1]["lr"] and rows_o[2]["lr"] != rows_o[1]["lr"]
+    _n, nan_run = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan", max_steps=3, eval_every=10))
+    rows = [r for r in read_jsonl(nan_run / "metrics.jsonl") if r["split"] == "train"]
+    assert rows[1]["skipped"] is True and rows[1]["loss"] is None
+    assert "skipped" not in rows[0] and "skipped" not in rows[2]
+    assert rows[2]["lr"] == rows[1]["lr"]  # the schedule is held back over the skipped step
+    assert all(torch.isfinite(w).all() for w in adapter(nan_run).values())
 
-    # with a constant rate and weight decay on, the skip leaves weights, moments, decay and
-    # AdamW's step count alone in both loops: the same adapter and 3 counted steps of 4
     flat = {"max_steps": 4, "eval_every": 10, "lr_scheduler": "constant", "warmup_steps": 0}
-    flat["weight_decay"] = 0.1
-    for name, overlap in (("flat-w", False), ("flat-o", True)):
-        run_train(write_config(tmp_path, tiny_model_dir, data_dir, name, overlap_steps=overlap, **flat))
-    flat_w, flat_o = tmp_path / "runs" / "flat-w", tmp_path / "runs" / "flat-o"
-    wa, wb = adapter(flat_w), adapter(flat_o)
-    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
-    for root in (flat_w, flat_o):
-        saved = torch.load(root / "checkpoints" / "step-4" / "optimizer.pt", weights_only=False)
-        assert {float(v["step"]) for v in saved["state"].values()} == {3.0}
+    run_train(write_config(tmp_path, tiny_model_dir, data_dir, "flat", weight_decay=0.1, **flat))
+    saved = torch.load(tmp_path / "runs" / "flat" / "checkpoints" / "step-4" / "optimizer.pt", weights_only=False)
+    assert {float(v["step"]) for v in saved["state"].values()} == {3.0}  # 3 counted steps of 4
 
-    # the abort counts late-read steps too, and names the step that crossed the limit
     monkeypatch.setenv(FAULT_NAN_ENV, "1,3")
     with pytest.raises(
         TunebenchError, match=r"aborted at step 3: 2 non-finite steps \(> training.max_bad_steps 1\)"
     ):
-        run_train(
-            write_config(
-                tmp_path,
-                tiny_model_dir,
-                data_dir,
-                "abort-o",
-                max_bad_steps=1,
-                eval_every=4,
-                overlap_steps=True,
-            )
-        )
+        run_train(write_config(tmp_path, tiny_model_dir, data_dir, "abort", max_bad_steps=1, eval_every=4))
 
 
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])
@@ -357,8 +292,6 @@ def test_bad_target_modules_fail_before_training(tmp_path, tiny_model_dir, data_
 SHARDING = {
     "ddp": ["--gpus", "2"],
     "fsdp": ["--gpus", "2", "--set", "training.fsdp=true"],
-    # DDP with overlapped steps: the loss all-reduce stays on the device, read a step late
-    "ddp-overlap": ["--gpus", "2", "--set", "training.overlap_steps=true"],
 }
 
 
@@ -373,7 +306,7 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
     assert "gemm_4bit_forward" not in proc.stderr
     root = tmp_path / "runs" / "two"
     two = read_json(root / "train_summary.json")
-    assert two["processes"] == 2 and two["sharding"] == sharding.split("-")[0]
+    assert two["processes"] == 2 and two["sharding"] == sharding
     assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
     assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
     assert losses(root, "validation") == pytest.approx(losses(root_one, "validation"), rel=1e-5)
@@ -390,11 +323,9 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
 @pytest.mark.parametrize("sharding", SHARDING)
 def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir, sharding) -> None:
     """Killed on 1 process after step 3 (checkpoint: step 2), resumed on 2 (DDP or FSDP, whose
-    optimizer states are sharded: checkpoints are keyed by parameter name): same result. With
-    overlapped steps, every run has them (a rerun may not change them: they change the run)."""
-    opts = {"overlap_steps": sharding == "ddp-overlap"}
-    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "ref", **opts))
-    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved", **opts)
+    optimizer states are sharded: checkpoints are keyed by parameter name): same result."""
+    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "ref"))
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved")
     killed = train_cli(path, **{FAULT_KILL_ENV: "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     proc = train_cli(path, *SHARDING[sharding], OMP_NUM_THREADS="1")
@@ -561,7 +492,7 @@ def test_checkpoint_chosen_by_validation_metric(tmp_path, tiny_model_dir, data_d
 
     # the rest of the pipeline takes the chosen candidate's validation predictions as its own
     from tunebench.pipeline import run_experiment
-    from tunebench.training.choose import reuse_chosen_predictions
+    from tunebench.providers.choose import reuse_chosen_predictions
 
     leftover = run.predictions("validation").with_name("validation.rank1-of-2.partial.jsonl")
     leftover.parent.mkdir(parents=True, exist_ok=True)

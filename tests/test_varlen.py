@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 
-from tunebench.training import varlen
+from tunebench.models import varlen
 
 varlen_module = pytest.importorskip("torch.nn.attention.varlen")
 KERNEL_DTYPES: list[torch.dtype] = []
@@ -89,44 +89,7 @@ def test_float32_projections_go_to_the_kernel_in_bf16_and_come_back_float32() ->
     torch.testing.assert_close(out, same.float())
 
 
-def test_empty_sequences_and_a_fixed_max_length_change_nothing() -> None:
-    """CUDA graphs pad the boundary list with empty sequences and announce a fixed max length."""
-    lengths = [5, 9, 3]
-    q, k, v = packed(lengths, 4, 2, torch.bfloat16)
-    plain, _ = varlen.varlen_attention_forward(torch.nn.Module(), q, k, v, None, **varlen.boundaries(lengths))
-    fixed = varlen.boundaries([*lengths, 0, 0, 0], max_length=512)
-    assert fixed["max_length_q"] == 512 and fixed["cu_seq_lens_q"].tolist() == [0, 5, 14, 17, 17, 17, 17]
-    graphed, _ = varlen.varlen_attention_forward(torch.nn.Module(), q, k, v, None, **fixed)
-    torch.testing.assert_close(graphed, plain)
-    assert varlen.boundaries([600, 3], max_length=512)["max_length_q"] == 600  # never below the longest
-
-
 def test_rows_that_are_not_packed_are_refused() -> None:
     q, k, v = packed([3], 2, 2, torch.bfloat16)
     with pytest.raises(RuntimeError, match="packed rows"):
         varlen.varlen_attention_forward(torch.nn.Module(), q, k, v, None)
-
-
-def test_a_filled_graph_row_gives_the_loss_of_the_plain_row(tiny_model_dir, data_dir) -> None:
-    """Through the loss module: the row filled up for CUDA graphs (filler sequence, empty
-    boundary slots, fixed max length) scores the examples exactly as the plain packed row."""
-    from transformers import AutoModelForCausalLM
-
-    from tests.test_training import make_config
-    from tunebench.tasks import get_task
-    from tunebench.training.data import GRAPH_ROW_MULTIPLE, GRAPH_SEQ_SLOTS, collate_packed, tokenize_examples
-    from tunebench.training.lora import LossModel, load_base
-
-    cfg = make_config(tiny_model_dir, data_dir)
-    _, tokenizer, eos, pad = load_base(cfg, torch.device("cpu"))
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=varlen.register())
-    examples, _ = tokenize_examples(get_task(cfg.task).splits()["train"][:5], tokenizer, eos, "\n", 512)
-    plain = collate_packed(examples)
-    filled = collate_packed(examples, GRAPH_ROW_MULTIPLE, pad, GRAPH_SEQ_SLOTS)
-    assert 0 in filled["seq_lens"] and filled["input_ids"].shape[1] % GRAPH_ROW_MULTIPLE == 0
-    KERNEL_DTYPES.clear()
-    with torch.no_grad():
-        expected = LossModel(model)(**plain)
-        got = LossModel(model, max_length=512)(**filled)
-    assert KERNEL_DTYPES  # the var-len path ran
-    torch.testing.assert_close(got, expected)

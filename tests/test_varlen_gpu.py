@@ -11,8 +11,8 @@ import torch
 
 from tests.test_training import make_config
 from tunebench.config import LoraConfig
+from tunebench.models import varlen
 from tunebench.tasks import get_task
-from tunebench.training import varlen
 from tunebench.training.data import collate_packed, tokenize_examples
 from tunebench.training.lora import LossModel, apply_lora, load_base
 

@@ -66,8 +66,8 @@ def prepare(
     overrides: SetOpt = None,
 ) -> None:
     """Render prompts and targets of every split into RUN/prepared/<split>.jsonl and show counts."""
-    from tunebench.data.prepare import prepare as prepare_fn
     from tunebench.pipeline import open_run
+    from tunebench.pipeline.prepare import prepare as prepare_fn
 
     cfg = load_config(config, overrides)
     tok = None
@@ -105,10 +105,11 @@ def train(
     """Fine-tune: LoRA here (provider local) or an OpenAI job (provider openai)."""
     cfg = load_config(config, overrides)
     from tunebench.pipeline import ensure_prepared, open_run, train_stage
+    from tunebench.providers import provider_of
 
     run = open_run(cfg)
     ensure_prepared(cfg, run)  # once, here, before N processes would race to do it
-    if gpus > 1 and cfg.provider == "local" and "LOCAL_RANK" not in os.environ:
+    if gpus > 1 and "train" in provider_of(cfg).multi_process and "LOCAL_RANK" not in os.environ:
         from tunebench.training.distributed import launch
 
         raise typer.Exit(launch(gpus, sys.argv))
@@ -133,6 +134,7 @@ def predict(
 ) -> None:
     """Generate predictions for a split into RUN/predictions/<split>.jsonl (resumable)."""
     from tunebench.pipeline import ensure_prepared, open_run, predict_stage
+    from tunebench.providers import provider_of
     from tunebench.rundir import RunDir
 
     if split not in ("validation", "test"):
@@ -151,7 +153,7 @@ def predict(
     else:
         raise TunebenchError("give a config or --run-dir")
     ensure_prepared(cfg, run)  # once, here, before N processes would race to do it
-    if gpus > 1 and cfg.provider in ("local", "base") and "LOCAL_RANK" not in os.environ:
+    if gpus > 1 and "predict" in provider_of(cfg).multi_process and "LOCAL_RANK" not in os.environ:
         from tunebench.training.distributed import launch
 
         raise typer.Exit(launch(gpus, sys.argv))
@@ -291,7 +293,8 @@ def print_plan(path: Path, data: Any, overrides: dict[str, Any], cells: list[str
     from tunebench.pipeline import plan
 
     if looks_like_study(data):
-        from tunebench.study import expand, load_study, run_order, select_cells
+        from tunebench.config.study import expand, load_study
+        from tunebench.study import run_order, select_cells
 
         study = load_study(path)
         chosen = run_order(select_cells(expand(study, overrides, str(path)), cells))
@@ -330,9 +333,9 @@ def print_run_summary(splits: list[str], run: Any) -> None:
 
 def cost_line(cost: dict[str, Any]) -> str:
     """One line of what a run cost, from its cost.json (each provider's own layout)."""
-    if cost.get("provider") == "endpoint":
+    if "endpoint" in cost:  # an unpriced server
         return f"cost: {cost.get('note', 'not priced')}"
-    if cost.get("provider") == "openai":
+    if "openai" in cost:
         block, key, how = cost.get("openai") or {}, "cost_usd", " (OpenAI's prices)"
     elif cost.get("price"):
         block, key, how = cost, "cost_usd", ""
@@ -365,11 +368,12 @@ def export(
     ] = "auto",
 ) -> None:
     """Merge the run's LoRA adapter into the base model: one folder any HF server can load."""
+    from tunebench.providers import provider_of
     from tunebench.rundir import RunDir
-    from tunebench.training.export import export_merged
 
     run = RunDir(run_dir)
-    path = export_merged(run.load_config(), run, out, dtype)
+    config = run.load_config()
+    path = provider_of(config).export(config, run, out, dtype)
     console.print(f"merged model: {path}")
 
 
@@ -401,7 +405,7 @@ def models() -> None:
 @app.command(name="config")
 def config_reference() -> None:
     """Print the config reference (experiments, then studies): every key, its default and why."""
-    from tunebench.config import reference_markdown
+    from tunebench.config.reference import reference_markdown
 
     print(reference_markdown())
 
@@ -412,25 +416,32 @@ app.add_typer(openai_app, name="openai")
 RunDirArg = Annotated[Path, typer.Argument(help="Run directory (runs/<name>).", show_default=False)]
 
 
+def prepared_run(cfg: Any) -> Any:
+    """The run directory of ``cfg``, opened (or created) and prepared."""
+    from tunebench.pipeline import ensure_prepared, open_run
+
+    run = open_run(cfg)
+    ensure_prepared(cfg, run)
+    return run
+
+
 @openai_app.command("export")
 def openai_export(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Write and validate RUN/openai/{train,validation}.jsonl (OpenAI chat format); no upload."""
-    from tunebench.pipeline import open_run
     from tunebench.providers.openai import export_files
 
     cfg = load_config(config, overrides)
-    for split, info in export_files(cfg, open_run(cfg)).items():
+    for split, info in export_files(cfg, prepared_run(cfg)).items():
         console.print(f"{split}: {len(info['rows'])} examples -> {info['path']}")
 
 
 @openai_app.command("estimate")
 def openai_estimate(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Export, validate and print the estimated training cost; nothing is uploaded."""
-    from tunebench.pipeline import open_run
     from tunebench.providers.openai import estimate_for, export_files
 
     cfg = load_config(config, overrides)
-    for line in estimate_for(cfg, export_files(cfg, open_run(cfg))).lines():
+    for line in estimate_for(cfg, export_files(cfg, prepared_run(cfg))).lines():
         Console().print(line, highlight=False)
 
 
@@ -445,11 +456,10 @@ def openai_train(
     overrides: SetOpt = None,
 ) -> None:
     """Run (or resume following) the run's OpenAI fine-tuning job."""
-    from tunebench.pipeline import open_run
     from tunebench.providers.openai import train_openai
 
     cfg = load_config(config, overrides)
-    summary = train_openai(cfg, open_run(cfg), yes=yes, retry_failed=retry_failed)
+    summary = train_openai(cfg, prepared_run(cfg), yes=yes, retry_failed=retry_failed)
     Console().print_json(json.dumps(summary, default=str))
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
-from tunebench.io import read_json, read_jsonl, write_json
+from tunebench.io import read_json, read_jsonl
 from tunebench.prices import GpuPrice
 from tunebench.rundir import RunDir
 
@@ -160,69 +160,11 @@ def _self_hosted_inference(info: dict[str, Any], price: GpuPrice | None, a40: Gp
     }
 
 
-def _openai_cost(config: ExperimentConfig, run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
-    model = config.openai.model
-    price = openai_model_price(config)
-    trained = summary.get("trained_tokens")
-    out: dict[str, Any] = {
-        "model": model,
-        "fine_tuned_model": summary.get("fine_tuned_model"),
-        "price": {
-            "training_per_1m": price.training,
-            "input_per_1m": price.input,
-            "output_per_1m": price.output,
-            "date": price.date,
-            "source": price.source,
-        },
-        "training": {
-            "trained_tokens": trained,
-            "wall_time_s": summary.get("wall_time_s"),
-            "cost_usd": round(trained * price.training / 1e6, 6) if trained is not None else None,
-        },
-        "inference": {},
-    }
-    for split in config.eval_splits:
-        if not run.predictions(split).is_file():
-            continue
-        tokens = token_totals(run, split)
-        usd = (tokens["prompt_tokens"] * price.input + tokens["completion_tokens"] * price.output) / 1e6
-        info = run.manifest().get("stages", {}).get(f"predict:{split}", {})
-        out["inference"][split] = {
-            **tokens,
-            "wall_time_s": info.get("wall_time_s"),
-            "predictions_per_s": info.get("predictions_per_s"),
-            "cost_usd": round(usd, 6),
-            "cost_per_1k_predictions": per_1k(usd, tokens["n"]),
-        }
-    return out
-
-
-def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
-    """The cost record of a finished run (what ``cost.json`` holds)."""
+def self_hosted_cost(config: ExperimentConfig, run: RunDir, trained: bool) -> dict[str, Any]:
+    """The cost record of a run on our own hardware (``trained``: it has a training stage)."""
     summary = _summary(run)
     stages = run.manifest().get("stages", {})
-    record: dict[str, Any] = {
-        "provider": config.provider,
-        "model": config.model.name,
-        "task": config.task.name,
-    }
-    if config.provider == "openai":
-        record["openai"] = _openai_cost(config, run, summary)
-        record["training_cost_usd"] = record["openai"]["training"]["cost_usd"]
-        return record
-    if config.provider == "ensemble":
-        from tunebench.inference.ensemble import ensemble_cost
-
-        return {**record, **ensemble_cost(config, run)}
-    if config.provider == "endpoint":
-        record["endpoint"] = {
-            split: {**token_totals(run, split), **stages.get(f"predict:{split}", {})}
-            for split in config.eval_splits
-            if run.predictions(split).is_file()
-        }
-        record["note"] = "endpoint runs are not priced (the server's cost is unknown to tunebench)"
-        record["training_cost_usd"] = None
-        return record
+    record: dict[str, Any] = {}
     detected = summary.get("gpu_type")
     if detected is None:
         predict_infos = [stages.get(f"predict:{s}", {}) for s in config.eval_splits]
@@ -236,11 +178,11 @@ def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
             "price conversion is given"
         )
     record["a40_price"] = {**a40.as_dict(), "label": CONVERSION_LABEL}
-    if config.provider == "local":
+    if trained:
         choice_s = float(stages.get("choose", {}).get("gpu_time_s") or 0.0)
         record["training"] = _self_hosted_training(summary, price, a40, choice_s)
         record["training_cost_usd"] = record["training"]["cost_usd"]
-    else:  # base: nothing trained
+    else:  # nothing trained
         record["training"] = None
         record["training_cost_usd"] = 0.0
     record["inference"] = {
@@ -251,12 +193,18 @@ def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     return record
 
 
-def write_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
-    """Compute the run's cost, write ``cost.json`` and record the ``cost`` stage."""
-    record = compute_cost(config, run)
-    write_json(run.cost_path, record)
-    run.record_stage("cost")
-    return record
+def unpriced_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """Tokens and timings of a run whose server's price tunebench does not know."""
+    stages = run.manifest().get("stages", {})
+    return {
+        "endpoint": {
+            split: {**token_totals(run, split), **stages.get(f"predict:{split}", {})}
+            for split in config.eval_splits
+            if run.predictions(split).is_file()
+        },
+        "note": "endpoint runs are not priced (the server's cost is unknown to tunebench)",
+        "training_cost_usd": None,
+    }
 
 
 # --- deployment break-even ----------------------------------------------------------------

@@ -29,6 +29,39 @@ from tunebench.config import ExperimentConfig, dump_config, load_yaml, parse_mod
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write, read_json, write_json
 
+#: Settings that change how a run executes, not what it computes: a rerun may change them.
+OPERATIONAL_KEYS = {
+    "runs_dir": None,
+    "generation": {"batch_size", "cache_implementation"},
+    "training": {"fsdp"},  # how, not what: FSDP and DDP give the same run
+    "openai": {"yes", "poll_interval_s", "max_concurrency"},
+}
+
+
+def comparable(config: ExperimentConfig) -> dict[str, Any]:
+    """The config without :data:`OPERATIONAL_KEYS`, for deciding whether a run is the same run."""
+    data = config.model_dump()
+    for section, keys in OPERATIONAL_KEYS.items():
+        if keys is None:
+            data.pop(section, None)
+        else:
+            for key in keys:
+                data.get(section, {}).pop(key, None)
+    return data
+
+
+def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every dotted key whose value differs (nested mappings walked)."""
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        old, new = before.get(key), after.get(key)
+        dotted = f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_differences(old, new, dotted + ".")
+        elif old != new:
+            out.append(f"{dotted}: {old!r} in the run, {new!r} now")
+    return out
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -151,3 +184,8 @@ def environment() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     return info
+
+
+def differences_from_run(run: RunDir, config: ExperimentConfig) -> list[str]:
+    """How ``config`` differs from the config the run directory holds (operational keys aside)."""
+    return config_differences(comparable(run.load_config()), comparable(config))

@@ -33,6 +33,7 @@ from typing import Any
 from rich.console import Console
 
 from tunebench.config import ExperimentConfig
+from tunebench.cost import openai_model_price, per_1k, token_totals
 from tunebench.errors import TunebenchError
 from tunebench.inference.endpoint import describe_api_error, make_client, read_api_key
 from tunebench.io import read_json, write_json, write_jsonl
@@ -43,6 +44,7 @@ from tunebench.providers.openai_export import (
     validate_rows,
     write_export,
 )
+from tunebench.providers.registry import Provider
 from tunebench.rundir import RunDir, now
 
 STATE_FILE = "openai_job.json"
@@ -89,11 +91,11 @@ def price_overrides(config: ExperimentConfig) -> dict[str, Any]:
 # --- export and estimate ----------------------------------------------------------------------
 def export_files(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     """Write and validate ``openai/train.jsonl`` (+ ``validation.jsonl``) from the prepared splits."""
-    from tunebench.data.prepare import load_prepared, prepare
     from tunebench.tasks import get_task
+    from tunebench.tasks.base import load_prepared
 
     if not run.stage_done("prepare"):
-        prepare(config, run)
+        raise TunebenchError(f"{run.root}: the prepare stage has not run (`tunebench prepare CONFIG`)")
     task = get_task(config.task)
     out: dict[str, Any] = {}
     for split in ("train", "validation"):
@@ -486,3 +488,83 @@ def status(run: RunDir) -> dict[str, Any]:
     if not state:
         raise TunebenchError(f"{state_path(run)}: no OpenAI job recorded for this run")
     return {k: v for k, v in state.items() if k != "request_token"}
+
+
+def fine_tuned_model(run: RunDir) -> str:
+    """The OpenAI fine-tuned model name the train stage recorded."""
+    if not run.train_summary.is_file():
+        raise TunebenchError(f"{run.train_summary}: missing; run `tunebench train` for the OpenAI job first")
+    name = read_json(run.train_summary).get("fine_tuned_model")
+    if not name:
+        raise TunebenchError(f"{run.train_summary}: field 'fine_tuned_model': missing (job not finished?)")
+    return str(name)
+
+
+def openai_cost(config: ExperimentConfig, run: RunDir, summary: dict[str, Any]) -> dict[str, Any]:
+    model = config.openai.model
+    price = openai_model_price(config)
+    trained = summary.get("trained_tokens")
+    out: dict[str, Any] = {
+        "model": model,
+        "fine_tuned_model": summary.get("fine_tuned_model"),
+        "price": {
+            "training_per_1m": price.training,
+            "input_per_1m": price.input,
+            "output_per_1m": price.output,
+            "date": price.date,
+            "source": price.source,
+        },
+        "training": {
+            "trained_tokens": trained,
+            "wall_time_s": summary.get("wall_time_s"),
+            "cost_usd": round(trained * price.training / 1e6, 6) if trained is not None else None,
+        },
+        "inference": {},
+    }
+    for split in config.eval_splits:
+        if not run.predictions(split).is_file():
+            continue
+        tokens = token_totals(run, split)
+        usd = (tokens["prompt_tokens"] * price.input + tokens["completion_tokens"] * price.output) / 1e6
+        info = run.manifest().get("stages", {}).get(f"predict:{split}", {})
+        out["inference"][split] = {
+            **tokens,
+            "wall_time_s": info.get("wall_time_s"),
+            "predictions_per_s": info.get("predictions_per_s"),
+            "cost_usd": round(usd, 6),
+            "cost_per_1k_predictions": per_1k(usd, tokens["n"]),
+        }
+    return out
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    trains = True
+    priced_by = "tokens"
+
+    def train(
+        self, config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False
+    ) -> dict[str, Any]:
+        return train_openai(config, run, yes=yes)
+
+    def predict(self, config: ExperimentConfig, run: RunDir, split: str) -> Path:
+        from tunebench.providers.endpoint import request_predictions
+
+        settings = {
+            "base_url": config.openai.base_url,
+            "model": fine_tuned_model(run),
+            "api": "chat",
+            "api_key_env": API_KEY_ENV,
+            "max_concurrency": config.openai.max_concurrency,
+            "max_retries": 5,
+        }
+        return request_predictions(config, run, split, settings)
+
+    def cost(self, config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+        summary = read_json(run.train_summary) if run.train_summary.is_file() else {}
+        record: dict[str, Any] = {"openai": openai_cost(config, run, summary)}
+        record["training_cost_usd"] = record["openai"]["training"]["cost_usd"]
+        return record
+
+
+PROVIDER = OpenAIProvider()

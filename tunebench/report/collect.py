@@ -93,7 +93,7 @@ def collect(source: str | Path) -> StudyData:
 
 
 def _from_study(path: Path) -> StudyData:
-    from tunebench.study import expand, load_study
+    from tunebench.config.study import expand, load_study
 
     study = load_study(path)
     runs = []
@@ -183,7 +183,7 @@ def system_label(config: ExperimentConfig) -> str:
 def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
     """Members of the study's ensembles that are not cells of the study, as rows of their own:
     an ensemble is read beside what it voted over."""
-    from tunebench.inference.ensemble import member_dirs
+    from tunebench.providers.ensemble import member_dirs
 
     inside = {r.run.root.resolve() for r in runs}
     extra: list[RunInfo] = []

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 from tunebench.config import TaskConfig
 from tunebench.errors import TunebenchError
+from tunebench.io import read_jsonl
+from tunebench.rundir import RunDir
 
 SPLITS = ("train", "validation", "test")
 
@@ -37,6 +39,13 @@ class Example:
     def from_row(cls, row: dict[str, Any]) -> Example:
         extras = {k: v for k, v in row.items() if k not in ("id", "prompt", "completion")}
         return cls(id=row["id"], prompt=row["prompt"], completion=row["completion"], fields=extras)
+
+
+def load_prepared(run: RunDir, split: str) -> list[Example]:
+    """Examples of a run's prepared split (the prepare stage writes them)."""
+    return [
+        Example.from_row(r) for r in read_jsonl(run.prepared(split), required=("id", "prompt", "completion"))
+    ]
 
 
 class Task(ABC):

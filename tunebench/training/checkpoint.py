@@ -8,7 +8,8 @@ skipped steps). Data order is a pure function of
 (seed, global step) (see :mod:`.data`), so the step *is* the data position and a run can
 resume on a different number of processes. Each checkpoint is built in a temporary folder
 and renamed into place, so a kill at any moment leaves either the old or the new one.
-Only the latest and the best checkpoints are kept.
+Only the latest and the best checkpoints are kept (and, when the adapter is chosen by
+metric, the lowest-loss candidates).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunebench.io import read_json, write_json
+from tunebench.io import iter_jsonl, read_json, write_json
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -59,6 +60,21 @@ def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def lowest_validation_losses(
+    metrics_log: Path, count: int, steps: set[int] | None = None
+) -> list[tuple[int, float]]:
+    """(step, validation loss) of the ``count`` lowest validation losses logged in
+    ``metrics.jsonl`` (among ``steps`` when given), lowest first, the earlier step among equals.
+    The loop keeps these checkpoints when the run's adapter is chosen by metric."""
+    losses: dict[int, float] = {}
+    if metrics_log.is_file():
+        for row in iter_jsonl(metrics_log):
+            loss, step = row.get("loss"), row.get("step")
+            if row.get("split") == "validation" and loss is not None and (steps is None or step in steps):
+                losses[int(step)] = float(loss)
+    return sorted(losses.items(), key=lambda item: (item[1], item[0]))[:count]
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1][1] if found else None
@@ -89,8 +105,9 @@ def load_optimizer_state(
     checkpoint from before name-keyed states (integer keys) loads as a plain state dict."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    # the optimizer as configured now decides fused or not (training.overlap_steps): torch
-    # places each step counter by the checkpoint's flag (fused: on the parameter's device)
+    # the optimizer as built now decides fused or not (fused on a GPU, not on the CPU or under
+    # FSDP): torch places each step counter by the checkpoint's flag (fused: on the parameter's
+    # device), so a checkpoint moves between these layouts
     fused = optimizer.param_groups[0].get("fused") if optimizer.param_groups else None
     saved = {**saved, "param_groups": [{**g, "fused": fused} for g in saved.get("param_groups", [])]}
     params = [p for group in saved.get("param_groups", []) for p in group["params"]]

@@ -174,22 +174,13 @@ def plan_micro_batches(
     return [[examples[i] for i in group] for group in plan]
 
 
-def collate_packed(
-    examples: Sequence[TokenizedExample],
-    pad_to: int | None = None,
-    pad_id: int = 0,
-    seq_slots: int | None = None,
-) -> dict[str, torch.Tensor | None]:
+def collate_packed(examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor | None]:
     """One row, no padding: ids concatenated, position ids restarting at 0 per example.
 
     With ``attention_mask=None`` transformers derives the example boundaries from the
     position ids (``masking_utils.find_packed_sequence_indices``), so no token attends
     across examples (sdpa/eager/flex build a block-diagonal causal mask; flash-attention
     uses the boundaries as var-len sequences).
-
-    ``pad_to`` (CUDA graphs, whose shapes must repeat): the row is filled up to a multiple of
-    ``pad_to`` tokens by one more sequence of ``pad_id`` that nothing attends to and nothing
-    is labeled in; ``seq_slots`` pads the boundary list with empty sequences to a multiple.
     """
     ids: list[int] = []
     pos: list[int] = []
@@ -199,14 +190,6 @@ def collate_packed(
         pos.extend(range(len(ex)))
         tgt.extend(ex.targets)
     seq_lens = [len(ex) for ex in examples]  # example boundaries for var-len attention
-    filler = (-len(ids)) % pad_to if pad_to else 0
-    if filler:
-        ids.extend([pad_id] * filler)
-        pos.extend(range(filler))
-        tgt.extend([IGNORE] * filler)
-        seq_lens.append(filler)
-    if seq_slots:
-        seq_lens.extend([0] * ((-len(seq_lens)) % seq_slots))
     targets = torch.tensor([tgt], dtype=torch.long)
     return {
         "input_ids": torch.tensor([ids], dtype=torch.long),
@@ -248,18 +231,8 @@ def labeled_positions(targets: torch.Tensor) -> torch.Tensor:
     return (targets.reshape(-1) != IGNORE).nonzero().squeeze(1)
 
 
-#: CUDA graphs: packed rows in multiples of this many tokens, boundaries in multiples of slots
-GRAPH_ROW_MULTIPLE, GRAPH_SEQ_SLOTS = 256, 16
-
-
-def collate(
-    examples: Sequence[TokenizedExample], packing: bool, pad_id: int, graphs: bool = False
-) -> dict[str, Any]:
-    if not packing:
-        return collate_padded(examples, pad_id)
-    if graphs:
-        return collate_packed(examples, GRAPH_ROW_MULTIPLE, pad_id, GRAPH_SEQ_SLOTS)
-    return collate_packed(examples)
+def collate(examples: Sequence[TokenizedExample], packing: bool, pad_id: int) -> dict[str, Any]:
+    return collate_packed(examples) if packing else collate_padded(examples, pad_id)
 
 
 def real_tokens(examples: Sequence[TokenizedExample]) -> int:

@@ -20,7 +20,7 @@ from torch import nn
 
 from tunebench.config import ExperimentConfig, LoraConfig
 from tunebench.errors import TunebenchError
-from tunebench.training import varlen
+from tunebench.models import varlen
 from tunebench.training.data import labeled_positions
 
 log = logging.getLogger("tunebench.training")
@@ -141,13 +141,10 @@ class LossModel(nn.Module):
     module's ``forward`` while the decoder and lm_head are called separately.
     """
 
-    def __init__(
-        self, model: nn.Module, fused_loss: Any | None = None, max_length: int | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, fused_loss: Any | None = None) -> None:
         super().__init__()
         self.model = model
         self.fused_loss = fused_loss
-        self.max_length = max_length  # var-len attention's max example length, when fixed
 
     def forward(
         self,
@@ -163,7 +160,7 @@ class LossModel(nn.Module):
         lm = causal_lm(self.model)
         extra: dict[str, Any] = {}
         if seq_lens is not None and getattr(lm.config, "_attn_implementation", None) == varlen.NAME:
-            extra = varlen.boundaries(seq_lens, input_ids.device, self.max_length)
+            extra = varlen.boundaries(seq_lens, input_ids.device)
         out = lm.get_decoder()(
             input_ids=input_ids,
             position_ids=position_ids,

@@ -8,7 +8,7 @@ and examples, finished first) and writes its own ``predictions/<split>.jsonl``:
   The first member's first candidate (its greedy output) comes first, so it wins every tie.
 * **Vote.** SQL: the execution vote of :mod:`tunebench.inference.select` over the pooled
   candidates (databases generated from the CREATE TABLE context; this run's
-  ``generation.vote_*`` settings and ``training.seed``). Other tasks: the answer most candidates
+  ``generation.vote_*`` settings and sampling seed). Other tasks: the answer most candidates
   give (:meth:`~tunebench.tasks.base.Task.vote_key`: ViGGO compares parsed meaning
   representations, others the text), the earliest on ties; a majority needs at least 3
   candidates per example.
@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config import ExperimentConfig
+from tunebench.config.study import MEMBER_PROVIDERS
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
+from tunebench.providers.registry import Provider, get_provider
 from tunebench.rundir import RunDir
 from tunebench.tasks import Example, Task, get_task
 
-#: providers whose runs can be members: self-hosted runs whose cost.json prices GPU time
-MEMBER_PROVIDERS = ("local", "base")
 #: fewest candidates per example a (non-SQL) majority can be taken over
 MAJORITY_MIN = 3
 
@@ -60,7 +60,7 @@ def checked_members(config: ExperimentConfig) -> list[tuple[RunDir, ExperimentCo
     out = []
     for member in member_dirs(config):
         member_config = member.load_config()
-        if member_config.provider not in MEMBER_PROVIDERS:
+        if not get_provider(member_config.provider).ensemble_member:
             raise TunebenchError(
                 f"ensemble member {member.root}: provider '{member_config.provider}'; members must be "
                 f"{' or '.join(MEMBER_PROVIDERS)} runs"
@@ -222,7 +222,7 @@ def vote_rows(config: ExperimentConfig, task: Task, rows: list[dict[str, Any]]) 
     return select_by_execution(
         rows,
         suite_size=gen.vote_suite_size,
-        seed=config.training.seed,
+        seed=config.sampling_seed,
         timeout_s=gen.vote_timeout_s,
         budget_s=gen.vote_budget_s,
     )
@@ -281,7 +281,7 @@ def train_ensemble(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     """Nothing to train: the trained members' summaries, added up, become this run's summary
     (none when no member trained, as for a base run)."""
     pairs = checked_members(config)
-    trained = [m for m, c in pairs if c.provider == "local"]
+    trained = [m for m, c in pairs if get_provider(c.provider).trains]
     summaries = []
     for member in trained:
         if not member.train_summary.is_file():
@@ -385,3 +385,27 @@ def _reuse_note(info: dict[str, Any]) -> str:
         f"members predicted this split while choosing their checkpoints ({'; '.join(reused)}): that time "
         "is also in their training"
     )
+
+
+class EnsembleProvider(Provider):
+    name = "ensemble"
+    trains = True  # its train stage records the members' training as its own
+    needs_other_runs = True
+
+    def before_stages(self, config: ExperimentConfig, run: RunDir) -> None:
+        forget_stale(config, run)  # a member trained or predicted again: vote again
+
+    def train(
+        self, config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False
+    ) -> dict[str, Any]:
+        return train_ensemble(config, run)
+
+    def predict(self, config: ExperimentConfig, run: RunDir, split: str) -> Path:
+        _, examples = self.task_and_examples(config, run, split)
+        return predict_ensemble(config, run, split, examples)
+
+    def cost(self, config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+        return ensemble_cost(config, run)
+
+
+PROVIDER = EnsembleProvider()

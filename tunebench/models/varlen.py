@@ -41,17 +41,13 @@ def register() -> str:
     return NAME
 
 
-def boundaries(
-    lengths: list[int], device: torch.device | str = "cpu", max_length: int | None = None
-) -> dict[str, Any]:
-    """Flash-attention kwargs for one packed row of examples of ``lengths`` tokens (empty
-    sequences allowed); ``max_length``: the longest to announce when it must stay fixed (CUDA
-    graphs), raised only for an example longer still."""
+def boundaries(lengths: list[int], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Flash-attention kwargs for one packed row of examples of ``lengths`` tokens."""
     offsets = [0]
     for n in lengths:
         offsets.append(offsets[-1] + n)
     cu = torch.tensor(offsets, dtype=torch.int32).to(device, non_blocking=True)
-    longest = max(max(lengths), max_length or 0)
+    longest = max(lengths)
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 

@@ -1,5 +1,8 @@
 """One experiment end to end: prepare -> train -> predict -> evaluate -> cost.
 
+The run's provider (:mod:`tunebench.providers`) decides what training and predicting mean;
+this module only orders the stages.
+
 Each step is a plain function over a :class:`RunDir`; :func:`run_experiment` calls them in
 order and skips the ones the manifest records as finished, so an interrupted run resumes
 at the stage it stopped in (and training itself resumes from its last checkpoint).
@@ -7,54 +10,18 @@ at the stage it stopped in (and training itself resumes from its last checkpoint
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from tunebench.config import ExperimentConfig
-from tunebench.data.prepare import prepare
+from tunebench.config import ExperimentConfig, dump_config
 from tunebench.errors import TunebenchError
-from tunebench.rundir import RunDir
+from tunebench.evaluation import evaluate
+from tunebench.io import write_json
+from tunebench.pipeline.prepare import prepare
+from tunebench.providers import provider_of
+from tunebench.rundir import RunDir, differences_from_run
 from tunebench.tasks import get_task
-
-#: Settings that change how a run executes, not what it computes: a rerun may change them.
-OPERATIONAL_KEYS = {
-    "runs_dir": None,
-    "generation": {"batch_size", "cache_implementation"},
-    "training": {"num_workers", "fsdp"},  # how, not what: FSDP and DDP give the same run
-    "openai": {"yes", "poll_interval_s", "max_concurrency"},
-}
-
-
-def comparable(config: ExperimentConfig) -> dict[str, Any]:
-    """The config without :data:`OPERATIONAL_KEYS`, for deciding whether a run is the same run."""
-    data = config.model_dump()
-    for section, keys in OPERATIONAL_KEYS.items():
-        if keys is None:
-            data.pop(section, None)
-        else:
-            for key in keys:
-                data.get(section, {}).pop(key, None)
-    return data
-
-
-def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs (nested mappings walked)."""
-    out = []
-    for key in sorted(set(before) | set(after), key=str):
-        old, new = before.get(key), after.get(key)
-        dotted = f"{prefix}{key}"
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += config_differences(old, new, dotted + ".")
-        elif old != new:
-            out.append(f"{dotted}: {old!r} in the run, {new!r} now")
-    return out
-
-
-def differences_from_run(run: RunDir, config: ExperimentConfig) -> list[str]:
-    """How ``config`` differs from the config the run directory holds (operational keys aside)."""
-    return config_differences(comparable(run.load_config()), comparable(config))
-
+from tunebench.training.distributed import launch
 
 #: how to get past a refused run directory, for one experiment and for a study's cell (whose
 #: name and runs_dir the study sets, so --set name would not help)
@@ -84,10 +51,10 @@ def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
 
 
 def planned_stages(config: ExperimentConfig) -> list[str]:
-    """The manifest stages a finished run of ``config`` records, in pipeline order (``base``
-    and ``endpoint`` have no training stage)."""
+    """The manifest stages a finished run of ``config`` records, in pipeline order (providers
+    that train nothing have no train stage)."""
     stages = ["prepare"]
-    if config.provider in ("local", "openai", "ensemble"):
+    if provider_of(config).trains:
         stages.append("train")
     for split in config.eval_splits:
         stages += [f"predict:{split}", f"evaluate:{split}"]
@@ -120,37 +87,16 @@ def ensure_prepared(config: ExperimentConfig, run: RunDir) -> None:
 def train_stage(
     config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False
 ) -> dict[str, Any]:
-    """Fine-tune according to the provider (nothing to do for ``base`` and ``endpoint``; an
-    ensemble records its members' training as its own)."""
-    if config.provider == "local":
-        from tunebench.training import train
-        from tunebench.training.choose import choose_checkpoint
-
-        summary = train(config, run, resume=resume)
-        if os.environ.get("RANK", "0") == "0":  # once, after every process has finished training
-            choose_checkpoint(config, run)
-        return summary
-    if config.provider == "openai":
-        from tunebench.providers.openai import train_openai
-
-        return train_openai(config, run, yes=yes)
-    if config.provider == "ensemble":
-        from tunebench.inference.ensemble import train_ensemble
-
-        return train_ensemble(config, run)
-    return {}
+    """Fine-tune as the provider does (nothing for providers that train nothing)."""
+    return provider_of(config).train(config, run, resume=resume, yes=yes)
 
 
-def predict_stage(config: ExperimentConfig, run: RunDir, split: str) -> None:
-    from tunebench.inference import predict
-
-    predict(config, run, split)
+def predict_stage(config: ExperimentConfig, run: RunDir, split: str) -> Path:
+    return provider_of(config).predict(config, run, split)
 
 
 def evaluate_stage(config: ExperimentConfig, run: RunDir, split: str, **options: Any) -> dict[str, Any]:
     """Score ``predictions/<split>.jsonl`` into ``eval/<split>/``."""
-    from tunebench.evaluation import evaluate
-
     task = get_task(config.task)
     merged = {**task.scorer_options(), **options}
     metrics = evaluate(config.task.name, run.predictions(split), run.eval_dir(split), merged)
@@ -158,13 +104,18 @@ def evaluate_stage(config: ExperimentConfig, run: RunDir, split: str, **options:
     return metrics
 
 
-def _reused_from_choice(config: ExperimentConfig, run: RunDir, split: str) -> bool:
-    """The chosen checkpoint's validation predictions stand in for predicting them again."""
-    if config.provider != "local" or config.training.select_checkpoint_by != "validation_metric":
-        return False
-    from tunebench.training.choose import reuse_chosen_predictions
+def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """The cost record of a finished run (what ``cost.json`` holds), priced by its provider."""
+    header = {"provider": config.provider, "model": config.model.name, "task": config.task.name}
+    return {**header, **provider_of(config).cost(config, run)}
 
-    return reuse_chosen_predictions(config, run, split)
+
+def write_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
+    """Compute the run's cost, write ``cost.json`` and record the ``cost`` stage."""
+    record = compute_cost(config, run)
+    write_json(run.cost_path, record)
+    run.record_stage("cost")
+    return record
 
 
 def launched_stage(config: ExperimentConfig, gpus: int, args: list[str], what: str) -> None:
@@ -177,9 +128,6 @@ def launched_stage(config: ExperimentConfig, gpus: int, args: list[str], what: s
     new values. ``runs_dir`` is made absolute so the children find this very run directory.
     """
     import tempfile
-
-    from tunebench.config import dump_config
-    from tunebench.training.distributed import launch
 
     pinned = config.model_copy(update={"runs_dir": str(Path(config.runs_dir).resolve())})
     with tempfile.TemporaryDirectory(prefix="tunebench-launch-") as folder:
@@ -196,35 +144,29 @@ def run_experiment(
 ) -> RunDir:
     """Every stage of one experiment, skipping finished ones.
 
-    ``gpus`` > 1: training (provider local) and predictions (local, base) run on that many
-    processes, each stage launched as ``tunebench train|predict ... --gpus N`` would be; scoring
-    and cost stay in this process.
+    ``gpus`` > 1: the stages the provider can run on several processes (training, local
+    predictions) run on that many, each launched as ``tunebench train|predict ... --gpus N``
+    would be; scoring and cost stay in this process.
     """
+    provider = provider_of(config)
     run = open_run(config, kind)
     ensure_prepared(config, run)
-    if config.provider == "ensemble":  # a member trained or predicted again: vote again
-        from tunebench.inference.ensemble import forget_stale
-
-        forget_stale(config, run)
+    provider.before_stages(config, run)
     if not run.stage_done("train"):
-        if gpus > 1 and config.provider == "local":
+        if gpus > 1 and "train" in provider.multi_process:
             launched_stage(config, gpus, ["train"], "training")
         else:
             train_stage(config, run, resume=True, yes=yes)
-    elif config.provider == "local":  # a choice interrupted after training resumes here
-        from tunebench.training.choose import choose_checkpoint
-
-        choose_checkpoint(config, run)
+    else:
+        provider.after_training(config, run)
     for split in config.eval_splits:
-        if not run.stage_done(f"predict:{split}") and not _reused_from_choice(config, run, split):
-            if gpus > 1 and config.provider in ("local", "base"):
+        if not run.stage_done(f"predict:{split}") and not provider.reuse_predictions(config, run, split):
+            if gpus > 1 and "predict" in provider.multi_process:
                 launched_stage(config, gpus, ["predict", "--split", split], f"predictions for {split}")
             else:
                 predict_stage(config, run, split)
         if not run.stage_done(f"evaluate:{split}"):
             evaluate_stage(config, run, split)
     if not run.stage_done("cost"):
-        from tunebench.cost import write_cost
-
         write_cost(config, run)
     return run

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tunebench.config import ExperimentConfig
-from tunebench.io import read_jsonl, write_json, write_jsonl
+from tunebench.io import write_json, write_jsonl
 from tunebench.rundir import RunDir
 from tunebench.tasks import SPLITS, Example, get_task
 
@@ -30,13 +30,6 @@ def prepare(config: ExperimentConfig, run: RunDir, tokenizer: Any | None = None)
     write_json(run.root / "prepared" / "stats.json", stats)
     run.record_stage("prepare", counts={s: len(splits[s]) for s in SPLITS})
     return stats
-
-
-def load_prepared(run: RunDir, split: str) -> list[Example]:
-    """Examples of a prepared split (run ``prepare`` first)."""
-    return [
-        Example.from_row(r) for r in read_jsonl(run.prepared(split), required=("id", "prompt", "completion"))
-    ]
 
 
 def percentiles(values: list[int]) -> dict[str, int]:

@@ -85,10 +85,10 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
     resumes after a crash. A candidate scored before is read back, as long as it was scored
     from the same checkpoint files; otherwise (retrained, re-saved) its folder starts over.
     """
-    from tunebench.data.prepare import load_prepared
     from tunebench.evaluation import evaluate
     from tunebench.inference.predict import predict_local
     from tunebench.tasks import get_task
+    from tunebench.tasks.base import load_prepared
 
     task = get_task(config.task)
     source = run.checkpoints_dir / f"step-{step}" / "adapter"
@@ -108,7 +108,15 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
     else:
         examples = load_prepared(scratch, "validation")
         try:
-            path = predict_local(config, scratch, "validation", task, examples, single_process=True)
+            path = predict_local(
+                config,
+                scratch,
+                "validation",
+                task,
+                examples,
+                adapter=scratch.adapter_dir,
+                single_process=True,
+            )
         finally:
             free_memory()
         metrics = evaluate(config.task.name, path, scratch.eval_dir("validation"), task.scorer_options())
@@ -134,7 +142,7 @@ def free_memory() -> None:
 def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] | None:
     """Choose (or re-choose: scored candidates are read back, not predicted again) and publish
     the adapter when the config asks for it; the record, or None."""
-    if config.provider != "local" or config.training.select_checkpoint_by != "validation_metric":
+    if config.training.select_checkpoint_by != "validation_metric":
         return None
     if not run.prepared("validation").is_file() or not run.prepared("validation").read_text().strip():
         raise TunebenchError(
@@ -183,7 +191,7 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     stage = scratch.manifest().get("stages", {}).get("predict:validation")
     if stage is None or not scratch.predictions("validation").is_file():
         return False
-    from tunebench.pipeline import comparable
+    from tunebench.rundir import comparable
 
     same = (
         comparable(scratch.load_config()) == comparable(config)  # operational keys may differ
@@ -195,7 +203,7 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     target = run.predictions("validation")
     with scratch.predictions("validation").open("rb") as source, atomic_write(target, "wb") as out:
         shutil.copyfileobj(source, out)
-    from tunebench.inference.predict import unfinished_files
+    from tunebench.inference.resume import unfinished_files
 
     for leftover in unfinished_files(target):  # of an earlier, interrupted prediction of the split
         leftover.unlink(missing_ok=True)

@@ -17,6 +17,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunebench.errors import TunebenchError
 from tunebench.io import read_text
 
+__all__ = [
+    "CostConfig",
+    "EndpointConfig",
+    "EnsembleConfig",
+    "ExperimentConfig",
+    "GenerationConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OpenAIConfig",
+    "Strict",
+    "TaskConfig",
+    "TrainingConfig",
+    "dump_config",
+    "error_key",
+    "format_validation_error",
+    "load_experiment",
+    "load_yaml",
+    "looks_like_study",
+    "parse_model",
+    "set_dotted",
+]
+
 
 class Strict(BaseModel):
     """Base: unknown keys are errors, so a typo never silently falls back to a default."""
@@ -206,30 +228,9 @@ class TrainingConfig(Strict):
         "0.7-4.2% below eager's; with it within 0.27%, at the same speed (BENCHMARKS.md). Off "
         "only to reproduce older compiled runs.",
     )
-    cuda_graphs: bool = Field(
-        False,
-        description="Experimental, with compile and packing (GPU): replay each compiled decoder "
-        "layer as CUDA graphs (torch.compile mode reduce-overhead), so a step costs the host a few "
-        "graph launches instead of thousands of kernel launches; packed rows are padded to a "
-        "multiple of 256 tokens so their shapes repeat. For small steps bound by host work (the "
-        "study's batch 32 on fast GPUs). One process or DDP, not FSDP. Both its GPU runs (H100, "
-        "torch 2.11) died of a segmentation fault in a compiled layer's backward, so on a GPU it "
-        "also needs TUNEBENCH_EXPERIMENTAL_CUDA_GRAPHS=1.",
-    )
-    overlap_steps: bool = Field(
-        False,
-        description="Experimental: never wait for the GPU inside a training step. The loss and "
-        "gradient norm stay on the device and are read once the next step is queued; a "
-        "non-finite step is skipped on the device (fused AdamW's found_inf), still without "
-        "touching AdamW's state, but the learning-rate schedule advances over it. Meant for "
-        "small steps whose GPU work is shorter than the host's (2 GPUs at batch 128 scaled "
-        "1.32x, BENCHMARKS.md); on one H100, compiled at batch 64, 2.7% faster; not yet measured "
-        "on 2 GPUs. Validation and checkpoint steps still wait. One process or DDP, not FSDP.",
-    )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader workers.")
     select_checkpoint_by: Literal["validation_loss", "validation_metric"] = Field(
         "validation_loss",
         description="Which checkpoint becomes the run's adapter. `validation_loss`: the lowest "
@@ -264,21 +265,20 @@ class TrainingConfig(Strict):
     def _some_length(self) -> TrainingConfig:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set training.max_steps or training.epochs (how long to train)")
-        if self.cuda_graphs and not (self.compile and self.packing):
-            raise ValueError("training.cuda_graphs needs training.compile: true and training.packing: true")
-        if self.overlap_steps and self.fsdp:
-            raise ValueError("training.overlap_steps does not work with training.fsdp; use DDP")
-        if self.cuda_graphs and self.fsdp:
-            # FSDP gathers each layer's weights into new memory at every pass: graphs would
-            # record again every time
-            raise ValueError("training.cuda_graphs does not work with training.fsdp; use DDP")
         return self
 
 
 class GenerationConfig(Strict):
     """Decoding for predictions (study: greedy, 100 new tokens, first line kept)."""
 
-    max_new_tokens: int = Field(100, ge=1, description="Study: 100.")
+    max_new_tokens: int = Field(
+        100, ge=1, description="Most tokens generated per answer (study: 100); raise it for long answers."
+    )
+    seed: int | None = Field(
+        None,
+        description="Seed of sampling, k-shot example choice and execution votes; set it to vary or "
+        "pin those without retraining. Default: training.seed for a LoRA run, else 42.",
+    )
     batch_size: int = Field(64, ge=1, description="Prompts per generate() call (sorted by length).")
     do_sample: bool = Field(False, description="Greedy (False, the study's) or sampling.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
@@ -456,6 +456,11 @@ class ExperimentConfig(Strict):
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
 
+    @property
+    def sampling_seed(self) -> int:
+        """``generation.seed``, else the training seed (its default, 42, for runs that train nothing)."""
+        return self.generation.seed if self.generation.seed is not None else self.training.seed
+
 
 def format_validation_error(
     source: str, exc: ValidationError, overrides: dict[str, Any] | None = None
@@ -562,75 +567,3 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def dump_config(cfg: BaseModel) -> str:
     """The resolved config as YAML (what a run directory stores)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def literal_values(annotation: Any) -> tuple[list[Any], bool]:
-    """The values a field's ``Literal`` allows (also inside a union or Optional), and whether
-    they are all it takes (False when the union also takes, say, a number or a list)."""
-    import typing
-
-    if typing.get_origin(annotation) is Literal:
-        return list(typing.get_args(annotation)), True
-    found: list[Any] = []
-    exhaustive = True
-    for arg in typing.get_args(annotation):
-        if typing.get_origin(arg) is Literal:
-            found += [v for v in typing.get_args(arg) if v not in found]
-        elif arg is not type(None):
-            exhaustive = False
-    return found, exhaustive
-
-
-def reference_markdown() -> str:
-    """The config reference (every key, type, default and why) as Markdown tables: experiment
-    configs, then study configs."""
-    from tunebench.study import study_sections
-
-    experiment: list[tuple[str, type[BaseModel]]] = [
-        ("(top level)", ExperimentConfig),
-        ("task", TaskConfig),
-        ("model", ModelConfig),
-        ("lora", LoraConfig),
-        ("training", TrainingConfig),
-        ("generation", GenerationConfig),
-        ("openai", OpenAIConfig),
-        ("endpoint", EndpointConfig),
-        ("ensemble", EnsembleConfig),
-        ("cost", CostConfig),
-    ]
-    study_intro = (
-        "### Study configs\n\nA study (`tunebench run STUDY`) is systems x tasks: each cell is an "
-        "experiment built from `defaults`, then the task's entry, then the system's (and its "
-        "`per_task` entry), each a partial experiment config with the sections above; `grid` "
-        "expands a system into one per point. `examples/study_*.yaml` are studies.\n"
-    )
-    return "\n".join([sections_markdown(experiment), study_intro, sections_markdown(study_sections())])
-
-
-def sections_markdown(sections: list[tuple[str, type[BaseModel]]]) -> str:
-    """One Markdown table per (title, model class); a field that is itself a listed section is
-    left out of the first table."""
-    nested = {name for name, _ in sections}
-    top = sections[0][1]
-    out = []
-    for title, cls in sections:
-        out.append(f"#### `{title}`\n\n| key | default | description |\n| --- | --- | --- |")
-        for key, field in cls.model_fields.items():
-            if cls is top and key in nested:
-                continue
-            if field.is_required():
-                default = "required"
-            elif field.default_factory is not None:
-                value = field.default_factory()  # type: ignore[call-arg]
-                default = "none set" if isinstance(value, BaseModel) else f"`{value}`"
-            else:
-                default = f"`{field.default}`"
-            description = field.description or ""
-            values, exhaustive = literal_values(field.annotation)
-            if values:
-                listed = ", ".join(f"`{v}`" for v in values)
-                description += f" Values: {listed}." if exhaustive else f" Or: {listed}."
-            description = description.replace("|", "\\|")
-            out.append(f"| `{key}` | {default.replace('|', chr(92) + '|')} | {description} |")
-        out.append("")
-    return "\n".join(out)

@@ -37,8 +37,6 @@ def export_merged(
     from tunebench.inference.local import apply_adapter, require_adapter
     from tunebench.models import id_list, load_model, training_eos_id
 
-    if config.provider != "local":
-        raise TunebenchError(f"{run.root}: provider {config.provider} has no LoRA adapter to merge")
     if config.model.quantization != "none":
         raise TunebenchError(
             "model.quantization: merging into 8/4-bit weights is not supported; export in bf16"

@@ -1,0 +1,91 @@
+"""The config reference: every key of experiment and study configs with its type, default,
+allowed values and description, as Markdown (``tunebench config`` and the README's block)."""
+
+from __future__ import annotations
+
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from tunebench.config.experiment import (
+    CostConfig,
+    EndpointConfig,
+    EnsembleConfig,
+    ExperimentConfig,
+    GenerationConfig,
+    LoraConfig,
+    ModelConfig,
+    OpenAIConfig,
+    TaskConfig,
+    TrainingConfig,
+)
+from tunebench.config.study import study_sections
+
+
+def literal_values(annotation: Any) -> tuple[list[Any], bool]:
+    """The values a field's ``Literal`` allows (also inside a union or Optional), and whether
+    they are all it takes (False when the union also takes, say, a number or a list)."""
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation)), True
+    found: list[Any] = []
+    exhaustive = True
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Literal:
+            found += [v for v in typing.get_args(arg) if v not in found]
+        elif arg is not type(None):
+            exhaustive = False
+    return found, exhaustive
+
+
+def reference_markdown() -> str:
+    """The config reference (every key, type, default and why) as Markdown tables: experiment
+    configs, then study configs."""
+    experiment: list[tuple[str, type[BaseModel]]] = [
+        ("(top level)", ExperimentConfig),
+        ("task", TaskConfig),
+        ("model", ModelConfig),
+        ("lora", LoraConfig),
+        ("training", TrainingConfig),
+        ("generation", GenerationConfig),
+        ("openai", OpenAIConfig),
+        ("endpoint", EndpointConfig),
+        ("ensemble", EnsembleConfig),
+        ("cost", CostConfig),
+    ]
+    study_intro = (
+        "### Study configs\n\nA study (`tunebench run STUDY`) is systems x tasks: each cell is an "
+        "experiment built from `defaults`, then the task's entry, then the system's (and its "
+        "`per_task` entry), each a partial experiment config with the sections above; `grid` "
+        "expands a system into one per point. `examples/study_*.yaml` are studies.\n"
+    )
+    return "\n".join([sections_markdown(experiment), study_intro, sections_markdown(study_sections())])
+
+
+def sections_markdown(sections: list[tuple[str, type[BaseModel]]]) -> str:
+    """One Markdown table per (title, model class); a field that is itself a listed section is
+    left out of the first table."""
+    nested = {name for name, _ in sections}
+    top = sections[0][1]
+    out = []
+    for title, cls in sections:
+        out.append(f"#### `{title}`\n\n| key | default | description |\n| --- | --- | --- |")
+        for key, field in cls.model_fields.items():
+            if cls is top and key in nested:
+                continue
+            if field.is_required():
+                default = "required"
+            elif field.default_factory is not None:
+                value = field.default_factory()  # type: ignore[call-arg]
+                default = "none set" if isinstance(value, BaseModel) else f"`{value}`"
+            else:
+                default = f"`{field.default}`"
+            description = field.description or ""
+            values, exhaustive = literal_values(field.annotation)
+            if values:
+                listed = ", ".join(f"`{v}`" for v in values)
+                description += f" Values: {listed}." if exhaustive else f" Or: {listed}."
+            description = description.replace("|", "\\|")
+            out.append(f"| `{key}` | {default.replace('|', chr(92) + '|')} | {description} |")
+        out.append("")
+    return "\n".join(out)
