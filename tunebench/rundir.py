@@ -63,6 +63,19 @@ def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: st
     return out
 
 
+#: keys older run directories record that no longer exist: how a run executed, not what it
+#: computed, so a finished run still loads (a new config naming them is refused)
+RETIRED_KEYS = {"training": ("cuda_graphs", "overlap_steps", "num_workers")}
+
+
+def without_retired_keys(data: Any) -> Any:
+    if isinstance(data, dict):
+        for section, keys in RETIRED_KEYS.items():
+            for key in keys:
+                (data.get(section) or {}).pop(key, None)
+    return data
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory."""
@@ -115,7 +128,8 @@ class RunDir:
     def load_config(self) -> ExperimentConfig:
         if not self.config_path.is_file():
             raise TunebenchError(f"{self.root}: not a run directory (no config.yaml)")
-        return parse_model(ExperimentConfig, load_yaml(self.config_path), str(self.config_path))
+        data = without_retired_keys(load_yaml(self.config_path))
+        return parse_model(ExperimentConfig, data, str(self.config_path))
 
     def manifest(self) -> dict[str, Any]:
         if self.manifest_path.is_file():

@@ -1,6 +1,6 @@
 # 8-/4-bit LoRA training and prediction on a GPU with the tiny test model (plumbing, minutes):
 # bitsandbytes loading, peft's k-bit preparation, the var-len kernel under bf16 autocast.
-# Needs env.sh sourced with .stage/data, .whl and .stage/bnb carried.  Logs and JSON in $OUT.
+# Needs env.sh sourced with .stage/data, .whl and .stage/bnb copied in.  Logs and JSON in $OUT.
 set -e
 python3 -c "import bitsandbytes, torch; print('bitsandbytes', bitsandbytes.__version__, 'torch', torch.__version__)"
 python3 -c "

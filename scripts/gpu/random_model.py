@@ -1,7 +1,7 @@
 """A model folder with a config's architecture and random weights (bf16), for timing runs.
 
-Step times do not depend on weight values, so a timing sitting can build the 1.5B model on the
-GPU machine from its config and tokenizer (12 MB) instead of staging 1.1 GB of GGUF pieces.
+Step times do not depend on weight values, so a timing run can build the 1.5B model on the
+GPU host from its config and tokenizer (12 MB) instead of copying 1.1 GB of GGUF.
 usage: python scripts/gpu/random_model.py SHAPE_DIR OUT_DIR
 (SHAPE_DIR: config.json, tokenizer files, optional generation_config.json)
 """

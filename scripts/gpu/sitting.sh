@@ -1,15 +1,14 @@
-# One GPU sitting as background queues that outlive the 10-minute call limit: as run in the
-# ninth sitting (2026-12-07; what is owed since is in scripts/gpu/README.md). Source env.sh first.
-# Never edit this file while a sitting runs: bash reads a script as it goes, and each call
-# syncs the working tree to the machine.
-#   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the call;
+# Jobs as background queues that outlive the shell (and any time limit on its commands) that
+# starts them; see scripts/gpu/README.md. Source env.sh first, and put your jobs in queue_a (more
+# queues: add a queue_X function and its name to `queues`). Never edit this file while its
+# queues run: bash reads a running script as it goes.
+#   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the shell;
 #                                             quote "start" so scripts/gpu/stop.sh's pattern
-#                                             cannot match the launching call itself)
+#                                             cannot match the launching command itself)
 #   bash scripts/gpu/sitting.sh wait SECONDS  show progress until every queue ends or time is up,
 #                                             then pack logs and results into $OUT
-# Queues write logs and JSON to keep/out/ (kept between calls; a job gets 13 minutes, so a hang
-# cannot eat the sitting); a queue's end leaves
-# keep/out/<queue>.done holding its exit codes.
+# Queues write logs and JSON to keep/out/ (a job gets 13 minutes, so a hang cannot hold up the
+# rest); a queue's end leaves keep/out/<queue>.done holding its exit codes.
 set -u
 out=keep/out
 mkdir -p "$out"
@@ -30,13 +29,12 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# One GPU (ninth sitting; only one-GPU kinds are lent, so issue #10's 2-GPU runs still wait).
-# Issue #10: how a step's time scales with its batch on one GPU (the bound on 2 GPUs' speed-up)
-# and where the GPU waits, for the loop before this sitting (keep/old: the package at the commit
-# before the change, carried as .stage/old) and after it (this tree). The model is
+# The queue as last used (one GPU, issue #10): how a step's time scales with its batch (the bound
+# on 2 GPUs' speed-up) and where the GPU waits, for the training loop at an older commit
+# (keep/old: its package, copied in as .stage/old) and at this tree. The model is
 # Qwen2.5-Coder-1.5B's architecture with random weights (keep/shape15: its config and tokenizer,
-# carried as .stage/shape15): step times do not depend on the weights' values, and no model
-# pieces have to travel.
+# copied in as .stage/shape15): step times do not depend on the weights' values, so no model
+# weights are needed.
 model=keep/qwen15-rand
 scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
   local name=$1
@@ -58,7 +56,7 @@ start() {
   wait
 }
 
-pack() {  # at most 8 files come back: logs and JSON in one archive
+pack() {  # logs and JSON in one archive, to copy back
   tar -czf "$OUT/out.tgz" "$out" 2>/dev/null
   ls -la "$OUT"
 }

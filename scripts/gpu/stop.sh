@@ -1,5 +1,5 @@
-# Stop a sitting's background queues (run as `bash scripts/gpu/stop.sh`: a pkill typed into the
-# call's own command line would match, and kill, that command itself).
+# Stop sitting.sh's background queues (run as `bash scripts/gpu/stop.sh`: a pkill typed into a
+# shell's command line would match, and kill, that command itself).
 pkill -f "sitting.sh start"
 pkill -f "benchmarks/bench_"
 pkill -f "m tunebench"

@@ -107,7 +107,7 @@ def request_one(
     max_new_tokens: int,
     temperature: float,
 ) -> dict[str, Any]:
-    """One request -> one predictions row (TEAM format)."""
+    """One request -> one predictions row (the same fields as a local run's rows)."""
     if api == "chat":
         response = client.chat.completions.create(
             model=model,

@@ -197,8 +197,9 @@ def apply_selection(config: ExperimentConfig, rows: dict[str, dict[str, Any]]) -
 def prediction_row(
     task: Task, example: Example, prompt: str, result: Any, fenced: bool = False
 ) -> dict[str, Any]:
-    """One predictions-file row; ``fenced``: answers come from code
-    fences (chat-format prompts, :meth:`Task.postprocess`)."""
+    """One predictions-file row: id, prompt, prediction, gold, the task's eval fields, raw text,
+    token counts and finish reason (plus ``candidates`` when several were generated); ``fenced``:
+    answers come from code fences (chat-format prompts, :meth:`Task.postprocess`)."""
     first = result.completions[0]
     row: dict[str, Any] = {
         "id": example.id,
@@ -220,7 +221,7 @@ def prediction_row(
 
 
 def timing_info(rows: list[dict[str, Any]], wall_time_s: float) -> dict[str, Any]:
-    """The manifest's predict-stage record: how long, how many, how fast, on what."""
+    """The manifest's predict-stage record: wall time, rows and tokens per second, the GPU."""
     import torch
 
     cuda = torch.cuda.is_available()

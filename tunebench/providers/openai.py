@@ -384,7 +384,7 @@ def _float(value: str | None) -> float | None:
 def metrics_rows(
     rows: list[dict[str, str]], trained_tokens: int | None, n_epochs: int | None, wall_s: float | None
 ) -> list[dict[str, Any]]:
-    """metrics.jsonl rows (TEAM format) from the result CSV.
+    """metrics.jsonl rows (step, split, loss, tokens, wall_time, as a LoRA run writes) from the result CSV.
 
     OpenAI reports no per-step token count or time: ``tokens`` and ``wall_time`` are the job's
     totals spread evenly over the steps and flagged with ``"interpolated": true``.
