@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tunebench.errors import TunebenchError
-from tunebench.evaluation import custom, evaluate
+from tunebench.evaluation import custom, evaluate, structured
 
 
 def rows_of(*pairs: tuple[Any, Any]) -> list[dict[str, Any]]:
@@ -47,7 +47,7 @@ def test_exact_match_normalized_folds_case_and_whitespace() -> None:
     ],
 )
 def test_json_match(prediction: str, gold: str, expected: bool) -> None:
-    assert custom.json_match(prediction, gold) is expected
+    assert structured.json_match(prediction, gold) is expected
 
 
 def test_json_match_with_invalid_gold_is_unscorable() -> None:
@@ -175,7 +175,7 @@ def test_resolve_metric_builtin_and_registry(user_module: str) -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("bleu", "metric 'bleu': unknown (built-in: exact_match, exact_match_normalized, json_match"),
+        ("bleu", "metric 'bleu': unknown (built-in: exact_match, exact_match_normalized, json_field_f1"),
         ("no_such_pkg_xyz.metrics:f", "metric 'no_such_pkg_xyz.metrics:f': cannot import module"),
         ("{mod}:missing", "metric '{mod}:missing': module '{mod}' has no attribute 'missing'"),
         ("{mod}.NOT_CALLABLE", "is not callable"),

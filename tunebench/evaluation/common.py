@@ -68,3 +68,35 @@ def write_outputs(out_dir: str | Path, per_example: list[dict[str, Any]], metric
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "per_example.jsonl", per_example)
     write_json(out / "metrics.json", metrics)
+
+
+def summarize_errors(
+    classified: Sequence[dict[str, Any]],
+    scored: int,
+    categories: Sequence[str],
+    benchmark: Sequence[str],
+    examples_per_category: int = 3,
+) -> dict[str, Any]:
+    """Counts and examples of classified wrong predictions, split into model and benchmark.
+
+    ``classified``: one dict per wrong example with ``id`` and ``category`` (plus whatever the
+    examples should show, e.g. prediction and gold). Returns ``scored`` (examples with a
+    verdict), ``wrong``, ``categories`` (category -> ``count`` and up to
+    ``examples_per_category`` ``examples``, every category listed in ``categories``' order),
+    ``split`` (``model`` / ``benchmark`` counts; ``benchmark`` counts the categories in
+    ``benchmark``) and ``per_example`` (the classified rows).
+    """
+    table: dict[str, dict[str, Any]] = {c: {"count": 0, "examples": []} for c in categories}
+    for row in classified:
+        entry = table.setdefault(row["category"], {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < examples_per_category:
+            entry["examples"].append({k: v for k, v in row.items() if k != "category"})
+    blamed_on_benchmark = sum(table[c]["count"] for c in benchmark if c in table)
+    return {
+        "scored": scored,
+        "wrong": len(classified),
+        "categories": table,
+        "split": {"model": len(classified) - blamed_on_benchmark, "benchmark": blamed_on_benchmark},
+        "per_example": list(classified),
+    }

@@ -1,25 +1,40 @@
-"""Scorer for user tasks: string metrics chosen by name, or the user's own functions.
+"""Scorer for user tasks: metrics chosen by name, or the user's own functions.
 
 ``options["metrics"]`` lists the metrics to compute (default ``["exact_match",
-"exact_match_normalized"]``). A name is either a built-in of :data:`METRICS` or a dotted path
-to a function in the user's code, ``"mypkg.metrics:my_metric"`` or ``"mypkg.metrics.my_metric"``.
+"exact_match_normalized"]``). A name is a built-in or a dotted path to a function in the user's
+code, ``"mypkg.metrics:my_metric"`` or ``"mypkg.metrics.my_metric"``. The built-ins:
+
+* per example, in :data:`METRICS`: ``exact_match``, ``exact_match_normalized``, ``json_valid``,
+  ``json_match``, ``json_field_f1``, ``token_f1``, ``label_accuracy`` (definitions in their
+  docstrings here and in :mod:`tunebench.evaluation.structured`);
+* built from an option, in :data:`CONFIGURED_METRICS`: ``json_schema_valid`` (option
+  ``json_schema``: the schema as a mapping, or the path of a JSON file holding it);
+* over the whole set, in :data:`SET_METRICS`: ``macro_f1`` (each example's row holds whether its
+  label is right, for paired tests; the aggregate is macro-F1 with a bootstrap interval).
+
 A metric takes ``(prediction: str, gold: str)`` and returns ``bool`` (a rate) or a ``float``
 (averaged; keep it in [0, 1] so that it reads like the other metrics). A metric that raises on
 one example makes that example's verdict None, with the reason in its ``error``; the others
 are still scored. Each metric is stored under its name as written, with ``_ci95`` (and
 ``_n`` when some examples could not be scored).
+
+``options["unwrap_fence"]`` (default false): an answer (prediction or gold) that is exactly one
+Markdown code fence is replaced by the fence's content before every metric
+(:func:`tunebench.evaluation.structured.unwrap_fence`), as for chat models that fence answers.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tunebench.errors import TunebenchError
+from tunebench.evaluation import structured
 from tunebench.evaluation.common import add_mean, add_rate
+from tunebench.io import read_json
 
 REQUIRED_FIELDS = ("prediction", "gold")
 DEFAULT_METRICS = ("exact_match", "exact_match_normalized")
@@ -37,28 +52,24 @@ def exact_match_normalized(prediction: str, gold: str) -> bool:
     return _fold(prediction) == _fold(gold)
 
 
-def json_match(prediction: str, gold: str) -> bool:
-    """Both parse as JSON to equal values; an unparseable prediction is wrong.
-
-    Object key order is ignored, list order is not, and ``true`` differs from ``1`` (Python's
-    ``True == 1`` would say otherwise). A gold that is not JSON raises: the example cannot be
-    scored, which is the data's fault, not the model's.
-    """
-    try:
-        gold_value = _strict_json(gold)
-    except ValueError as exc:
-        raise ValueError(f"gold is not valid JSON ({exc})") from None
-    try:
-        pred_value = _strict_json(prediction)
-    except ValueError:
-        return False
-    return _json_equal(pred_value, gold_value)
-
-
 METRICS: dict[str, Metric] = {
     "exact_match": exact_match,
     "exact_match_normalized": exact_match_normalized,
-    "json_match": json_match,
+    "json_valid": structured.json_valid,
+    "json_match": structured.json_match,
+    "json_field_f1": structured.json_field_f1,
+    "token_f1": structured.token_f1,
+    "label_accuracy": structured.label_accuracy,
+}
+# Metrics that need an option to be built: name -> (option key, factory of the metric).
+CONFIGURED_METRICS: dict[str, tuple[str, Callable[[Any], Metric]]] = {
+    "json_schema_valid": ("json_schema", structured.json_schema_metric),
+}
+# Set-level metrics (not a mean of per-example values): name -> (value, 95% interval), each a
+# function of (predictions, golds). Each example's row records whether its label is right.
+SetMetric = Callable[[list[str], list[str]], Any]
+SET_METRICS: dict[str, tuple[SetMetric, SetMetric]] = {
+    "macro_f1": (structured.macro_f1, structured.macro_f1_ci),
 }
 
 
@@ -69,18 +80,29 @@ def register_metric(name: str, function: Metric) -> None:
     METRICS[name] = function
 
 
-def resolve_metric(name: str) -> Metric:
-    """The function behind a built-in name or a ``module:function`` / ``module.function`` path."""
+def known_metric_names() -> list[str]:
+    """Every built-in metric name, sorted."""
+    return sorted([*METRICS, *CONFIGURED_METRICS, *SET_METRICS])
+
+
+def resolve_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
+    """The function behind a built-in name or a ``module:function`` / ``module.function`` path.
+
+    A set-level metric resolves to its per-example part (the label is right)."""
     if not isinstance(name, str) or not name.strip():
         raise TunebenchError(f"metric {name!r}: expected a metric name or a dotted path")
     if name in METRICS:
         return METRICS[name]
+    if name in SET_METRICS:
+        return structured.label_accuracy
+    if name in CONFIGURED_METRICS:
+        return _configured_metric(name, options or {})
     if ":" in name:
         module_name, _, attr = name.partition(":")
     elif "." in name:
         module_name, _, attr = name.rpartition(".")
     else:
-        known = ", ".join(sorted(METRICS))
+        known = ", ".join(known_metric_names())
         raise TunebenchError(
             f"metric '{name}': unknown (built-in: {known}; or a path like 'mypkg.metrics:my_metric')"
         )
@@ -115,25 +137,66 @@ def selected_metrics(options: dict[str, Any]) -> dict[str, Metric]:
             f"custom option 'metrics' must be a non-empty list of metric names, got {names!r}"
         )
     # dict.fromkeys drops repeats but keeps the user's order.
-    return {name: resolve_metric(name) for name in dict.fromkeys(names)}
+    return {name: resolve_metric(name, options) for name in dict.fromkeys(names)}
+
+
+def _configured_metric(name: str, options: dict[str, Any]) -> Metric:
+    """Build a metric that needs an option (``json_schema_valid`` needs ``json_schema``)."""
+    key, factory = CONFIGURED_METRICS[name]
+    value = options.get(key)
+    if value is None:
+        raise TunebenchError(f"metric '{name}' needs the option '{key}'")
+    if isinstance(value, str | Path):
+        value = read_json(value)
+    return factory(value)
 
 
 def score(rows: list[dict[str, Any]], options: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Apply each selected metric to every row; return per-example rows and metrics."""
     metrics_fns = selected_metrics(options)
+    unwrap = options.get("unwrap_fence", False)
+    if not isinstance(unwrap, bool):
+        raise TunebenchError(f"custom option 'unwrap_fence' must be true or false, got {unwrap!r}")
+    if unwrap:
+        rows = [_unwrapped(row) for row in rows]
     per_example = [_score_row(row, metrics_fns) for row in rows]
     metrics: dict[str, Any] = {"n": len(rows), "metrics": list(metrics_fns)}
     for name in metrics_fns:
         values = [r[name] for r in per_example]
         known = [v for v in values if v is not None]
         subset = len(known) != len(values)
-        if all(isinstance(v, bool) for v in known):
+        if name in SET_METRICS:
+            _add_set_metric(metrics, name, rows, values)
+        elif all(isinstance(v, bool) for v in known):
             add_rate(metrics, name, values, with_n=subset)
         else:
             add_mean(metrics, name, [float(v) for v in known])
             if subset:
                 metrics[f"{name}_n"] = len(known)
     return per_example, metrics
+
+
+def _unwrapped(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with a prediction or gold that is one Markdown code fence replaced by its content."""
+    out = dict(row)
+    for field in ("prediction", "gold"):
+        if isinstance(out.get(field), str):
+            out[field] = structured.unwrap_fence(out[field])
+    return out
+
+
+def _add_set_metric(
+    metrics: dict[str, Any], name: str, rows: list[dict[str, Any]], values: list[Any]
+) -> None:
+    """A set-level metric over the scorable rows, with its bootstrap interval (and ``_n``)."""
+    scored = [row for row, value in zip(rows, values, strict=True) if value is not None]
+    predictions, golds = [r["prediction"] for r in scored], [r["gold"] for r in scored]
+    value_of, interval_of = SET_METRICS[name]
+    value = value_of(predictions, golds) if scored else None
+    metrics[name] = round(value, 6) if value is not None else None
+    metrics[f"{name}_ci95"] = interval_of(predictions, golds) if scored else None
+    if len(scored) != len(rows):
+        metrics[f"{name}_n"] = len(scored)
 
 
 def _score_row(row: dict[str, Any], metrics_fns: dict[str, Metric]) -> dict[str, Any]:
@@ -172,28 +235,6 @@ def _check_value(value: object) -> bool | float:
 def _fold(text: str) -> str:
     """Case-folded text with whitespace runs collapsed (and ends stripped)."""
     return " ".join(text.casefold().split())
-
-
-def _strict_json(text: str) -> Any:
-    """Parse JSON, refusing the NaN/Infinity extensions Python's parser accepts."""
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not JSON")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def _json_equal(a: Any, b: Any) -> bool:
-    """Structural equality that keeps JSON's types apart (bool vs number, int 1 == float 1.0)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return a == b
-    return type(a) is type(b) and a == b
 
 
 def _line(exc: BaseException) -> str:
