@@ -133,9 +133,9 @@ def step_costs(generator: Any, prompts: list[str], short: int = 1, long: int = 3
 
 
 def make_config(args: argparse.Namespace, runs_dir: Path, provider: str, batch_size: int) -> Any:
-    from tunebench.config import ExperimentConfig
+    from tunebench.config import validate_experiment
 
-    return ExperimentConfig.model_validate(
+    return validate_experiment(
         {
             "name": "bench-predict",
             "runs_dir": str(runs_dir),

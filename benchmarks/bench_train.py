@@ -129,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_config(args: argparse.Namespace, workdir: Path, name: str, overrides: dict[str, Any]) -> Any:
-    from tunebench.config import ExperimentConfig, set_dotted
+    from tunebench.config import set_dotted, validate_experiment
 
     data: dict[str, Any] = {
         "name": name,
@@ -152,7 +152,7 @@ def make_config(args: argparse.Namespace, workdir: Path, name: str, overrides: d
     }
     for key, value in overrides.items():
         set_dotted(data, key, value)
-    return ExperimentConfig.model_validate(data)
+    return validate_experiment(data)
 
 
 def sync() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_report_fixtures import make_run
-from tunebench.config import ExperimentConfig
+from tunebench.config import validate_experiment
 from tunebench.cost import HOURS_PER_MONTH, break_even
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
@@ -117,7 +117,7 @@ def test_break_even_maths() -> None:
 
 def test_config_cost_section_is_strict() -> None:
     with pytest.raises(Exception, match="extra"):
-        ExperimentConfig.model_validate({"name": "x", "cost": {"gpu": "A40"}})
+        validate_experiment({"name": "x", "cost": {"gpu": "A40"}})
 
 
 def test_the_run_summary_reads_each_providers_cost_layout() -> None:

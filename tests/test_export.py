@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from tests import test_inference_support as support
-from tunebench.config import ExperimentConfig
+from tunebench.config import validate_experiment
 from tunebench.io import read_jsonl
 from tunebench.pipeline import open_run
 from tunebench.pipeline import predict_stage as predict
@@ -56,7 +56,7 @@ def test_merged_export_predicts_what_base_plus_adapter_predicts(
     assert sorted(p.name for p in precious.iterdir()) == ["notes.txt"]
 
     # the merged folder as a base model, with no adapter: the same greedy predictions
-    merged_config = ExperimentConfig.model_validate(
+    merged_config = validate_experiment(
         {
             **config.model_dump(),
             "name": "merged-as-base",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tunebench.config import ExperimentConfig, TaskConfig, load_experiment
+from tunebench.config import LocalExperiment, TaskConfig, load_experiment
 from tunebench.errors import TunebenchError
 from tunebench.pipeline.prepare import prepare
 from tunebench.rundir import RunDir
@@ -98,7 +98,7 @@ def test_caps_are_seeded_and_stable() -> None:
 def test_prepare_writes_splits_and_stats(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    cfg = ExperimentConfig(name="p", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
+    cfg = LocalExperiment(name="p", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
     run = RunDir(cfg.run_dir)
     stats = prepare(cfg, run, AutoTokenizer.from_pretrained(tiny_model_dir))
     assert stats["splits"]["test"]["count"] == 568
@@ -346,7 +346,7 @@ def test_example_configs_validate(path: Path) -> None:
 def test_rerun_accepts_operational_changes_but_refuses_a_different_experiment(tmp_path: Path) -> None:
     from tunebench.pipeline import open_run
 
-    cfg = ExperimentConfig(name="same", runs_dir=str(tmp_path))
+    cfg = LocalExperiment(name="same", runs_dir=str(tmp_path))
     open_run(cfg)
     faster = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"batch_size": 512})})
     open_run(faster)  # only how it runs changed
@@ -440,7 +440,7 @@ def test_a_refused_study_cell_points_at_the_study_not_at_set_name(tmp_path: Path
     """A study sets its cells' names and runs_dir itself, so `--set name=` cannot be the way out."""
     from tunebench.pipeline import open_run
 
-    cfg = ExperimentConfig(name="b-sql", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
+    cfg = LocalExperiment(name="b-sql", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
     open_run(cfg)
     changed = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 4})})
     with pytest.raises(

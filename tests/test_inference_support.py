@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tunebench.config import ExperimentConfig
+from tunebench.config import validate_experiment
 from tunebench.pipeline import open_run
 from tunebench.pipeline.prepare import prepare
 from tunebench.rundir import RunDir
@@ -55,10 +55,10 @@ def make_run(
     n: int = 12,
     task: str = "sql",
     **generation: Any,
-) -> tuple[ExperimentConfig, RunDir]:
+) -> tuple[Any, RunDir]:
     """A prepared run directory over the real data (first ``n`` eval rows)."""
     generation.setdefault("max_new_tokens", 24)
-    config = ExperimentConfig.model_validate(
+    config = validate_experiment(
         {
             "name": name,
             "runs_dir": str(root),

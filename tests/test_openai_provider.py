@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from tests.openai_emulator import Emulator
-from tunebench.config import ExperimentConfig
+from tunebench.config import validate_experiment
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
 from tunebench.pipeline import evaluate_stage, open_run, predict_stage
@@ -36,8 +36,8 @@ def key(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
     return emu.api_key
 
 
-def make_config(tmp_path: Path, emu: Emulator, **openai: Any) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(
+def make_config(tmp_path: Path, emu: Emulator, **openai: Any) -> Any:
+    return validate_experiment(
         {
             "name": "oai",
             "runs_dir": str(tmp_path / "runs"),

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunebench.config import ExperimentConfig
+from tunebench.config import validate_experiment
 from tunebench.io import append_jsonl, write_json, write_jsonl
 from tunebench.pipeline import evaluate_stage, open_run
 from tunebench.rundir import RunDir
@@ -66,7 +66,7 @@ def make_run(
         "training": {"max_steps": 3},
         **(extra or {}),
     }
-    cfg = ExperimentConfig.model_validate(data)
+    cfg = validate_experiment(data)
     run = open_run(cfg)
     examples = get_task(cfg.task).splits()["test"][skip_ids:]
     rows = []

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests import test_inference_support as support
-from tunebench.config import ExperimentConfig
+from tunebench.config import validate_experiment
 from tunebench.inference.serve import create_app
 from tunebench.io import read_jsonl
 from tunebench.pipeline import open_run
@@ -104,7 +104,7 @@ def test_chat_in_task_format_uses_the_training_prompt(served: Any, local_rows: l
 def test_endpoint_backend_against_the_server(served: Any, local_rows: list[dict]) -> None:
     """provider endpoint (the openai-SDK backend) -> tunebench serve -> same predictions as local."""
     for api in ("chat", "completions"):
-        config = ExperimentConfig.model_validate(
+        config = validate_experiment(
             {
                 **served.config.model_dump(mode="json"),
                 "name": f"via-{api}",

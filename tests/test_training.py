@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from tests.tiny import ENDOFTEXT, IM_END
-from tunebench.config import ExperimentConfig, LoraConfig
+from tunebench.config import LoraConfig, validate_experiment
 from tunebench.errors import TunebenchError
 from tunebench.tasks import get_task
 from tunebench.training.data import (
@@ -28,8 +29,8 @@ from tunebench.training.lora import LossModel, apply_lora, labeled_loss_sum, loa
 from tunebench.training.mfu import flops_per_token, gpu_key, mfu
 
 
-def make_config(tiny_model_dir: Path, data_dir: Path, **model: object) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(
+def make_config(tiny_model_dir: Path, data_dir: Path, **model: object) -> Any:
+    return validate_experiment(
         {"name": "unit", "model": {"name": str(tiny_model_dir), **model}, "task": {"data_dir": str(data_dir)}}
     )
 

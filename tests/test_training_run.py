@@ -245,7 +245,9 @@ def test_a_non_finite_step_is_skipped_without_touching_adamw(
     schedule holds, AdamW's moments, decay and step count stay; too many of them abort the run,
     naming the step that crossed the limit."""
     monkeypatch.setenv(FAULT_NAN_ENV, "2")
-    _n, nan_run = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "nan", max_steps=3, eval_every=10))
+    _n, nan_run = run_train(
+        write_config(tmp_path, tiny_model_dir, data_dir, "nan", max_steps=3, eval_every=10)
+    )
     rows = [r for r in read_jsonl(nan_run / "metrics.jsonl") if r["split"] == "train"]
     assert rows[1]["skipped"] is True and rows[1]["loss"] is None
     assert "skipped" not in rows[0] and "skipped" not in rows[2]
@@ -254,7 +256,9 @@ def test_a_non_finite_step_is_skipped_without_touching_adamw(
 
     flat = {"max_steps": 4, "eval_every": 10, "lr_scheduler": "constant", "warmup_steps": 0}
     run_train(write_config(tmp_path, tiny_model_dir, data_dir, "flat", weight_decay=0.1, **flat))
-    saved = torch.load(tmp_path / "runs" / "flat" / "checkpoints" / "step-4" / "optimizer.pt", weights_only=False)
+    saved = torch.load(
+        tmp_path / "runs" / "flat" / "checkpoints" / "step-4" / "optimizer.pt", weights_only=False
+    )
     assert {float(v["step"]) for v in saved["state"].values()} == {3.0}  # 3 counted steps of 4
 
     monkeypatch.setenv(FAULT_NAN_ENV, "1,3")

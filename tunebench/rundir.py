@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunebench.config import ExperimentConfig, dump_config, load_yaml, parse_model
+from tunebench.config import (
+    EXPERIMENTS,
+    PROVIDER_SECTIONS,
+    ExperimentConfig,
+    dump_config,
+    load_yaml,
+    parse_model,
+)
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write, read_json, write_json
 
@@ -41,6 +48,7 @@ OPERATIONAL_KEYS = {
 def comparable(config: ExperimentConfig) -> dict[str, Any]:
     """The config without :data:`OPERATIONAL_KEYS`, for deciding whether a run is the same run."""
     data = config.model_dump()
+    data["generation"]["seed"] = config.sampling_seed  # the seed in effect, however it was given
     for section, keys in OPERATIONAL_KEYS.items():
         if keys is None:
             data.pop(section, None)
@@ -69,10 +77,24 @@ RETIRED_KEYS = {"training": ("cuda_graphs", "overlap_steps", "num_workers")}
 
 
 def without_retired_keys(data: Any) -> Any:
-    if isinstance(data, dict):
-        for section, keys in RETIRED_KEYS.items():
-            for key in keys:
-                (data.get(section) or {}).pop(key, None)
+    """A stored config as today's schema reads it: retired keys dropped and, from run
+    directories written when every config carried every section, the sections of other
+    providers dropped (a run that trained nothing but set ``training.seed`` sampled with it:
+    that seed becomes its ``generation.seed``)."""
+    if not isinstance(data, dict):
+        return data
+    for section, keys in RETIRED_KEYS.items():
+        for key in keys:
+            (data.get(section) or {}).pop(key, None)
+    provider = data.get("provider", "local")
+    own = EXPERIMENTS[provider].own_sections if provider in EXPERIMENTS else ()
+    seed = (data.get("training") or {}).get("seed")
+    for section in PROVIDER_SECTIONS:
+        if section not in own and section in data:
+            data.pop(section)
+    generation = data.setdefault("generation", {})
+    if "training" not in own and seed is not None and generation.get("seed") is None:
+        generation["seed"] = seed
     return data
 
 

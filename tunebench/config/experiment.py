@@ -9,23 +9,41 @@ are generated from these descriptions. Unknown keys and wrong types are errors n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunebench.errors import TunebenchError
 from tunebench.io import read_text
 
 __all__ = [
+    "EXPERIMENTS",
+    "PROVIDER_SECTIONS",
+    "BaseExperiment",
     "CostConfig",
     "EndpointConfig",
+    "EndpointExperiment",
     "EnsembleConfig",
+    "EnsembleExperiment",
+    "ExperimentBase",
     "ExperimentConfig",
     "GenerationConfig",
+    "LocalExperiment",
     "LoraConfig",
     "ModelConfig",
     "OpenAIConfig",
+    "OpenAIExperiment",
     "Strict",
     "TaskConfig",
     "TrainingConfig",
@@ -37,6 +55,7 @@ __all__ = [
     "looks_like_study",
     "parse_model",
     "set_dotted",
+    "validate_experiment",
 ]
 
 
@@ -402,53 +421,59 @@ class CostConfig(Strict):
     price_date: str | None = Field(None, description="Date of the overridden price (shown in reports).")
 
 
-class ExperimentConfig(Strict):
-    """One task x one system -> one run directory ``runs/<name>/``."""
+#: seed of sampling, k-shot choice and votes in runs that train nothing (and set no generation.seed)
+DEFAULT_SEED = 42
+
+
+class ExperimentBase(Strict):
+    """What every experiment has, whatever its provider: one task x one system -> one run
+    directory ``<runs_dir>/<name>/``. Each provider's config adds its own sections."""
+
+    #: whether the run may send the model the task's chat messages (generation.prompt_format: chat)
+    chat_prompts: ClassVar[bool] = False
+    #: whether the run generates its own candidates to vote over by execution
+    execution_vote: ClassVar[bool] = False
+    #: the sections only this provider has (the others' are refused as unknown keys)
+    own_sections: ClassVar[tuple[str, ...]] = ()
+    #: whether an ensemble can pool its runs' candidates (generated here, so priced by GPU time)
+    ensemble_member: ClassVar[bool] = False
 
     name: str = Field(..., description="Run name; outputs go to <runs_dir>/<name>/.")
     runs_dir: str = Field("runs", description="Parent folder of run directories.")
-    provider: Literal["local", "openai", "endpoint", "base", "ensemble"] = Field(
+    provider: str = Field(
         "local",
-        description="`local`: LoRA fine-tune here; `base`: the base model zero/k-shot, no training; "
-        "`openai`: an OpenAI fine-tuning job; `endpoint`: predictions from an OpenAI-compatible server; "
-        "`ensemble`: a vote over finished runs' candidates (no training or generation of its own).",
+        description="Who trains and answers. `local`: LoRA fine-tune here (sections model, lora, "
+        "training); `base`: the base model zero/k-shot, no training (model); `openai`: an OpenAI "
+        "fine-tuning job (openai); `endpoint`: predictions from an OpenAI-compatible server "
+        "(endpoint); `ensemble`: a vote over finished runs' candidates (ensemble).",
     )
     task: TaskConfig = Field(default_factory=TaskConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
-    endpoint: EndpointConfig | None = Field(None, description="Required when provider is `endpoint`.")
-    ensemble: EnsembleConfig | None = Field(None, description="Required when provider is `ensemble`.")
     cost: CostConfig = Field(default_factory=CostConfig)
     eval_splits: list[Literal["validation", "test"]] = Field(
         default_factory=lambda: ["test"], description="Splits to predict and score."
     )
 
     @model_validator(mode="after")
-    def _endpoint_needs_settings(self) -> ExperimentConfig:
-        if self.provider == "endpoint" and self.endpoint is None:
-            raise ValueError("provider 'endpoint' needs an 'endpoint' section")
-        if self.generation.prompt_format == "chat" and self.provider != "base":
+    def _generation_fits_the_provider(self) -> Self:
+        gen = self.generation
+        if gen.prompt_format == "chat" and not self.chat_prompts:
             raise ValueError(
                 "generation.prompt_format: chat is for the base model (provider base): a LoRA run is "
                 "trained on the plain prompt, and endpoint/openai runs choose their API's format"
             )
-        if self.generation.prompt_format == "chat" and self.generation.few_shot:
+        if gen.prompt_format == "chat" and gen.few_shot:
             raise ValueError("generation.prompt_format: chat takes no few_shot examples")
-        if (self.provider == "ensemble") != (self.ensemble is not None):
-            raise ValueError("an 'ensemble' section goes with provider 'ensemble' (and it needs one)")
-        if self.generation.selection == "execution_vote" and self.provider != "ensemble":  # it always votes
+        if gen.selection == "execution_vote" and self.provider != "ensemble":  # an ensemble always votes
+            if not self.execution_vote:
+                raise ValueError(
+                    f"generation.selection: execution_vote needs provider local or base (not '{self.provider}')"
+                )
             if self.task.name != "sql":
                 raise ValueError(
                     f"generation.selection: execution_vote needs task sql (task is '{self.task.name}')"
                 )
-            if self.provider not in ("local", "base"):
-                raise ValueError(
-                    f"generation.selection: execution_vote needs provider local or base (not '{self.provider}')"
-                )
-            if self.generation.num_candidates < 2:
+            if gen.num_candidates < 2:
                 raise ValueError("generation.selection: execution_vote needs generation.num_candidates >= 2")
         return self
 
@@ -458,8 +483,140 @@ class ExperimentConfig(Strict):
 
     @property
     def sampling_seed(self) -> int:
-        """``generation.seed``, else the training seed (its default, 42, for runs that train nothing)."""
+        """``generation.seed``, else :data:`DEFAULT_SEED`."""
+        return self.generation.seed if self.generation.seed is not None else DEFAULT_SEED
+
+    @property
+    def model_label(self) -> str:
+        """The model this run's answers come from, for tables and cost records."""
+        return "-"
+
+
+class LocalExperiment(ExperimentBase):
+    """``provider: local``: LoRA fine-tuning here."""
+
+    execution_vote: ClassVar[bool] = True
+    ensemble_member: ClassVar[bool] = True
+    own_sections: ClassVar[tuple[str, ...]] = ("model", "lora", "training")
+
+    provider: Literal["local"] = Field(
+        "local", description=ExperimentBase.model_fields["provider"].description
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @property
+    def sampling_seed(self) -> int:
+        """``generation.seed``, else ``training.seed``."""
         return self.generation.seed if self.generation.seed is not None else self.training.seed
+
+    @property
+    def model_label(self) -> str:
+        return self.model.name
+
+
+class BaseExperiment(ExperimentBase):
+    """``provider: base``: the base model zero/k-shot, nothing trained."""
+
+    chat_prompts: ClassVar[bool] = True
+    execution_vote: ClassVar[bool] = True
+    ensemble_member: ClassVar[bool] = True
+    own_sections: ClassVar[tuple[str, ...]] = ("model",)
+
+    provider: Literal["base"] = Field(..., description=ExperimentBase.model_fields["provider"].description)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+
+    @property
+    def model_label(self) -> str:
+        return self.model.name
+
+
+class OpenAIExperiment(ExperimentBase):
+    """``provider: openai``: an OpenAI fine-tuning job, then predictions from the tuned model."""
+
+    own_sections: ClassVar[tuple[str, ...]] = ("openai",)
+
+    provider: Literal["openai"] = Field(..., description=ExperimentBase.model_fields["provider"].description)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+
+    @property
+    def model_label(self) -> str:
+        return self.openai.model
+
+
+class EndpointExperiment(ExperimentBase):
+    """``provider: endpoint``: predictions from an OpenAI-compatible server."""
+
+    own_sections: ClassVar[tuple[str, ...]] = ("endpoint",)
+
+    provider: Literal["endpoint"] = Field(
+        ..., description=ExperimentBase.model_fields["provider"].description
+    )
+    endpoint: EndpointConfig = Field(..., description="The server to ask.")
+
+    @property
+    def model_label(self) -> str:
+        return self.endpoint.model
+
+
+class EnsembleExperiment(ExperimentBase):
+    """``provider: ensemble``: a vote over finished runs' candidates."""
+
+    own_sections: ClassVar[tuple[str, ...]] = ("ensemble",)
+
+    provider: Literal["ensemble"] = Field(
+        ..., description=ExperimentBase.model_fields["provider"].description
+    )
+    ensemble: EnsembleConfig = Field(..., description="The runs whose candidates are pooled.")
+
+    @property
+    def model_label(self) -> str:
+        return f"ensemble of {len(self.ensemble.members)}"
+
+
+#: each provider's config class
+EXPERIMENTS: dict[str, type[ExperimentBase]] = {
+    "local": LocalExperiment,
+    "base": BaseExperiment,
+    "openai": OpenAIExperiment,
+    "endpoint": EndpointExperiment,
+    "ensemble": EnsembleExperiment,
+}
+#: every provider-specific section, and the providers that have it
+PROVIDER_SECTIONS: dict[str, list[str]] = {}
+for _name, _cls in EXPERIMENTS.items():
+    for _section in _cls.own_sections:
+        PROVIDER_SECTIONS.setdefault(_section, []).append(_name)
+
+
+def _provider_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        provider = value.get("provider", "local")
+        return provider if provider in EXPERIMENTS else None
+    return getattr(value, "provider", None)
+
+
+#: An experiment config: a union of the providers' configs, told apart by ``provider``
+#: (default ``local``), so each holds only its own sections.
+ExperimentConfig = Annotated[
+    Annotated[LocalExperiment, Tag("local")]
+    | Annotated[BaseExperiment, Tag("base")]
+    | Annotated[OpenAIExperiment, Tag("openai")]
+    | Annotated[EndpointExperiment, Tag("endpoint")]
+    | Annotated[EnsembleExperiment, Tag("ensemble")],
+    Discriminator(
+        _provider_tag,
+        custom_error_type="unknown_provider",
+        custom_error_message=f"unknown provider (known: {', '.join(EXPERIMENTS)})",
+    ),
+]
+_EXPERIMENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(ExperimentConfig)
+
+
+def validate_experiment(data: dict[str, Any]) -> Any:
+    """``data`` as the experiment config of its provider (pydantic errors as pydantic raises them)."""
+    return _EXPERIMENT_ADAPTER.validate_python(data)
 
 
 def format_validation_error(
@@ -472,6 +629,12 @@ def format_validation_error(
     for err in exc.errors():
         key = error_key(err["loc"])
         message = _ERROR_WORDS.get(err["type"], err["msg"])
+        if err["type"] == "extra_forbidden" and key in PROVIDER_SECTIONS:
+            provider = err["loc"][0] if err["loc"] and err["loc"][0] in EXPERIMENTS else "local"
+            owners = " and ".join(PROVIDER_SECTIONS[key])
+            message = f"not a section of provider {provider} (only {owners} runs have it)"
+        if err["type"] == "unknown_provider":
+            key = "provider"
         if message not in problems.setdefault(key, []):
             problems[key].append(message)
     (key, messages), *others = problems.items()
@@ -496,6 +659,8 @@ def error_key(loc: tuple[Any, ...]) -> str:
     inserts (``lora.target_modules.list[str]`` -> ``lora.target_modules``,
     ``tasks.0.TaskEntry.name`` -> ``tasks.0.name``)."""
     tags = _union_tags()
+    if len(loc) > 1 and loc[0] in EXPERIMENTS:  # the provider's tag in front of its config's keys
+        loc = loc[1:]
     parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in tags))]
     return ".".join(parts) or "<root>"
 
@@ -511,11 +676,14 @@ def _union_tags() -> set[str]:
     return classes | {"str", "int", "float", "bool", "none", "list", "dict"}
 
 
-def parse_model(cls: type[Strict], data: Any, source: str, overrides: dict[str, Any] | None = None) -> Any:
-    """Validate ``data`` into ``cls``; errors become a one-line :class:`TunebenchError`."""
+def parse_model(cls: Any, data: Any, source: str, overrides: dict[str, Any] | None = None) -> Any:
+    """Validate ``data`` into ``cls`` (a config class, or :data:`ExperimentConfig`); errors
+    become a one-line :class:`TunebenchError`."""
     if not isinstance(data, dict):
         raise TunebenchError(f"{source}: expected a mapping at the top level")
     try:
+        if cls is ExperimentConfig:
+            return validate_experiment(data)
         return cls.model_validate(data)
     except ValidationError as exc:
         raise TunebenchError(format_validation_error(source, exc, overrides)) from None

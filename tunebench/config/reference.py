@@ -9,10 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from tunebench.config.experiment import (
+    PROVIDER_SECTIONS,
     CostConfig,
     EndpointConfig,
     EnsembleConfig,
-    ExperimentConfig,
+    ExperimentBase,
     GenerationConfig,
     LoraConfig,
     ModelConfig,
@@ -38,20 +39,26 @@ def literal_values(annotation: Any) -> tuple[list[Any], bool]:
     return found, exhaustive
 
 
+#: the class of each provider-specific section
+SECTION_CLASSES: dict[str, type[BaseModel]] = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "training": TrainingConfig,
+    "openai": OpenAIConfig,
+    "endpoint": EndpointConfig,
+    "ensemble": EnsembleConfig,
+}
+
+
 def reference_markdown() -> str:
     """The config reference (every key, type, default and why) as Markdown tables: experiment
     configs, then study configs."""
     experiment: list[tuple[str, type[BaseModel]]] = [
-        ("(top level)", ExperimentConfig),
+        ("(top level)", ExperimentBase),
         ("task", TaskConfig),
-        ("model", ModelConfig),
-        ("lora", LoraConfig),
-        ("training", TrainingConfig),
         ("generation", GenerationConfig),
-        ("openai", OpenAIConfig),
-        ("endpoint", EndpointConfig),
-        ("ensemble", EnsembleConfig),
         ("cost", CostConfig),
+        *((section, SECTION_CLASSES[section]) for section in PROVIDER_SECTIONS),
     ]
     study_intro = (
         "### Study configs\n\nA study (`tunebench run STUDY`) is systems x tasks: each cell is an "
@@ -69,7 +76,9 @@ def sections_markdown(sections: list[tuple[str, type[BaseModel]]]) -> str:
     top = sections[0][1]
     out = []
     for title, cls in sections:
-        out.append(f"#### `{title}`\n\n| key | default | description |\n| --- | --- | --- |")
+        owners = PROVIDER_SECTIONS.get(title)
+        only = f"\n\nOnly in runs of provider {' and '.join(f'`{o}`' for o in owners)}." if owners else ""
+        out.append(f"#### `{title}`{only}\n\n| key | default | description |\n| --- | --- | --- |")
         for key, field in cls.model_fields.items():
             if cls is top and key in nested:
                 continue

@@ -23,11 +23,19 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tunebench.config.experiment import ExperimentConfig, Strict, load_yaml, parse_model, set_dotted
+from tunebench.config.experiment import (
+    EXPERIMENTS,
+    PROVIDER_SECTIONS,
+    ExperimentConfig,
+    Strict,
+    load_yaml,
+    parse_model,
+    set_dotted,
+)
 from tunebench.errors import TunebenchError
 
-#: providers whose runs an ensemble can pool (they keep their candidates)
-MEMBER_PROVIDERS = ("local", "base")
+#: providers whose runs an ensemble can pool: they generate their own candidates here
+MEMBER_PROVIDERS = tuple(name for name, cls in EXPERIMENTS.items() if cls.ensemble_member)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 SECTIONS = ("task", "model", "lora", "training", "generation", "openai", "endpoint", "ensemble", "cost")
@@ -278,7 +286,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
         for label, _ in grid_points(system.grid)
     }
     for system in study.systems:
-        if system.ensemble is not None and system.provider != "ensemble":
+        if system.ensemble is not None and "ensemble" not in EXPERIMENTS[system.provider].own_sections:
             raise TunebenchError(
                 f"{source}: system '{system.name}': an 'ensemble' section goes with provider ensemble"
             )
@@ -301,10 +309,8 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
 
 def _name_members(data: dict[str, Any], variants: dict[str, SystemEntry], task: str, where: str) -> None:
     """An ensemble's members, system names of the study, become those systems' cells for ``task``
-    (a member with a '/' is a run directory elsewhere, taken as it is). Other cells carry no
-    ``ensemble`` section (one set in ``defaults`` is meant for the ensembles)."""
-    if data.get("provider") != "ensemble":
-        data.pop("ensemble", None)
+    (a member with a '/' is a run directory elsewhere, taken as it is)."""
+    if not isinstance(data.get("ensemble"), dict):  # other providers' cells have none by now
         return
     members = (data.get("ensemble") or {}).get("members")
     if not isinstance(members, list):
@@ -322,7 +328,7 @@ def _name_members(data: dict[str, Any], variants: dict[str, SystemEntry], task: 
             )
         if system.tasks is not None and task not in system.tasks:
             raise TunebenchError(f"{where}: ensemble member '{member}' has no '{task}' cell")
-        if system.provider not in MEMBER_PROVIDERS:
+        if not EXPERIMENTS[system.provider].ensemble_member:
             raise TunebenchError(
                 f"{where}: ensemble member '{member}' has provider '{system.provider}'; members must be "
                 f"{' or '.join(MEMBER_PROVIDERS)} systems"
@@ -348,4 +354,25 @@ def _cell_data(
         data = _merge(data, patch)
     for dotted, value in {**point, **(overrides or {})}.items():
         set_dotted(data, dotted, copy.deepcopy(value))
+    own_patch = {
+        **system.as_patch(),
+        **(system.per_task[task.name].as_patch() if task.name in system.per_task else {}),
+    }
+    return keep_own_sections(data, system.provider, set(own_patch) | {k.split(".")[0] for k in point})
+
+
+def keep_own_sections(data: dict[str, Any], provider: str, explicit: set[str]) -> dict[str, Any]:
+    """Drop the sections of other providers that a cell got from shared settings (``defaults``,
+    the task entry, ``--set``): a study's ``lora`` defaults are meant for its LoRA systems. A
+    section the system itself sets stays, and its config refuses it by name. A shared
+    ``training.seed`` also seeds the sampling of cells that train nothing."""
+    own = EXPERIMENTS[provider].own_sections if provider in EXPERIMENTS else ()
+    for section in PROVIDER_SECTIONS:
+        if section in data and section not in own and section not in explicit:
+            dropped = data.pop(section)
+            seed = dropped.get("seed") if section == "training" and isinstance(dropped, dict) else None
+            if seed is not None and "training" not in own:
+                generation = data.setdefault("generation", {})
+                if isinstance(generation, dict) and generation.get("seed") is None:
+                    generation["seed"] = seed
     return data

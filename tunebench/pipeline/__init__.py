@@ -106,7 +106,7 @@ def evaluate_stage(config: ExperimentConfig, run: RunDir, split: str, **options:
 
 def compute_cost(config: ExperimentConfig, run: RunDir) -> dict[str, Any]:
     """The cost record of a finished run (what ``cost.json`` holds), priced by its provider."""
-    header = {"provider": config.provider, "model": config.model.name, "task": config.task.name}
+    header = {"provider": config.provider, "model": config.model_label, "task": config.task.name}
     return {**header, **provider_of(config).cost(config, run)}
 
 
