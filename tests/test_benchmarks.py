@@ -97,3 +97,40 @@ def test_two_gpu_bound_is_the_step_time_ratio_to_the_half_batch() -> None:
     bench = load("bench_step_scaling")
     bounds = bench.two_gpu_bounds({4: 0.09, 64: 0.15, 128: 0.24, 256: 0.42})
     assert bounds == {128: pytest.approx(1.6), 256: pytest.approx(1.75)}  # 4 has no half measured
+
+
+def test_bench_scale_runs_a_tiny_shape_end_to_end(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_scale.py"),
+            "--tiny",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--grad-ckpt",
+            "off",
+            "--out",
+            str(out),
+            "--compare-estimate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    points = json.loads(out.read_text())["points"]
+    assert [p["tokens"] for p in points] == [256, 512]
+    for p in points:
+        assert p["oom"] is False and p["gpu"] == "cpu" and p["tokens_per_s"] > 0
+        assert p["estimate"]["estimated_memory_gib"] > 0
+        bench = load("bench_scale")
+        arch = bench.TINY
+        trainable = 2 * 8 * (128 + 96 + 96 + 128)
+        assert p["flops_per_token"] == bench.sizing.flops_per_token(arch, trainable, 512, 1.0)

@@ -402,6 +402,77 @@ def models() -> None:
     Console().print(table)
 
 
+@app.command(name="estimate")
+def estimate_command(
+    config: Annotated[Path, typer.Argument(help="An experiment config or a study config (YAML).")],
+    gpu: Annotated[
+        str | None,
+        typer.Option(
+            help="Card to size for (L4, A10, A40, A100 40GB, A100 80GB, H100, H200); default: "
+            "cost.gpu_type, else H100."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per cell.")] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Before spending: parameters, peak GPU memory, fit, training time and $ of every cell."""
+    from tunebench.estimate import check_gpu, estimate
+
+    check_gpu(gpu)
+    rows = estimate(config, gpu, parse_overrides(overrides))
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(
+        title=f"{config}: estimate before training (upper bounds when early stopping may end sooner)"
+    )
+    for column in (
+        "cell",
+        "provider",
+        "gpu",
+        "params",
+        "LoRA",
+        "peak GiB",
+        "fits",
+        "train tokens",
+        "tok/s",
+        "train",
+        "train $",
+        "predict",
+        "predict $",
+    ):
+        table.add_column(column, justify="left" if column in ("cell", "provider", "gpu") else "right")
+
+    def num(value: Any, fmt: str = "{:,.0f}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    for r in rows:
+        gpu_label = (r.get("gpu") or "-") + (" (proj.)" if r.get("projection") else "")
+        fits = {True: "yes", False: "[red]no[/]", None: "-"}[r.get("fits")]
+        table.add_row(
+            r["cell"],
+            r["provider"],
+            gpu_label,
+            num(r.get("params") and r["params"] / 1e9, "{:.2f}B"),
+            num(r.get("trainable_params") and r["trainable_params"] / 1e6, "{:.2f}M"),
+            num(r.get("peak_memory_gib"), "{:.1f}"),
+            fits,
+            num(r.get("train_tokens")),
+            num(r.get("train_tokens_per_s")),
+            num(r.get("train_seconds") and r["train_seconds"] / 60, "{:.1f} min"),
+            num(r.get("train_usd"), "${:.2f}"),
+            num(r.get("predict_seconds") and r["predict_seconds"] / 60, "{:.1f} min"),
+            num(r.get("predict_usd"), "${:.2f}"),
+        )
+    Console().print(table)
+    counted = sorted({r["tokens_counted_by"] for r in rows if r.get("tokens_counted_by")})
+    Console().print(
+        f"tokens counted by: {'; '.join(counted)}. GPU prices: prices.py (dated); "
+        "(proj.): projected from H100 measurements by FLOP/s and bandwidth ratios.",
+        highlight=False,
+    )
+
+
 @app.command(name="config")
 def config_reference() -> None:
     """Print the config reference (experiments, then studies): every key, its default and why."""

@@ -192,3 +192,119 @@ def openai_price(model: str, overrides: dict[str, Any] | None = None) -> OpenAIP
         return base
     fields = {k: float(given[k]) for k in ("training", "input", "output") if k in given}
     return replace(base, **fields, date=str(given.get("date", "override")), source="user override")
+
+
+@dataclass(frozen=True)
+class GpuCard:
+    """What sizing needs of one GPU model: memory, peak dense bf16 tensor FLOP/s (no sparsity),
+    memory bandwidth, and the :data:`GPU_PRICES` row that prices it (None: no dated price)."""
+
+    key: str
+    memory_gib: float
+    """Usable memory as ``nvidia-smi`` reports the card's total (ECC on), in GiB."""
+    bf16_tflops: float
+    bandwidth_gbs: float
+    price_key: str | None
+    source: str
+    date: str
+
+    def price(self, overrides: dict[str, float] | None = None) -> GpuPrice | None:
+        """$/h from the price table (or an override); None when neither has this card."""
+        if overrides and self.key in overrides:
+            return gpu_price(self.key, overrides)
+        return gpu_price(self.price_key, overrides) if self.price_key else None
+
+    def as_dict(self) -> dict[str, Any]:
+        price = self.price()
+        return {
+            "gpu": self.key,
+            "memory_gib": self.memory_gib,
+            "bf16_tflops": self.bf16_tflops,
+            "bandwidth_gbs": self.bandwidth_gbs,
+            "price_per_hour": price.price_per_hour if price else None,
+            "price_date": price.date if price else None,
+            "spec_source": f"{self.source} ({self.date})",
+        }
+
+
+_SHEET = "NVIDIA {} datasheet: dense {} TFLOPS bf16 (half the 'with sparsity' figure), {} GB/s, {} GB"
+_SMI = "; usable memory: nvidia-smi total {} MiB"
+
+CARDS: dict[str, GpuCard] = {
+    c.key: c
+    for c in (
+        GpuCard(
+            "L4", 22.49, 121.0, 300.0, "L4", _SHEET.format("L4", 121, 300, 24) + _SMI.format(23034), "2023-03"
+        ),
+        GpuCard(
+            "A10",
+            22.49,
+            125.0,
+            600.0,
+            None,
+            _SHEET.format("A10", 125, 600, 24) + _SMI.format(23028),
+            "2021-04",
+        ),
+        GpuCard(
+            "A40",
+            44.99,
+            149.7,
+            696.0,
+            "A40",
+            _SHEET.format("A40", 149.7, 696, 48) + _SMI.format(46068),
+            "2020-10",
+        ),
+        GpuCard(
+            "A100 40GB",
+            40.0,
+            312.0,
+            1555.0,
+            None,
+            _SHEET.format("A100 SXM4", 312, 1555, 40) + _SMI.format(40960),
+            "2020-05",
+        ),
+        GpuCard(
+            "A100 80GB",
+            80.0,
+            312.0,
+            2039.0,
+            "A100",
+            _SHEET.format("A100 SXM4", 312, 2039, 80) + _SMI.format(81920),
+            "2021-06",
+        ),
+        GpuCard(
+            "H100",
+            79.65,
+            989.0,
+            3350.0,
+            "H100",
+            _SHEET.format("H100 SXM5", 989, 3350, 80) + _SMI.format(81559),
+            "2023-03",
+        ),
+        GpuCard(
+            "H200",
+            140.4,
+            989.0,
+            4800.0,
+            "H200",
+            _SHEET.format("H200 SXM", 989, 4800, 141) + _SMI.format(143771),
+            "2024-11",
+        ),
+    )
+}
+_CARD_ALIASES = {"A100": "A100 80GB", "A100-80GB": "A100 80GB", "A100-40GB": "A100 40GB", "H100 SXM": "H100"}
+
+
+def gpu_card(name: str) -> GpuCard:
+    """The card row for a table key, an alias or a device name (``NVIDIA A40`` -> ``A40``)."""
+    key = _CARD_ALIASES.get(name, name)
+    if key in CARDS:
+        return CARDS[key]
+    upper = name.upper().replace("-", " ")
+    for card in sorted(CARDS.values(), key=lambda c: -len(c.key)):
+        words = card.key.upper().split()
+        if re.search(rf"\b{words[0]}\b", upper) and all(w in upper for w in words[1:]):
+            return card
+    if re.search(r"\bA100\b", upper):
+        return CARDS["A100 80GB"]
+    raise TunebenchError(f"unknown GPU '{name}' (known: {', '.join(CARDS)})")
