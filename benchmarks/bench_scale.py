@@ -59,9 +59,14 @@ def build_model(arch: sizing.Architecture, quant: str, device: str) -> Any:
         use_cache=False,
     )
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.to_empty(device=device)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # to_empty allocates in the default dtype: 34B in fp32 is 136 GB
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        model.to_empty(device=device)
+    finally:
+        torch.set_default_dtype(default)
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.ones_(p)
     model.to(dtype)

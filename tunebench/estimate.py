@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from tunebench import sizing
-from tunebench.config import ExperimentConfig, load_experiment, load_yaml, looks_like_study
+from tunebench.config import (
+    ExperimentConfig,
+    LoraConfig,
+    TrainingConfig,
+    load_experiment,
+    load_yaml,
+    looks_like_study,
+)
 from tunebench.errors import TunebenchError
 from tunebench.prices import GpuCard, gpu_card
 
@@ -38,7 +45,7 @@ def load_cells(path: Path, overrides: dict[str, Any] | None = None) -> list[tupl
     """(cell name, config) of every cell of a study, or the one experiment."""
     data = load_yaml(path)
     if looks_like_study(data):
-        from tunebench.study import expand, load_study
+        from tunebench.config.study import expand, load_study
 
         return [(cell.config.name, cell.config) for cell in expand(load_study(path), overrides, str(path))]
     cfg = load_experiment(path, overrides)
@@ -57,13 +64,22 @@ def estimate(
 def estimate_cell(
     name: str, cfg: ExperimentConfig, card: GpuCard | None, data_cache: dict[str, Any]
 ) -> dict[str, Any]:
-    row: dict[str, Any] = {"cell": name, "provider": cfg.provider, "model": cfg.model.name}
-    if cfg.provider == "openai":
+    row: dict[str, Any] = {"cell": name, "provider": cfg.provider, "model": cfg.model_label}
+    if "openai" in cfg.own_sections:  # a fine-tuning API: its own estimate
         return {**row, **openai_row(cfg, data_cache)}
-    if cfg.provider not in ("local", "base"):
+    if "model" not in cfg.own_sections:  # no model of ours to size (a server, a vote)
         return {**row, "gpu": None, "note": f"provider {cfg.provider}: nothing to size"}
     card = card or gpu_card(cfg.cost.gpu_type or DEFAULT_GPU)
     return {**row, **local_row(cfg, card, data_cache)}
+
+
+def training_of(cfg: ExperimentConfig) -> TrainingConfig:
+    """The run's training settings; a run that trains nothing is sized with the defaults."""
+    return getattr(cfg, "training", None) or TrainingConfig()
+
+
+def lora_of(cfg: ExperimentConfig) -> LoraConfig:
+    return getattr(cfg, "lora", None) or LoraConfig()
 
 
 def splits_for(cfg: ExperimentConfig, data_cache: dict[str, Any]) -> dict[str, Any]:
@@ -83,11 +99,12 @@ def example_tokens(cfg: ExperimentConfig, examples: list[Any]) -> tuple[list[int
         prompts = tokenizer([ex.prompt for ex in examples], add_special_tokens=False)["input_ids"]
         targets = tokenizer([ex.completion for ex in examples], add_special_tokens=False)["input_ids"]
         totals = [
-            min(cfg.training.max_length, len(p) + len(t) + 2) for p, t in zip(prompts, targets, strict=True)
+            min(training_of(cfg).max_length, len(p) + len(t) + 2)
+            for p, t in zip(prompts, targets, strict=True)
         ]
         return totals, [len(t) + 1 for t in targets], "tokenizer"
     totals = [
-        min(cfg.training.max_length, round((len(ex.prompt) + len(ex.completion)) / CHARS_PER_TOKEN) + 2)
+        min(training_of(cfg).max_length, round((len(ex.prompt) + len(ex.completion)) / CHARS_PER_TOKEN) + 2)
         for ex in examples
     ]
     targets = [round(len(ex.completion) / CHARS_PER_TOKEN) + 1 for ex in examples]
@@ -107,7 +124,7 @@ def local_tokenizer(cfg: ExperimentConfig) -> Any | None:
 
 def training_steps(cfg: ExperimentConfig, n_train: int) -> int:
     """Optimizer steps the loop runs: max_steps, else epochs over the train split."""
-    tc = cfg.training
+    tc = training_of(cfg)
     if tc.max_steps is not None:
         return tc.max_steps
     return max(1, math.ceil((tc.epochs or 1.0) * n_train / tc.batch_size))
@@ -120,7 +137,7 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
     train = splits["train"]
     totals, targets, counted = example_tokens(cfg, train) if train else ([1], [1], "no examples")
     mean = sum(totals) / len(totals)
-    tc = cfg.training
+    tc = training_of(cfg)
     labeled = sum(targets) / sum(totals) if tc.loss_on == "completion" else 1.0
     step_tokens = tc.batch_size * mean
     if tc.packing:
@@ -128,10 +145,10 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
     else:
         micro_batches = max(1, math.ceil(tc.batch_size / tc.micro_batch_size))
     setup = sizing.Setup(
-        r=cfg.lora.r,
-        targets=cfg.lora.target_modules
-        if isinstance(cfg.lora.target_modules, str)
-        else tuple(cfg.lora.target_modules),
+        r=lora_of(cfg).r,
+        targets=lora_of(cfg).target_modules
+        if isinstance(lora_of(cfg).target_modules, str)
+        else tuple(lora_of(cfg).target_modules),
         quantization=cfg.model.quantization,
         tokens_per_micro_batch=max(1, round(step_tokens / micro_batches)),
         micro_batches_per_step=micro_batches,
@@ -157,7 +174,7 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
     memory = sizing.memory_parts(arch, setup)
     without_ckpt = sizing.memory_parts(arch, _with(setup, gradient_checkpointing=False))
     with_ckpt = sizing.memory_parts(arch, _with(setup, gradient_checkpointing=True))
-    if cfg.provider == "local":
+    if "training" in cfg.own_sections:
         speed = sizing.throughput(arch, setup, card)
         steps = training_steps(cfg, len(train))
         train_tokens = round(steps * step_tokens)
