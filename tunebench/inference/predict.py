@@ -49,7 +49,7 @@ from typing import Any
 from tunebench.config import ExperimentConfig
 from tunebench.data.prepare import load_prepared
 from tunebench.errors import TunebenchError
-from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
+from tunebench.io import jsonl_lines, read_json, read_jsonl, write_json, write_jsonl
 from tunebench.rundir import RunDir
 from tunebench.tasks import Example, Task, get_task
 
@@ -148,7 +148,7 @@ def load_partial(partial: Path, meta_path: Path, key: str) -> tuple[dict[str, di
         partial.unlink()
         return {}, 0.0
     rows: dict[str, dict[str, Any]] = {}
-    lines = partial.read_text(encoding="utf-8").splitlines()
+    lines = jsonl_lines(partial.read_text(encoding="utf-8"))
     for line in lines:
         try:
             row = json.loads(line)
