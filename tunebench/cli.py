@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -40,14 +41,31 @@ SetOpt = Annotated[
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["a.b=3"]`` -> ``{"a.b": 3}`` (values parsed as YAML scalars)."""
+    """``["a.b=3"]`` -> ``{"a.b": 3}`` (values parsed as YAML, see :func:`override_value`)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
             raise TunebenchError(f"--set {item}: expected KEY=VALUE")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = override_value(item, value)
     return out
+
+
+def override_value(item: str, text: str) -> Any:
+    """A ``--set`` value: numbers, booleans, null and ``[...]`` lists or ``{...}`` maps as YAML reads
+    them; any other text as the string it is (``Review: {{ text }}`` is a prompt, not a map).
+    A ``[`` that YAML cannot read is an error: a list was meant."""
+    flow = text.lstrip()[:1]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if flow == "[":
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise TunebenchError(f"--set {item}: not a valid YAML list ({problem})") from None
+        return text
+    if isinstance(value, dict | list) and flow not in ("[", "{"):
+        return text
+    return value
 
 
 def load_config(path: Path, overrides: list[str] | None) -> Any:
@@ -162,6 +180,13 @@ def predict(
         console.print(f"predictions: {run.predictions(split)}")
 
 
+def positive_number(value: float | None) -> float | None:
+    """Option callback: a finite number above zero (``nan``, ``inf``, 0 and negatives refused)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive number")
+    return value
+
+
 @app.command()
 def evaluate(
     task: Annotated[str, typer.Option(help="sql, viggo or custom.")],
@@ -170,28 +195,60 @@ def evaluate(
     db_dir: Annotated[
         Path | None,
         typer.Option(
+            exists=True,
+            file_okay=False,
             help="sql: folder of <db_id>/<db_id>.sqlite for execution accuracy (default: the data "
-            "mirror's sql/spider/database)."
+            "mirror's sql/spider/database). A db_id must be a folder name inside it, never a path.",
         ),
     ] = None,
-    suite_size: Annotated[int | None, typer.Option(help="sql: generated databases per example.")] = None,
+    suite_size: Annotated[
+        int | None, typer.Option(min=0, help="sql: generated databases per example (0: no test suite).")
+    ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="sql: seconds per query before it is stopped.")
+        float | None,
+        typer.Option(
+            callback=positive_number, help="sql: seconds per query before it is stopped [default: 10]."
+        ),
+    ] = None,
+    max_result_mb: Annotated[
+        float | None,
+        typer.Option(
+            callback=positive_number,
+            help="sql: MB of one query's fetched result (text and blob bytes); a larger result fails "
+            "the query (too_large) [default: 128].",
+        ),
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None,
+        typer.Option(
+            callback=positive_number,
+            help="sql: MB of SQLite memory per scoring process (all its queries, sorts and temporary "
+            "tables); a query needing more fails (too_large) [default: 512].",
+        ),
     ] = None,
     keep_distinct: Annotated[bool, typer.Option(help="sql: compare with DISTINCT kept.")] = False,
-    workers: Annotated[int | None, typer.Option(help="Parallel processes (default: all cores).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Parallel processes (default: all cores).")
+    ] = None,
     metric: Annotated[
         list[str] | None, typer.Option(help="custom: metric name or dotted path (repeatable).")
     ] = None,
 ) -> None:
-    """Score a predictions file and write OUT/metrics.json and OUT/per_example.jsonl."""
+    """Score a predictions file and write OUT/metrics.json and OUT/per_example.jsonl.
+
+    Ids must be unique; for a run directory's predictions/<split>.jsonl they must also be ids of
+    its prepared/<split>.jsonl.
+    """
     from tunebench.evaluation import evaluate as evaluate_fn
 
+    check_output_folder(out)
     options: dict[str, Any] = {"progress": sys.stderr.isatty()}
     for key, value in {
         "db_dir": str(db_dir) if db_dir else None,
         "suite_size": suite_size,
         "timeout_s": timeout,
+        "max_result_mb": max_result_mb,
+        "max_memory_mb": max_memory_mb,
         "workers": workers,
         "metrics": metric,
     }.items():
@@ -203,6 +260,18 @@ def evaluate(
         options.update(default_sql_databases())
     metrics = evaluate_fn(task, predictions, out, options)
     print_metrics(metrics)
+
+
+def check_output_folder(out: Path) -> None:
+    """``--out`` must be a folder this process can create and write, checked before scoring."""
+    if out.exists() and not out.is_dir():
+        raise TunebenchError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunebenchError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise TunebenchError(f"--out {out}: the folder is not writable")
 
 
 def default_sql_databases() -> dict[str, Any]:
@@ -569,7 +638,20 @@ def main() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
     try:
-        app()
+        status = app(standalone_mode=False)  # typer's own errors come here, printed as ours
+    except typer.TyperException as exc:  # a usage error: bad option value, unknown command ...
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer has printed the help already
+            sys.exit(2)
+        if os.environ.get("TUNEBENCH_DEBUG"):
+            raise
+        command = getattr(getattr(exc, "ctx", None), "command_path", None)
+        hint = f" (see {command} --help)" if command else ""
+        message = " ".join(exc.format_message().split())  # one line
+        console.print(f"[bold red]error:[/] {message}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except typer.Abort:
+        console.print("[bold red]error:[/] aborted", highlight=False)
+        sys.exit(1)
     except TunebenchError as exc:
         if os.environ.get("TUNEBENCH_DEBUG"):
             raise
@@ -585,6 +667,8 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume")
         sys.exit(130)
+    if isinstance(status, int):  # typer.Exit(code) from a command, without standalone mode
+        sys.exit(status)
 
 
 if __name__ == "__main__":

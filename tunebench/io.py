@@ -75,10 +75,19 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     return count
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSONL text, split on ``\\n`` only.
+
+    ``str.splitlines`` also splits on U+2028, U+0085 and other separators that JSON allows raw
+    inside a string, so it would cut a valid row in two.
+    """
+    return text.split("\n")
+
+
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield one dict per non-blank line; errors name the file and line."""
     text = read_text(path)
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(jsonl_lines(text), start=1):
         if not line.strip():
             continue
         try:

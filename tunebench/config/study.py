@@ -296,6 +296,12 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
                 if system.tasks is not None and task.name not in system.tasks:
                     continue
                 data = _cell_data(study, system, task, point, overrides)
+                if "name" not in data.get("task", {}):  # a label that is no task, and no task.name
+                    known = "sql, viggo, custom"
+                    raise TunebenchError(
+                        f"{source}: task '{task.name}' is not a task ({known}); a task "
+                        "with another label sets task.name"
+                    )
                 data.update(name=f"{variant}-{task.name}", runs_dir=runs_dir, provider=system.provider)
                 where = f"{source}: system '{variant}', task '{task.name}'"
                 _name_members(data, variants, task.name, where)

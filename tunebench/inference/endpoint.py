@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tunebench.errors import TunebenchError
-from tunebench.io import append_jsonl, write_jsonl
+from tunebench.io import append_jsonl, jsonl_lines, write_jsonl
 from tunebench.tasks.base import Example, Task
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
@@ -87,7 +87,7 @@ def load_done(out_path: Path) -> dict[str, dict[str, Any]]:
     for path in (out_path, partial_path(out_path)):
         if not path.is_file():
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

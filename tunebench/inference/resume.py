@@ -21,7 +21,7 @@ from typing import Any
 
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
-from tunebench.io import read_json, write_jsonl
+from tunebench.io import jsonl_lines, read_json, write_jsonl
 from tunebench.tasks import Example
 
 FAULT_ENV = "TUNEBENCH_FAULT_AFTER_BATCHES"
@@ -68,7 +68,7 @@ def load_partial(partial: Path, meta_path: Path, key: str) -> tuple[dict[str, di
         partial.unlink()
         return {}, 0.0
     rows: dict[str, dict[str, Any]] = {}
-    lines = partial.read_text(encoding="utf-8").splitlines()
+    lines = jsonl_lines(partial.read_text(encoding="utf-8"))
     for line in lines:
         try:
             row = json.loads(line)

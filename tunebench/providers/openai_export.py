@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.errors import TunebenchError
-from tunebench.io import atomic_write
+from tunebench.io import atomic_write, jsonl_lines
 from tunebench.tasks.base import Example, Task
 
 #: Encoding files tiktoken fetches (URL, SHA-256 it expects) — the values in tiktoken_ext.openai_public.
@@ -170,7 +170,7 @@ def write_export(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
 def read_export(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a fine-tuning JSONL file; a line that is not JSON is reported as a problem later."""
     rows: list[dict[str, Any]] = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(Path(path).read_text(encoding="utf-8")):
         if not line.strip():
             continue
         try:

@@ -7,6 +7,7 @@ over each row's fields and the row's ``target_field`` is the expected output.
 from __future__ import annotations
 
 import random
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -67,9 +68,12 @@ class CustomTask(Task):
             fields = {k: v for k, v in row.items() if k != target_field}
             try:
                 prompt = self.render_prompt(fields)
-            except (KeyError, jinja2.UndefinedError) as exc:
-                name = exc.args[0] if isinstance(exc, KeyError) else exc.message
-                raise TunebenchError(f"{where}: prompt_template needs field '{name}'") from None
+            except KeyError as exc:
+                raise TunebenchError(f"{where}: prompt_template needs field '{exc.args[0]}'") from None
+            except jinja2.UndefinedError as exc:  # "'txt' is undefined", or "... has no attribute ..."
+                match = re.fullmatch(r"'(.*)' is undefined", exc.message or "")
+                detail = f" needs field '{match.group(1)}'" if match else f": {exc.message}"
+                raise TunebenchError(f"{where}: prompt_template{detail}") from None
             except (IndexError, ValueError) as exc:
                 raise TunebenchError(f"{where}: prompt_template: {exc}") from None
             fields = {"id_in_file": row.get("id"), **fields} if "id" in row else fields

@@ -6,7 +6,7 @@ the suite verdict is null) and optionally ``db_id``. Each output row carries the
 database) and ``suite_match`` (generated databases), ``failure_kind`` (why the prediction
 failed on the real DB: ``syntax_error``, ``no_such_table``, ``no_such_column``,
 ``wrong_result``, ``timeout``, ``denied``, ``multiple_statements``, ``empty_prediction``,
-``too_many_rows``, ``runtime_error``; or why there is no verdict: ``no_db``, ``gold_error``),
+``too_many_rows``, ``too_large``, ``runtime_error``; or why there is no verdict: ``no_db``, ``gold_error``),
 ``suite_failure_kind`` likewise for the suite, ``component_mismatch`` and ``error`` (reasons
 for null verdicts). Execution semantics follow the official Spider test-suite evaluator; see
 :mod:`.compare`. Untrusted SQL runs in the sandbox of :mod:`.sandbox`.
@@ -23,6 +23,12 @@ Options (all optional):
     time limit of each query on each database.
 ``max_rows`` (int, default 100000)
     rows fetched at most per query; a longer result is an error (``too_many_rows``).
+``max_result_mb`` (float, default 128)
+    bytes fetched at most per query (text and blob lengths plus 16 bytes a value); a larger
+    result is an error (``too_large``).
+``max_memory_mb`` (float, default 512)
+    SQLite's heap limit in each scoring process (all its databases together, temporary tables
+    and sorts included); a query that needs more fails (``too_large``).
 ``keep_distinct`` (bool, default False)
     keep DISTINCT when executing; by default it is removed from both queries, as upstream does.
 ``component_ignore_values`` (bool, default True)
@@ -40,6 +46,7 @@ Options (all optional):
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import time
@@ -48,9 +55,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from tunebench.errors import TunebenchError
 from tunebench.evaluation.common import add_rate
 from tunebench.evaluation.sql.compare import prepare_pair
-from tunebench.evaluation.sql.execution import Evaluator, Settings, default_suite_cache_dir
+from tunebench.evaluation.sql.execution import Evaluator, Settings, db_id_problem, default_suite_cache_dir
+from tunebench.evaluation.sql.sandbox import DEFAULT_MAX_MEMORY_BYTES, DEFAULT_MAX_RESULT_BYTES
 
 REQUIRED_FIELDS = ("prediction", "gold")
 # Suites to generate below which one process is faster: real-DB execution, string and component
@@ -70,6 +79,8 @@ def settings_from(options: dict[str, Any]) -> Settings:
         seed=int(options.get("seed", 0)),
         timeout_s=float(options.get("timeout_s", 10.0)),
         max_rows=int(options.get("max_rows", 100_000)),
+        max_result_mb=_megabytes(options, "max_result_mb", DEFAULT_MAX_RESULT_BYTES / 2**20),
+        max_memory_mb=_megabytes(options, "max_memory_mb", DEFAULT_MAX_MEMORY_BYTES / 2**20),
         keep_distinct=bool(options.get("keep_distinct", False)),
         component_ignore_values=bool(options.get("component_ignore_values", True)),
         components=bool(options.get("components", True)),
@@ -77,6 +88,25 @@ def settings_from(options: dict[str, Any]) -> Settings:
         if (cache := options.get("suite_cache_dir", default_suite_cache_dir()))
         else None,
     )
+
+
+def _megabytes(options: dict[str, Any], key: str, default: float) -> float:
+    """A size option in MB; it must be a positive number."""
+    value = options.get(key)
+    if value is None:
+        return default
+    megabytes = float(value)
+    if not math.isfinite(megabytes) or megabytes <= 0:
+        raise TunebenchError(f"{key}: {value} is not a positive number of megabytes")
+    return megabytes
+
+
+def check_db_ids(rows: list[dict[str, Any]]) -> None:
+    """Refuse a ``db_id`` that is a path rather than a folder name inside ``db_dir``."""
+    for number, row in enumerate(rows, start=1):
+        db_id = row.get("db_id")
+        if isinstance(db_id, str) and (problem := db_id_problem(db_id)):
+            raise TunebenchError(f"row {number} (id '{row.get('id')}'): {problem}")
 
 
 def _init_worker(settings: Settings) -> None:
@@ -222,6 +252,7 @@ def summarize(per_example: list[dict[str, Any]], settings: Settings) -> dict[str
 def score(rows: list[dict[str, Any]], options: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score SQL predictions (see the module docstring for fields and options)."""
     settings = settings_from(options)
+    check_db_ids(rows)
     workers = max(1, int(options.get("workers") or os.cpu_count() or 1))
     start = time.perf_counter()
     per_example = score_rows(rows, settings, workers, bool(options.get("progress", False)))

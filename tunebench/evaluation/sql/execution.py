@@ -21,7 +21,14 @@ from tunebench.evaluation.sql import suite as _suite_module
 from tunebench.evaluation.sql.compare import prepare_pair, results_equal
 from tunebench.evaluation.sql.components import component_match
 from tunebench.evaluation.sql.normalize import exact_match, exact_match_normalized
-from tunebench.evaluation.sql.sandbox import QueryResult, open_readonly, run_query
+from tunebench.evaluation.sql.sandbox import (
+    DEFAULT_MAX_MEMORY_BYTES,
+    DEFAULT_MAX_RESULT_BYTES,
+    QueryResult,
+    limit_memory,
+    open_readonly,
+    run_query,
+)
 from tunebench.evaluation.sql.suite import Suite, build_suite
 
 
@@ -53,6 +60,8 @@ class Settings:
     seed: int = 0
     timeout_s: float = 10.0
     max_rows: int = 100_000
+    max_result_mb: float = DEFAULT_MAX_RESULT_BYTES / 2**20
+    max_memory_mb: float = DEFAULT_MAX_MEMORY_BYTES / 2**20
     keep_distinct: bool = False
     component_ignore_values: bool = True
     components: bool = True
@@ -77,6 +86,7 @@ class Evaluator:
         self.gold_results: dict[tuple[str, str], QueryResult] = {}
         self.suites: dict[tuple[str, str], tuple[Suite, list[QueryResult]]] = {}
         self.db_paths: dict[str, list[str]] = {}
+        limit_memory(int(settings.max_memory_mb * 2**20))
 
     def close(self) -> None:
         for conn in self.connections.values():
@@ -88,10 +98,12 @@ class Evaluator:
 
     # --- real databases -----------------------------------------------------------------
     def databases(self, db_id: str) -> list[str]:
-        """Every ``*.sqlite`` file in ``db_dir/<db_id>/`` (all of them are compared, as upstream)."""
+        """Every ``*.sqlite`` file in ``db_dir/<db_id>/`` (all of them are compared, as upstream);
+        none for a ``db_id`` that is not a folder name inside ``db_dir``."""
         if db_id not in self.db_paths:
             folder = Path(self.settings.db_dir or "") / db_id
-            paths = sorted(str(p) for p in folder.glob("*.sqlite")) if folder.is_dir() else []
+            inside = db_id_problem(db_id) is None
+            paths = sorted(str(p) for p in folder.glob("*.sqlite")) if inside and folder.is_dir() else []
             self.db_paths[db_id] = paths
         return self.db_paths[db_id]
 
@@ -99,7 +111,8 @@ class Evaluator:
         conn = self.connections.get(path)
         if conn is None:
             conn = self.connections[path] = open_readonly(path)
-        return run_query(conn, sql, self.settings.timeout_s, self.settings.max_rows)
+        s = self.settings
+        return run_query(conn, sql, s.timeout_s, s.max_rows, int(s.max_result_mb * 2**20))
 
     def _gold_on(self, path: str, gold: str) -> QueryResult:
         key = (path, gold)
@@ -113,6 +126,8 @@ class Evaluator:
             return Verdict(None, "no db_dir given", "no_db")
         if not isinstance(db_id, str) or not db_id:
             return Verdict(None, "row has no db_id", "no_db")
+        if problem := db_id_problem(db_id):
+            return Verdict(None, problem, "no_db")
         paths = self.databases(db_id)
         if not paths:
             return Verdict(None, f"no database for db_id '{db_id}'", "no_db")
@@ -143,7 +158,7 @@ class Evaluator:
         if prediction == gold:  # as on the real DB: the gold's own results, already known good
             return Verdict(True)
         for conn, gold_result in zip(suite.connections(), gold_results, strict=True):
-            pred_result = run_query(conn, prediction, s.timeout_s, s.max_rows)
+            pred_result = run_query(conn, prediction, s.timeout_s, s.max_rows, int(s.max_result_mb * 2**20))
             verdict = _compare(gold_result, pred_result, order_matters)
             if not verdict.match:
                 return verdict
@@ -238,6 +253,14 @@ class Evaluator:
 
 
 _VERDICTS = ("exact_match", "exact_match_normalized", "execution_match", "suite_match", "component_match")
+
+
+def db_id_problem(db_id: str) -> str | None:
+    """Why ``db_id`` cannot name a database folder inside ``db_dir`` (None when it can): it must be
+    one plain folder name, never a path that reaches elsewhere."""
+    if db_id in (".", "..") or any(c in db_id for c in "/\\\x00") or Path(db_id).is_absolute():
+        return f"db_id '{db_id}' is not a database name (one folder name inside db_dir, not a path)"
+    return None
 
 
 def _compare(gold: QueryResult, pred: QueryResult, order_matters: bool) -> Verdict:

@@ -11,14 +11,27 @@ Layers, each sufficient on its own for writes:
   CREATE/DROP/ALTER, transactions, ``load_extension`` ...;
 * Python's ``execute`` refuses more than one statement, and extension loading stays disabled;
 * a progress handler aborts a query after ``timeout_s`` seconds (checked every few thousand
-  virtual-machine steps, so a runaway cross join or recursive CTE stops promptly), and at most
-  ``max_rows`` rows are fetched.
+  virtual-machine steps, so a runaway cross join or recursive CTE stops promptly), and a
+  watchdog thread interrupts the connection at the same deadline (for long steps that check
+  for interruption without reaching the progress handler);
+* ``printf``/``format`` refuse a width or precision over the string length limit: SQLite (3.40)
+  repeats ``%.Nc`` one character at a time, a single step that neither the progress handler
+  nor an interrupt can stop;
+* memory: strings and blobs are capped at ``MAX_TEXT_BYTES``, temporary tables and sorts are
+  kept in memory (not on disk) so that :func:`limit_memory`'s heap limit bounds them, and at
+  most ``max_rows`` rows and ``max_bytes`` bytes of result are fetched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
+import re
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,9 @@ _DENIED_FUNCTIONS = {"load_extension", "readfile", "writefile", "edit", "fts3_to
 
 PROGRESS_STEPS = 2000  # VM instructions between two clock checks (about tens of microseconds)
 MAX_TEXT_BYTES = 10_000_000  # caps randomblob()/zeroblob()/printf() bombs
+DEFAULT_MAX_RESULT_BYTES = 128 * 2**20  # a fetched result larger than this is an error
+DEFAULT_MAX_MEMORY_BYTES = 512 * 2**20  # SQLite's heap limit per process (limit_memory)
+_VALUE_OVERHEAD = 16  # bytes counted per fetched value on top of its text/blob length
 
 
 @dataclass(frozen=True)
@@ -62,13 +78,128 @@ def _decode(raw: bytes) -> str:
     return raw.decode(errors="ignore")
 
 
+# A printf conversion: flags, width, precision, length modifier, type (SQLite's syntax).
+_PRINTF_SPEC = re.compile(r"%[-+ #!0,]*(\*|\d+)?(?:\.(\*|\d*))?(?:ll|l)?(.?)", re.DOTALL)
+_TRUNCATING = set("sqQwz")  # a precision on these cuts the text: any size is harmless
+
+
+def _as_int(value: Any) -> int:
+    """An argument as SQLite's printf reads a ``*`` width or precision (0 when not a number)."""
+    try:
+        return int(float(value)) if not isinstance(value, bytes) else 0
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def printf_oversized(fmt: Any, args: tuple[Any, ...]) -> bool:
+    """Whether a width or precision of ``printf(fmt, *args)`` exceeds the string length limit."""
+    if not isinstance(fmt, str):
+        return False
+    position = 0
+    for match in _PRINTF_SPEC.finditer(fmt):
+        width, precision, kind = match.groups()
+        if kind == "%":
+            continue
+        sizes = []
+        for part in (width, precision):
+            if part == "*":
+                sizes.append(_as_int(args[position]) if position < len(args) else 0)
+                position += 1
+            else:
+                sizes.append(int(part) if part else 0)
+        if abs(sizes[0]) > MAX_TEXT_BYTES or (abs(sizes[1]) > MAX_TEXT_BYTES and kind not in _TRUNCATING):
+            return True
+        position += kind not in ("n", "")
+    return False
+
+
+_PRINTF_STATE = threading.local()  # this thread's plain helper connection and last refusal
+
+
+def _safe_printf(*args: Any) -> Any:
+    """SQLite's own printf, after refusing sizes that would make it loop past any deadline."""
+    if args and printf_oversized(args[0], args[1:]):
+        _PRINTF_STATE.refused = f"printf width or precision over {MAX_TEXT_BYTES} bytes"
+        raise ValueError(_PRINTF_STATE.refused)
+    helper = getattr(_PRINTF_STATE, "conn", None)
+    if helper is None:  # a plain connection: the built-in printf, with the same length limit
+        helper = _PRINTF_STATE.conn = sqlite3.connect(":memory:")
+        helper.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_TEXT_BYTES)
+    marks = ", ".join("?" * len(args))
+    return helper.execute(f"SELECT printf({marks})", args).fetchone()[0]
+
+
 def harden(conn: sqlite3.Connection) -> sqlite3.Connection:
-    """Install the read-only authorizer, lenient text decoding and size limits on ``conn``."""
+    """Install the read-only authorizer, lenient text decoding, size limits, in-memory temporary
+    storage and the guarded printf on ``conn``."""
     conn.text_factory = _decode
+    conn.execute("PRAGMA temp_store = MEMORY")  # before the authorizer, which denies PRAGMA
     conn.set_authorizer(_authorizer)
     conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_TEXT_BYTES)
     conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+    for name in ("printf", "format"):
+        conn.create_function(name, -1, _safe_printf, deterministic=True)
     return conn
+
+
+def limit_memory(max_bytes: int) -> None:
+    """Cap SQLite's heap in this process (every connection together): a query that needs more
+    fails with ``MemoryError`` instead of growing the process. Half of it is the soft limit, above
+    which SQLite frees cached pages first."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute(f"PRAGMA hard_heap_limit = {int(max_bytes)}")
+        conn.execute(f"PRAGMA soft_heap_limit = {int(max_bytes) // 2}")
+    finally:
+        conn.close()
+
+
+class _Watchdog:
+    """One daemon thread that interrupts each guarded connection at its query's deadline."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._deadlines: dict[int, tuple[float, sqlite3.Connection]] = {}
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def guard(self, conn: sqlite3.Connection, deadline: float) -> Iterator[None]:
+        token = next(self._tokens)
+        with self._wake:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="sql-watchdog", daemon=True)
+                self._thread.start()
+            self._deadlines[token] = (deadline, conn)
+            self._wake.notify()
+        try:
+            yield
+        finally:
+            with self._wake:  # under the lock: no interrupt reaches the connection's next query
+                self._deadlines.pop(token, None)
+
+    def _watch(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, conn) in list(self._deadlines.items()):
+                    if deadline <= now:
+                        del self._deadlines[token]
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.interrupt()
+                nearest = min((d for d, _ in self._deadlines.values()), default=None)
+                self._wake.wait(None if nearest is None else nearest - now)
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _reset_after_fork() -> None:
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()  # the parent's thread does not exist in the child
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
@@ -82,6 +213,8 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
 
 def classify_error(exc: BaseException) -> str:
     """Map an SQLite error to a failure kind used in per-example rows and metrics."""
+    if isinstance(exc, MemoryError):
+        return "too_large"
     text = str(exc).lower()
     if isinstance(exc, sqlite3.ProgrammingError) and "one statement" in text:
         return "multiple_statements"
@@ -106,23 +239,50 @@ def classify_error(exc: BaseException) -> str:
     return "runtime_error"
 
 
-def run_query(conn: sqlite3.Connection, sql: str, timeout_s: float, max_rows: int) -> QueryResult:
-    """Execute one statement and fetch at most ``max_rows`` rows within ``timeout_s`` seconds."""
+def run_query(
+    conn: sqlite3.Connection,
+    sql: str,
+    timeout_s: float,
+    max_rows: int,
+    max_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+) -> QueryResult:
+    """Execute one statement and fetch at most ``max_rows`` rows and about ``max_bytes`` bytes
+    (text and blob lengths plus a small overhead per value) within ``timeout_s`` seconds."""
     if not sql.strip():
         return QueryResult(None, "empty query", "empty_prediction")
     deadline = time.monotonic() + timeout_s
     conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline else 0, PROGRESS_STEPS)
     cursor = conn.cursor()
+    _PRINTF_STATE.refused = None
     try:
-        cursor.execute(sql)
-        rows = cursor.fetchmany(max_rows + 1)
+        with _WATCHDOG.guard(conn, deadline):
+            cursor.execute(sql)
+            return _fetch(cursor, max_rows, max_bytes)
     except (sqlite3.Error, sqlite3.Warning, ValueError, OverflowError, MemoryError) as exc:
         kind = classify_error(exc)
-        message = f"timed out after {timeout_s:g} s" if kind == "timeout" else f"{type(exc).__name__}: {exc}"
+        if kind == "timeout":
+            message = f"timed out after {timeout_s:g} s"
+        elif isinstance(exc, MemoryError):
+            message = "over the SQLite memory limit"
+        elif refused := getattr(_PRINTF_STATE, "refused", None):
+            message = refused  # SQLite reports only that a Python function raised
+        else:
+            message = f"{type(exc).__name__}: {exc}"
         return QueryResult(None, message, kind)
     finally:
         cursor.close()
         conn.set_progress_handler(None, 0)
-    if len(rows) > max_rows:
-        return QueryResult(None, f"more than {max_rows} rows", "too_many_rows")
+
+
+def _fetch(cursor: sqlite3.Cursor, max_rows: int, max_bytes: int) -> QueryResult:
+    """Rows one at a time, counting them and their bytes, stopping at the first cap passed."""
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    for row in cursor:
+        size += sum(len(v) if isinstance(v, str | bytes) else 0 for v in row) + _VALUE_OVERHEAD * len(row)
+        if size > max_bytes:
+            return QueryResult(None, f"result over {max_bytes / 2**20:g} MB", "too_large")
+        if len(rows) == max_rows:
+            return QueryResult(None, f"more than {max_rows} rows", "too_many_rows")
+        rows.append(row)
     return QueryResult(rows)
