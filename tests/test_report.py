@@ -14,9 +14,10 @@ from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import evaluate_stage
 from tunebench.report import write_report
-from tunebench.report.build import HEADLINE, fmt_metric, fmt_p
+from tunebench.report.build import fmt_metric, fmt_p
 from tunebench.report.stats import holm, mcnemar_exact
 from tunebench.rundir import RunDir
+from tunebench.tasks import get_task
 
 SECTIONS = [
     "## Results",
@@ -63,7 +64,7 @@ def test_report_sections_and_numbers_equal_metrics_files(runs: Path, tmp_path: P
     for task in ("sql", "viggo"):
         header, _, *rows = table_rows(md, f"### {task} (test)")
         names = header[2:]
-        assert names == HEADLINE[task]
+        assert names == get_task(task).headline_metrics()
         assert {r[0] for r in rows} == {"oracle", "perturbed", "gpt"}
         for row in rows:
             metrics = read_json(runs / f"{row[0]}-{task}" / "eval" / "test" / "metrics.json")
