@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report_fixtures import make_run, make_study_runs
+from tests.test_report_fixtures import custom_prediction, make_custom_runs, make_run, make_study_runs
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import evaluate_stage
 from tunebench.report import write_report
-from tunebench.report.build import HEADLINE, fmt_metric, fmt_p
+from tunebench.report.build import fmt_metric, fmt_p
 from tunebench.report.stats import holm, mcnemar_exact
 from tunebench.rundir import RunDir
+from tunebench.tasks import TASKS, get_task
 
 SECTIONS = [
     "## Results",
@@ -63,7 +64,7 @@ def test_report_sections_and_numbers_equal_metrics_files(runs: Path, tmp_path: P
     for task in ("sql", "viggo"):
         header, _, *rows = table_rows(md, f"### {task} (test)")
         names = header[2:]
-        assert names == HEADLINE[task]
+        assert names == get_task(task).headline_metrics()
         assert {r[0] for r in rows} == {"oracle", "perturbed", "gpt"}
         for row in rows:
             metrics = read_json(runs / f"{row[0]}-{task}" / "eval" / "test" / "metrics.json")
@@ -269,3 +270,90 @@ def test_a_rescore_that_disagrees_with_the_committed_metrics_is_refused(runs: Pa
     (metrics_path.parent / "per_example.jsonl").unlink()
     with pytest.raises(TunebenchError, match=r"does not reproduce .*differs in exact_match"):
         write_report(folder, tmp_path / "out")
+
+
+def empty_sections(markdown: str) -> list[str]:
+    """``## `` headings followed directly by another heading or the end: sections with nothing."""
+    lines = [ln for ln in markdown.splitlines() if ln.strip()]
+    return [
+        ln
+        for i, ln in enumerate(lines)
+        if ln.startswith("## ") and (i + 1 == len(lines) or lines[i + 1].startswith("## "))
+    ]
+
+
+def test_every_section_of_the_built_in_tasks_report_has_content(runs: Path, tmp_path: Path) -> None:
+    assert (
+        empty_sections((write_report(runs, tmp_path / "out") / "report.md").read_text(encoding="utf-8")) == []
+    )
+
+
+@pytest.fixture(scope="module")
+def custom_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_custom_runs(tmp_path_factory.mktemp("custom") / "runs", n=20)
+
+
+def test_custom_task_report_has_paired_tests_and_an_error_breakdown(
+    custom_runs: Path, tmp_path: Path
+) -> None:
+    md = (write_report(custom_runs, tmp_path / "out") / "report.md").read_text(encoding="utf-8")
+    assert empty_sections(md) == []
+    header, _, *rows = table_rows(md, "### custom (test)")
+    assert header[2:] == ["exact_match", "exact_match_normalized"]  # the configured metrics
+    for row in rows:
+        metrics = read_json(custom_runs / f"{row[0]}-custom/eval/test/metrics.json")
+        assert [parse_metric(c)[0] for c in row[2:]] == [
+            metrics["exact_match"],
+            metrics["exact_match_normalized"],
+        ]
+    # McNemar on the per-example verdicts, for both binary metrics
+    for key in ("exact_match", "exact_match_normalized"):
+        sig = {tuple(r[:2]): r for r in table_rows(md, f"### custom (test): {key}\n")[2:]}
+        assert set(sig) == {("halfway", "oracle"), ("halfway", "sloppy"), ("oracle", "sloppy")}
+        verdicts = {
+            s: {r["id"]: r[key] for r in read_jsonl(custom_runs / f"{s}-custom/eval/test/per_example.jsonl")}
+            for s in ("oracle", "sloppy")
+        }
+        ids = sorted(verdicts["oracle"])
+        expected = mcnemar_exact([verdicts["oracle"][i] for i in ids], [verdicts["sloppy"][i] for i in ids])
+        row = sig[("oracle", "sloppy")]
+        assert (int(row[3]), int(row[4]), row[5]) == (
+            expected["only_first"],
+            expected["only_second"],
+            fmt_p(expected["p_value"]),
+        )
+    # upper-cased answers are wrong by exact_match but right once normalised
+    assert table_rows(md, "### custom (test): exact_match\n")[-1][3] == "16"
+    assert table_rows(md, "### custom (test): exact_match_normalized\n")[-1][3] == "12"
+    # sloppy's 16 wrong answers: 4 each of empty, truncated, over-long and other (by construction)
+    breakdown = {r[0]: r[1:] for r in table_rows(md, "### custom (test): wrong answers by kind")[2:]}
+    assert breakdown == {
+        "halfway": ["exact_match", "0", "10", "0", "0", "10"],
+        "oracle": ["exact_match", "0", "0", "0", "0", "0"],
+        "sloppy": ["exact_match", "4", "4", "4", "4", "16"],
+    }
+    wrong = table_rows(md, "### custom (test): sloppy, wrong by exact_match")[2:]
+    golds = {r["id"]: r["gold"] for r in read_jsonl(custom_runs / "sloppy-custom/predictions/test.jsonl")}
+    assert [r[0] for r in wrong] == [f"custom-test-{i:05d}" for i in (1, 2, 3, 4, 6)]
+    assert wrong[0][2] == "" and wrong[1][2] == custom_prediction("sloppy", golds[wrong[1][0]], 2)
+
+
+def test_a_section_without_content_says_why_in_one_line(custom_runs: Path, tmp_path: Path) -> None:
+    folder = copy_runs(custom_runs, tmp_path / "r", ["sloppy-custom"])
+    md = (write_report(folder, tmp_path / "out") / "report.md").read_text(encoding="utf-8")
+    assert md.split("## Paired significance\n", 1)[1].split("\n## ", 1)[0].strip() == (
+        "*Nothing to pair: each task has one system.*"
+    )
+    assert empty_sections(md) == []
+
+
+def test_the_report_names_no_task() -> None:
+    """The report reads what each task declares; a task's name in its code is a branch to remove."""
+    names = "|".join(TASKS)
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted((Path(__file__).parents[1] / "tunebench" / "report").glob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(rf"\b({names})\b", line, re.IGNORECASE)
+    ]
+    assert found == []

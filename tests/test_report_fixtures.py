@@ -8,6 +8,10 @@ Three systems per task on the first N test examples of the real datasets:
   altered attribute), so the scorers see every failure kind;
 * ``gpt`` (provider ``openai``): the gold except every third row.
 
+A custom task (the real ViGGO test CSV read as the user's own file: ``ref`` -> ``mr``) has
+``oracle`` and ``sloppy`` (gold on every fifth row; the others empty, truncated, over-long or
+upper-cased, in turn) and ``halfway`` (the first half of the gold on odd rows).
+
 Predictions go through :func:`tunebench.pipeline.evaluate_stage` (the real scorers). Wall times,
 throughputs and token counts in the manifests and summaries are fixture inputs (not
 measurements): the tests check that reports and cost files reproduce them faithfully.
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config import validate_experiment
+from tunebench.data.paths import local_data_dir
 from tunebench.io import append_jsonl, write_json, write_jsonl
 from tunebench.pipeline import evaluate_stage, open_run
 from tunebench.rundir import RunDir
@@ -125,4 +130,44 @@ def make_study_runs(root: Path, n: int = 12) -> Path:
         for system in SYSTEMS:
             run = make_run(root, system, task, n)
             write_cost(run.load_config(), run)
+    return root
+
+
+CUSTOM_SYSTEMS = ("oracle", "sloppy", "halfway")
+
+
+def custom_prediction(system: str, gold: str, i: int) -> str:
+    """``sloppy`` cycles through every kind of wrong text answer; ``halfway`` truncates odd rows."""
+    if system == "sloppy":
+        return [gold, "", gold[: len(gold) // 2], " ".join([gold] * 3), gold.upper()][i % 5]
+    if system == "halfway" and i % 2:
+        return gold[: len(gold) // 2]
+    return gold
+
+
+def make_custom_run(root: Path, system: str, n: int) -> RunDir:
+    """One scored custom-task run ``<root>/<system>-custom`` (provider base: nothing trained)."""
+    data_root = local_data_dir(None)
+    assert data_root is not None, "set TUNEBENCH_DATA_DIR to the data folder"
+    csv = str(data_root / "viggo" / "test.csv")
+    task = {"name": "custom", "train_file": csv, "test_file": csv, "prompt_template": "{ref}\n",
+            "target_field": "mr", "max_eval_examples": n}  # fmt: skip
+    cfg = validate_experiment(
+        {"name": f"{system}-custom", "runs_dir": str(root), "provider": "base", "task": task}
+    )
+    run = open_run(cfg)
+    rows = [
+        {"id": ex.id, "prompt": ex.prompt, "prediction": custom_prediction(system, ex.completion, i),
+         "gold": ex.completion, **ex.fields, "prompt_tokens": 50, "completion_tokens": 10}
+        for i, ex in enumerate(get_task(cfg.task).splits()["test"])
+    ]  # fmt: skip
+    write_jsonl(run.predictions("test"), rows)
+    run.record_stage("predict:test", wall_time_s=1.0 * n, n=n, predictions_per_s=1.0, gpu_type="cpu")
+    evaluate_stage(cfg, run, "test")
+    return run
+
+
+def make_custom_runs(root: Path, n: int = 20, systems: tuple[str, ...] = CUSTOM_SYSTEMS) -> Path:
+    for system in systems:
+        make_custom_run(root, system, n)
     return root

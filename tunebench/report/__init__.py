@@ -2,7 +2,7 @@
 
 Sections: results (tasks x systems, 95% bootstrap CIs from the scorers), paired significance
 (McNemar's exact test on per-example verdicts), training cost and time, deployment break-even,
-loss curves, accuracy and cost charts, error analysis (ViGGO per attribute, SQL failure kinds),
+loss curves, accuracy and cost charts, error analysis (each task's own breakdown of its errors),
 wrong predictions beside the gold, and what produced it (configs, versions, hardware, commit).
 Every number is read from the run directories' files and printed with a fixed format, so the
 report can be checked against them.

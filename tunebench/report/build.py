@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from itertools import combinations
 from typing import Any
 
@@ -10,24 +9,8 @@ from tunebench.report import plots
 from tunebench.report.collect import RunInfo, StudyData
 from tunebench.report.doc import Block, Code, Heading, Image, Para, Table
 from tunebench.report.stats import holm, mcnemar_exact
+from tunebench.tasks.base import ErrorBreakdown, binary_verdicts
 
-# Headline metrics per task, in table order (those absent from every run are not shown).
-HEADLINE = {
-    "sql": ["exact_match", "execution_accuracy", "suite_accuracy"],
-    "viggo": ["exact_match", "mr_match", "slot_f1", "function_accuracy"],
-}
-# metric -> per-example verdict key, for the paired test (binary verdicts only).
-PAIRED = {
-    "sql": {
-        "exact_match": "exact_match",
-        "execution_accuracy": "execution_match",
-        "suite_accuracy": "suite_match",
-    },
-    "viggo": {"exact_match": "exact_match", "mr_match": "mr_match"},
-}
-# The verdict used to pick wrong predictions, most meaningful first.
-PRIMARY = {"sql": ["execution_accuracy", "exact_match"], "viggo": ["mr_match", "exact_match"]}
-INPUT_FIELDS = ("question", "sentence", "target", "input")
 SELF_HOSTED = ("local", "base", "ensemble")
 
 
@@ -100,13 +83,7 @@ def metric_names(data: StudyData, task: str) -> list[str]:
     split = data.splits_of(task)[0] if data.splits_of(task) else None
     if split is None:
         return []
-    names = HEADLINE.get(runs[0].task_name)
-    if names is None:  # custom task: every float metric the scorer wrote
-        names = [
-            k
-            for k, v in runs[0].metrics[split].items()
-            if isinstance(v, float) and not k.endswith(("_ci95", "_n"))
-        ]
+    names = runs[0].task_def.headline_metrics()
     return [m for m in names if any(r.metrics[split].get(m) is not None for r in runs)]
 
 
@@ -154,17 +131,20 @@ def results_section(data: StudyData) -> list[Block]:
 
 
 def verdicts(run: RunInfo, split: str, key: str) -> dict[str, bool | None] | None:
-    rows = run.per_example[split]
-    if not rows or key not in rows[0]:
-        return None
-    values = {r["id"]: r.get(key) for r in rows}
-    if not all(v is None or isinstance(v, bool) for v in values.values()):
-        return None
-    return values
+    return binary_verdicts(run.per_example[split], key)
 
 
 def significance_section(data: StudyData) -> list[Block]:
-    blocks: list[Block] = [
+    tables = significance_tables(data)
+    if not tables:
+        single = all(len(data.runs_of(task)) < 2 for task in data.tasks)
+        why = (
+            "Nothing to pair: each task has one system."
+            if single
+            else "No two systems of a task have per-example right/wrong verdicts on the same examples."
+        )
+        return [Heading("Paired significance"), Para(why, note=True)]
+    return [
         Heading("Paired significance"),
         Para(
             "McNemar's exact test on the per-example verdicts (per_example.jsonl) of each pair of "
@@ -174,13 +154,19 @@ def significance_section(data: StudyData) -> list[Block]:
             f"significant at α = {data.alpha}.",
             note=True,
         ),
+        *tables,
     ]
+
+
+def significance_tables(data: StudyData) -> list[Block]:
+    """A heading and a McNemar table per task, split and paired verdict that has pairs to test."""
+    blocks: list[Block] = []
     for task in data.tasks:
         runs = data.runs_of(task)
         if len(runs) < 2:
             continue
         for split in data.splits_of(task):
-            for metric, key in PAIRED.get(runs[0].task_name, {}).items():
+            for metric, key in runs[0].task_def.paired_verdicts().items():
                 table_rows = pair_tests(runs, split, key)
                 if not table_rows:
                     continue
@@ -455,94 +441,53 @@ def curves_section(data: StudyData) -> list[Block]:
 
 
 def errors_section(data: StudyData) -> list[Block]:
-    blocks: list[Block] = [Heading("Error analysis")]
+    blocks: list[Block] = []
     for task in data.tasks:
         runs = data.runs_of(task)
         splits = data.splits_of(task)
         if not splits:
             continue
-        split = splits[0]
-        if runs[0].task_name == "viggo":
-            blocks += viggo_errors(task, split, runs)
-        elif runs[0].task_name == "sql":
-            blocks += sql_errors(task, split, runs)
-    return blocks
+        for breakdown in runs[0].task_def.error_breakdown(splits[0], runs):
+            blocks += breakdown_blocks(f"{task} ({splits[0]})", breakdown)
+    if not blocks:
+        return [Heading("Error analysis"), Para("No task of this report breaks its errors down.", note=True)]
+    return [Heading("Error analysis"), *blocks]
 
 
-def viggo_errors(task: str, split: str, runs: list[RunInfo]) -> list[Block]:
-    blocks: list[Block] = [Heading(f"{task} ({split}): errors by kind", 3)]
-    kinds = [
-        "wrong_function",
-        "unparseable",
-        "missing",
-        "extra",
-        "wrong_value",
-        "duplicated",
-        "unknown_attribute",
-    ]
-    rows = [
-        [r.system, *(str(r.metrics[split].get("error_counts", {}).get(k, "–")) for k in kinds)] for r in runs
-    ]
-    blocks.append(Table(["system", *kinds], rows, numeric=set(range(1, len(kinds) + 1))))
-    blocks.append(
-        Para(
-            "Per attribute: F1 (support; missing / extra / wrong value). Counts are attributes over "
-            "scorable examples, from metrics.json per_attribute.",
-            note=True,
-        )
-    )
-    attributes: list[str] = []
-    for r in runs:
-        for attr, row in r.metrics[split].get("per_attribute", {}).items():
-            if (row.get("support") or row.get("predicted")) and attr not in attributes:
-                attributes.append(attr)
-    rows = []
-    for attr in attributes:
-        cells = [attr]
-        for r in runs:
-            row = r.metrics[split].get("per_attribute", {}).get(attr)
-            if not row:
-                cells.append("–")
-                continue
-            f1 = "–" if row.get("f1") is None else f"{row['f1']:.4f}"
-            cells.append(f"{f1} ({row['support']}; {row['missing']}/{row['extra']}/{row['wrong_value']})")
-        rows.append(cells)
-    blocks.append(Table(["attribute", *(r.system for r in runs)], rows))
-    return blocks
-
-
-def sql_errors(task: str, split: str, runs: list[RunInfo]) -> list[Block]:
-    counts = {
-        r.system: Counter(str(e.get("failure_kind")) for e in r.per_example[split] if e.get("failure_kind"))
-        for r in runs
-    }
-    kinds = sorted({k for c in counts.values() for k in c})
-    blocks: list[Block] = [
-        Heading(f"{task} ({split}): failures by kind", 3),
-        Para("Examples per failure kind (per_example.jsonl `failure_kind` from the SQL scorer).", note=True),
-    ]
-    if not kinds:
-        return [*blocks, Para("No failures recorded.", note=True)]
-    rows = [[s, *(str(c.get(k, 0)) for k in kinds), str(sum(c.values()))] for s, c in counts.items()]
-    blocks.append(Table(["system", *kinds, "total"], rows, numeric=set(range(1, len(kinds) + 2))))
+def breakdown_blocks(where: str, breakdown: ErrorBreakdown) -> list[Block]:
+    """A task's error breakdown laid out: its title, note, then each table (or why there is none)."""
+    blocks: list[Block] = [Heading(f"{where}: {breakdown.title}", 3)]
+    if breakdown.note:
+        blocks.append(Para(breakdown.note, note=True))
+    if not breakdown.tables and breakdown.empty:
+        blocks.append(Para(breakdown.empty, note=True))
+    for table in breakdown.tables:
+        if table.note:
+            blocks.append(Para(table.note, note=True))
+        blocks.append(Table(table.header, table.rows, numeric=set(table.numeric)))
     return blocks
 
 
 def wrong_section(data: StudyData) -> list[Block]:
-    blocks: list[Block] = [Heading("Wrong predictions")]
     if data.wrong_examples == 0:
         return []
+    blocks = wrong_tables(data)
+    if not blocks:
+        why = "No run has a per-example right/wrong verdict to pick wrong predictions by."
+        return [Heading("Wrong predictions"), Para(why, note=True)]
+    return [Heading("Wrong predictions"), *blocks]
+
+
+def wrong_tables(data: StudyData) -> list[Block]:
+    """Per task and run: the first wrong predictions (by its verdict) beside the gold."""
+    blocks: list[Block] = []
     for task in data.tasks:
         splits = data.splits_of(task)
         if not splits:
             continue
         split = splits[0]
         for run in data.runs_of(task):
-            key = None
-            for metric in PRIMARY.get(run.task_name, ["exact_match"]):
-                key = PAIRED.get(run.task_name, {}).get(metric, metric)
-                if verdicts(run, split, key) is not None:
-                    break
+            key = run.task_def.verdict_key(run.per_example[split])
             verdict = verdicts(run, split, key) if key else None
             if verdict is None:
                 continue
@@ -553,7 +498,7 @@ def wrong_section(data: StudyData) -> list[Block]:
             if not wrong:
                 blocks.append(Para("None.", note=True))
                 continue
-            field = next((f for f in INPUT_FIELDS if f in wrong[0]), None)
+            field = next((f for f in run.task_def.input_fields if f in wrong[0]), None)
             rows = [
                 [p["id"], short(p.get(field, "")) if field else "", short(p["prediction"]), short(p["gold"])]
                 for p in wrong

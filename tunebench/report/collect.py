@@ -11,6 +11,7 @@ without ``study.json`` (a loose set of runs) an unfinished run is skipped with a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, read_text
 from tunebench.rundir import RunDir
+from tunebench.tasks import Task, get_task
 
 
 @dataclass
@@ -42,6 +44,11 @@ class RunInfo:
     @property
     def task_name(self) -> str:
         return self.config.task.name
+
+    @cached_property
+    def task_def(self) -> Task:
+        """The run's task: what its metrics and verdicts mean, and how its errors break down."""
+        return get_task(self.config.task)
 
 
 @dataclass
@@ -281,9 +288,7 @@ def per_example(info: RunInfo, split: str) -> list[dict[str, Any]]:
 
 def rescore_options(info: RunInfo, split: str) -> dict[str, Any]:
     """The scorer settings the committed metrics recorded, with this machine's folders."""
-    from tunebench.tasks import get_task
-
-    local = get_task(info.config.task).scorer_options()
+    local = info.task_def.scorer_options()
     recorded = info.metrics[split].get("options")
     if not isinstance(recorded, dict):  # a scorer that records none: this task's defaults
         return local

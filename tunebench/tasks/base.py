@@ -3,6 +3,10 @@
 A task owns its prompt format (character for character the study's for the built-in ones),
 its splits, the rule that turns a raw generation into a prediction, and the name of its
 scorer in :mod:`tunebench.evaluation`. Everything downstream sees only :class:`Example`.
+
+A task also declares what it knows about its scores, so that the layers above read them
+without knowing which task they hold: the metrics a results table shows, the per-example
+verdicts a paired test compares, how wrong answers break down, and how an ensemble votes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol
 
 from tunebench.config import TaskConfig
 from tunebench.errors import TunebenchError
@@ -20,6 +24,8 @@ from tunebench.io import read_jsonl
 from tunebench.rundir import RunDir
 
 SPLITS = ("train", "validation", "test")
+
+VoteSelection = Literal["majority", "execution_vote"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,66 @@ def load_prepared(run: RunDir, split: str) -> list[Example]:
     ]
 
 
+class ScoredRun(Protocol):
+    """What a task reads of one scored run to break its errors down (all keyed by split)."""
+
+    @property
+    def system(self) -> str: ...
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """``eval/<split>/metrics.json``."""
+        ...
+
+    @property
+    def per_example(self) -> dict[str, list[dict[str, Any]]]:
+        """``eval/<split>/per_example.jsonl``."""
+        ...
+
+    @property
+    def predictions(self) -> dict[str, list[dict[str, Any]]]:
+        """``predictions/<split>.jsonl`` (``id``, ``prediction``, ``gold`` and the example's fields)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BreakdownTable:
+    """One table of an error breakdown, its cells already text."""
+
+    header: list[str]
+    rows: list[list[str]]
+    #: Indexes of the columns that hold numbers (right-aligned).
+    numeric: frozenset[int] = frozenset()
+    #: One line said before the table.
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorBreakdown:
+    """One block of a task's error analysis: a title, a note and tables (plain data; the report
+    lays it out under ``<task> (<split>): <title>``)."""
+
+    title: str
+    tables: list[BreakdownTable]
+    #: One line said under the title.
+    note: str | None = None
+    #: Said instead of the tables when there are none.
+    empty: str | None = None
+
+
 class Task(ABC):
     """Base class of the built-in and custom tasks."""
 
     name: ClassVar[str]
     #: The study trained on ``prompt + target + "\n"`` followed by EOS.
     completion_suffix: ClassVar[str] = "\n"
+    #: How an ensemble turns its members' candidates into one prediction: ``majority`` (the
+    #: candidate whose :meth:`vote_key` most candidates share) or ``execution_vote`` (the
+    #: candidate whose results on the example's databases most candidates share; SQL only).
+    vote_selection: ClassVar[VoteSelection] = "majority"
+    #: Prediction-row fields that show an example's input beside a wrong prediction (the first
+    #: one present is shown).
+    input_fields: ClassVar[tuple[str, ...]] = ("question", "sentence", "target", "input")
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -131,6 +191,37 @@ class Task(ABC):
         None when no example could be scored."""
         return "exact_match", number(metrics.get("exact_match"))
 
+    # --- what the scores mean (read by reports) ----------------------------------------
+    def headline_metrics(self) -> list[str]:
+        """Keys of ``metrics.json`` a results table shows, in column order (each with its
+        ``<key>_ci95``); a key no run scored is left out."""
+        return ["exact_match"]
+
+    def primary_metrics(self) -> list[str]:
+        """Metrics that say whether one prediction is right, most meaningful first: the first
+        with a binary per-example verdict picks the wrong predictions a report lists."""
+        return self.headline_metrics()
+
+    def paired_verdicts(self) -> dict[str, str]:
+        """metric -> the ``per_example.jsonl`` key holding its per-example verdict, for paired
+        tests (McNemar) between systems. Only keys whose values are True/False/None are tested."""
+        return {"exact_match": "exact_match"}
+
+    def verdict_key(self, per_example: list[dict[str, Any]]) -> str | None:
+        """The per-example key that tells this run's right answers from wrong ones: that of the
+        first :meth:`primary_metrics` with a binary verdict; None when there is none."""
+        keys = self.paired_verdicts()
+        for metric in self.primary_metrics():
+            key = keys.get(metric, metric)
+            if binary_verdicts(per_example, key) is not None:
+                return key
+        return None
+
+    def error_breakdown(self, split: str, runs: Sequence[ScoredRun]) -> list[ErrorBreakdown]:
+        """How the systems' answers on ``split`` went wrong, as titled tables (one row per run
+        in the order given); none by default."""
+        return []
+
 
 FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
 
@@ -139,6 +230,17 @@ def fenced_block(text: str) -> str | None:
     """The content of the first complete ```fenced``` code block (language tag dropped), if any."""
     match = FENCE.search(text)
     return match.group(1).strip() if match else None
+
+
+def binary_verdicts(per_example: list[dict[str, Any]], key: str) -> dict[str, bool | None] | None:
+    """id -> the ``key`` verdict of each example; None when the rows lack ``key`` or any of its
+    values is not True, False or None (a score, not a verdict)."""
+    if not per_example or key not in per_example[0]:
+        return None
+    values = {r["id"]: r.get(key) for r in per_example}
+    if not all(v is None or isinstance(v, bool) for v in values.values()):
+        return None
+    return values
 
 
 def number(value: Any) -> float | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 import re
 import string
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,19 @@ import jinja2
 
 from tunebench.data.sources import read_rows
 from tunebench.errors import TunebenchError
-from tunebench.tasks.base import Example, Task, make_ids, number
+from tunebench.tasks.base import (
+    BreakdownTable,
+    ErrorBreakdown,
+    Example,
+    ScoredRun,
+    Task,
+    binary_verdicts,
+    make_ids,
+    number,
+)
+
+# How a wrong text answer differs from the gold, in table order (the first that applies).
+WRONG_KINDS = ("empty", "truncated", "over-long", "other")
 
 
 class CustomTask(Task):
@@ -52,6 +66,41 @@ class CustomTask(Task):
     def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float | None]:
         name = (metrics.get("metrics") or ["exact_match"])[0]
         return name, number(metrics.get(name))
+
+    def headline_metrics(self) -> list[str]:
+        """The configured metrics, in the config's order (repeats dropped, as the scorer does)."""
+        return list(dict.fromkeys(self.config.metrics))
+
+    def paired_verdicts(self) -> dict[str, str]:
+        """Every configured metric under its own name: those whose per-example values are
+        True/False (``exact_match``, ``json_match``, a user's bool metric) are paired-tested."""
+        return {name: name for name in self.headline_metrics()}
+
+    def error_breakdown(self, split: str, runs: Sequence[ScoredRun]) -> list[ErrorBreakdown]:
+        """Wrong answers (by each run's first binary verdict) by how they differ from the gold."""
+        rows = []
+        for run in runs:
+            key = self.verdict_key(run.per_example[split])
+            verdicts = binary_verdicts(run.per_example[split], key) if key else None
+            if key is None or verdicts is None:
+                continue
+            wrong = [p for p in run.predictions[split] if verdicts.get(p["id"]) is False]
+            kinds = Counter(wrong_kind(str(p["prediction"]), str(p["gold"])) for p in wrong)
+            rows.append([run.system, key, *(str(kinds[k]) for k in WRONG_KINDS), str(len(wrong))])
+        table = BreakdownTable(
+            ["system", "wrong by", *WRONG_KINDS, "total"], rows, frozenset(range(2, len(WRONG_KINDS) + 3))
+        )
+        return [
+            ErrorBreakdown(
+                "wrong answers by kind",
+                [table] if rows else [],
+                note="Wrong answers by the first metric with a per-example right/wrong verdict: empty "
+                "(nothing but whitespace), truncated (a strict prefix of the gold), over-long (more than "
+                "twice the gold's length), other. Examples without a verdict are left out.",
+                empty="No metric gives a per-example right/wrong verdict: "
+                f"{', '.join(self.headline_metrics())} are scores.",
+            )
+        ]
 
     def _examples(self, split: str, path: str) -> list[Example]:
         rows = read_rows(path)
@@ -105,3 +154,15 @@ def hold_out_rows(examples: list[Example], fraction: float, seed: int) -> tuple[
     held = set(random.Random(seed).sample(range(len(examples)), count))
     train = [ex for i, ex in enumerate(examples) if i not in held]
     return train, [ex for i, ex in enumerate(examples) if i in held]
+
+
+def wrong_kind(prediction: str, gold: str) -> str:
+    """One of :data:`WRONG_KINDS` for a wrong answer (ends' whitespace ignored)."""
+    prediction, gold = prediction.strip(), gold.strip()
+    if not prediction:
+        return "empty"
+    if gold.startswith(prediction) and prediction != gold:
+        return "truncated"
+    if len(prediction) > 2 * len(gold):
+        return "over-long"
+    return "other"

@@ -9,14 +9,25 @@ in validation was trained on.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tunebench.data.paths import local_data_dir
 from tunebench.data.sources import load_hub, read_rows
 from tunebench.errors import TunebenchError
-from tunebench.tasks.base import Example, Task, check_fields, make_ids, number
+from tunebench.tasks.base import (
+    BreakdownTable,
+    ErrorBreakdown,
+    Example,
+    ScoredRun,
+    Task,
+    VoteSelection,
+    check_fields,
+    make_ids,
+    number,
+)
 
 INSTRUCTION = (
     "You are a powerful text-to-SQL model. Your job is to answer questions about a database. "
@@ -36,6 +47,8 @@ REQUIRED = ("question", "context", "answer")
 
 class SqlTask(Task):
     name = "sql"
+    vote_selection: ClassVar[VoteSelection] = "execution_vote"
+    input_fields: ClassVar[tuple[str, ...]] = ("question",)
 
     def render_prompt(self, fields: dict[str, Any]) -> str:
         return PROMPT_TEMPLATE.format(question=fields["question"], context=fields["context"])
@@ -62,6 +75,37 @@ class SqlTask(Task):
             if metrics.get(count) and value is not None:
                 return name, value
         return super().headline_metric(metrics)
+
+    def headline_metrics(self) -> list[str]:
+        return ["exact_match", "execution_accuracy", "suite_accuracy"]
+
+    def primary_metrics(self) -> list[str]:
+        return ["execution_accuracy", "exact_match"]
+
+    def paired_verdicts(self) -> dict[str, str]:
+        return {
+            "exact_match": "exact_match",
+            "execution_accuracy": "execution_match",
+            "suite_accuracy": "suite_match",
+        }
+
+    def error_breakdown(self, split: str, runs: Sequence[ScoredRun]) -> list[ErrorBreakdown]:
+        """Examples per ``failure_kind`` (why execution on the real database failed), per run."""
+        counts = {
+            r.system: Counter(str(e["failure_kind"]) for e in r.per_example[split] if e.get("failure_kind"))
+            for r in runs
+        }
+        kinds = sorted({k for c in counts.values() for k in c})
+        rows = [[s, *(str(c.get(k, 0)) for k in kinds), str(sum(c.values()))] for s, c in counts.items()]
+        table = BreakdownTable(["system", *kinds, "total"], rows, frozenset(range(1, len(kinds) + 2)))
+        return [
+            ErrorBreakdown(
+                "failures by kind",
+                [table] if kinds else [],
+                note="Examples per failure kind (per_example.jsonl `failure_kind` from the SQL scorer).",
+                empty="No failures recorded.",
+            )
+        ]
 
     # --- data -------------------------------------------------------------------------
     def _raw(self, which: str) -> tuple[list[dict[str, Any]], str]:

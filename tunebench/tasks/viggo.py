@@ -7,11 +7,20 @@ Prompt = the study's instruction listing the 9 functions and 14 attributes,
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from tunebench.data.paths import local_data_dir
 from tunebench.data.sources import load_hub, read_rows
-from tunebench.tasks.base import Example, Task, check_fields, make_ids
+from tunebench.tasks.base import (
+    BreakdownTable,
+    ErrorBreakdown,
+    Example,
+    ScoredRun,
+    Task,
+    check_fields,
+    make_ids,
+)
 
 FUNCTIONS = [
     "inform", "request", "give_opinion", "confirm", "verify_attribute",
@@ -35,12 +44,18 @@ PROMPT_TEMPLATE = INSTRUCTION + "\n\n### Target sentence:\n{target}\n\n### Meani
 # The study's OpenAI files join the same three lines with spaces.
 CHAT_SYSTEM = " ".join(INSTRUCTION_LINES)
 
+# metrics.json ``error_counts`` keys, in table order.
+ERROR_KINDS = [
+    "wrong_function", "unparseable", "missing", "extra", "wrong_value", "duplicated", "unknown_attribute",
+]  # fmt: skip
+
 HUB_ID = "GEM/viggo"
 LOCAL_FILES = {"train": "viggo/train.csv", "validation": "viggo/valid.csv", "test": "viggo/test.csv"}
 
 
 class ViggoTask(Task):
     name = "viggo"
+    input_fields: ClassVar[tuple[str, ...]] = ("sentence",)
 
     def render_prompt(self, fields: dict[str, Any]) -> str:
         return PROMPT_TEMPLATE.format(target=fields["sentence"])
@@ -63,6 +78,30 @@ class ViggoTask(Task):
             (attr, sorted(v) if isinstance(v, frozenset) else v) for attr, v in mr.normalized().items()
         )
         return repr((mr.function, slots))
+
+    def headline_metrics(self) -> list[str]:
+        return ["exact_match", "mr_match", "slot_f1", "function_accuracy"]
+
+    def primary_metrics(self) -> list[str]:
+        return ["mr_match", "exact_match"]
+
+    def paired_verdicts(self) -> dict[str, str]:
+        return {"exact_match": "exact_match", "mr_match": "mr_match"}
+
+    def error_breakdown(self, split: str, runs: Sequence[ScoredRun]) -> list[ErrorBreakdown]:
+        """The scorer's error counts by kind, then each attribute's F1 and mistakes, per run."""
+        kinds = [
+            [r.system, *(str(r.metrics[split].get("error_counts", {}).get(k, "–")) for k in ERROR_KINDS)]
+            for r in runs
+        ]
+        by_kind = BreakdownTable(["system", *ERROR_KINDS], kinds, frozenset(range(1, len(ERROR_KINDS) + 1)))
+        attributes = BreakdownTable(
+            ["attribute", *(r.system for r in runs)],
+            attribute_rows(split, runs),
+            note="Per attribute: F1 (support; missing / extra / wrong value). Counts are attributes over "
+            "scorable examples, from metrics.json per_attribute.",
+        )
+        return [ErrorBreakdown("errors by kind", [by_kind, attributes])]
 
     def _raw(self, split: str) -> tuple[list[dict[str, Any]], str]:
         root = None if self.config.hub_id else local_data_dir(self.config.data_dir)
@@ -90,3 +129,25 @@ class ViggoTask(Task):
         train, test = self._examples("train"), self._examples("test")
         validation = list(test) if self.config.validation == "study" else self._examples("validation")
         return {"train": train, "validation": validation, "test": test}
+
+
+def attribute_rows(split: str, runs: Sequence[ScoredRun]) -> list[list[str]]:
+    """One row per attribute any run predicted or should have: each run's F1 (support;
+    missing/extra/wrong value) from metrics.json ``per_attribute``."""
+    attributes: list[str] = []
+    for r in runs:
+        for attr, row in r.metrics[split].get("per_attribute", {}).items():
+            if (row.get("support") or row.get("predicted")) and attr not in attributes:
+                attributes.append(attr)
+    rows = []
+    for attr in attributes:
+        cells = [attr]
+        for r in runs:
+            row = r.metrics[split].get("per_attribute", {}).get(attr)
+            if not row:
+                cells.append("–")
+                continue
+            f1 = "–" if row.get("f1") is None else f"{row['f1']:.4f}"
+            cells.append(f"{f1} ({row['support']}; {row['missing']}/{row['extra']}/{row['wrong_value']})")
+        rows.append(cells)
+    return rows
