@@ -86,10 +86,12 @@ def per_1k(cost_usd: float | None, n: int | None) -> float | None:
 
 
 def openai_model_price(config: ExperimentConfig) -> Any:
-    """The OpenAI price row of the config's model, with the config's price overrides."""
+    """The OpenAI price row of the config's model, with the config's price overrides (for a run
+    that is no OpenAI fine-tune, the default OpenAI model's: what it would have cost there)."""
+    from tunebench.config import OpenAIConfig
     from tunebench.prices import openai_price
 
-    oa = config.openai
+    oa = getattr(config, "openai", None) or OpenAIConfig()  # self-hosted runs: the default model's prices
     overrides = {
         "training": oa.training_price_per_1m,
         "input": oa.input_price_per_1m,

@@ -87,7 +87,8 @@ def without_retired_keys(data: Any) -> Any:
         for key in keys:
             (data.get(section) or {}).pop(key, None)
     provider = data.get("provider", "local")
-    own = EXPERIMENTS[provider].own_sections if provider in EXPERIMENTS else ()
+    experiment = EXPERIMENTS.get(provider)
+    own = experiment.own_sections if experiment else ()
     seed = (data.get("training") or {}).get("seed")
     for section in PROVIDER_SECTIONS:
         if section not in own and section in data:

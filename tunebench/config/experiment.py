@@ -437,6 +437,8 @@ class ExperimentBase(Strict):
     own_sections: ClassVar[tuple[str, ...]] = ()
     #: whether an ensemble can pool its runs' candidates (generated here, so priced by GPU time)
     ensemble_member: ClassVar[bool] = False
+    #: whether it votes whatever generation.selection says (an ensemble)
+    always_votes: ClassVar[bool] = False
 
     name: str = Field(..., description="Run name; outputs go to <runs_dir>/<name>/.")
     runs_dir: str = Field("runs", description="Parent folder of run directories.")
@@ -464,7 +466,7 @@ class ExperimentBase(Strict):
             )
         if gen.prompt_format == "chat" and gen.few_shot:
             raise ValueError("generation.prompt_format: chat takes no few_shot examples")
-        if gen.selection == "execution_vote" and self.provider != "ensemble":  # an ensemble always votes
+        if gen.selection == "execution_vote" and not self.always_votes:
             if not self.execution_vote:
                 raise ValueError(
                     f"generation.selection: execution_vote needs provider local or base (not '{self.provider}')"
@@ -564,6 +566,7 @@ class EnsembleExperiment(ExperimentBase):
     """``provider: ensemble``: a vote over finished runs' candidates."""
 
     own_sections: ClassVar[tuple[str, ...]] = ("ensemble",)
+    always_votes: ClassVar[bool] = True
 
     provider: Literal["ensemble"] = Field(
         ..., description=ExperimentBase.model_fields["provider"].description
@@ -593,7 +596,7 @@ for _name, _cls in EXPERIMENTS.items():
 def _provider_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         provider = value.get("provider", "local")
-        return provider if provider in EXPERIMENTS else None
+        return provider if EXPERIMENTS.get(provider) else None
     return getattr(value, "provider", None)
 
 

@@ -372,7 +372,8 @@ def keep_own_sections(data: dict[str, Any], provider: str, explicit: set[str]) -
     the task entry, ``--set``): a study's ``lora`` defaults are meant for its LoRA systems. A
     section the system itself sets stays, and its config refuses it by name. A shared
     ``training.seed`` also seeds the sampling of cells that train nothing."""
-    own = EXPERIMENTS[provider].own_sections if provider in EXPERIMENTS else ()
+    experiment = EXPERIMENTS.get(provider)
+    own = experiment.own_sections if experiment else ()
     for section in PROVIDER_SECTIONS:
         if section in data and section not in own and section not in explicit:
             dropped = data.pop(section)

@@ -35,6 +35,7 @@ def request_predictions(config: ExperimentConfig, run: RunDir, split: str, setti
 class EndpointProvider(Provider):
     name = "endpoint"
     priced_by = "none"
+    runs_on = "endpoint"
 
     def predict(self, config: ExperimentConfig, run: RunDir, split: str) -> Path:
         assert config.endpoint is not None  # the config validator guarantees it

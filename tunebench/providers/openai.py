@@ -541,6 +541,7 @@ class OpenAIProvider(Provider):
     name = "openai"
     trains = True
     priced_by = "tokens"
+    runs_on = "OpenAI"
 
     def train(
         self, config: ExperimentConfig, run: RunDir, resume: bool = True, yes: bool = False

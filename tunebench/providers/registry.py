@@ -47,6 +47,8 @@ class Provider:
     needs_other_runs: ClassVar[bool] = False
     #: how its runs are priced: GPU time (``gpu``), API tokens (``tokens``), or not at all
     priced_by: ClassVar[str] = "gpu"
+    #: where its answers come from when not from hardware of ours (the report's hardware column)
+    runs_on: ClassVar[str | None] = None
 
     def before_stages(self, config: ExperimentConfig, run: RunDir) -> None:
         """Called every time the pipeline opens the run, before any stage."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 from itertools import combinations
 from typing import Any
 
+from tunebench.config import OpenAIConfig
+from tunebench.providers import get_provider
 from tunebench.report import plots
 from tunebench.report.collect import RunInfo, StudyData
 from tunebench.report.doc import Block, Code, Heading, Image, Para, Table
 from tunebench.report.stats import holm, mcnemar_exact
 from tunebench.tasks.base import ErrorBreakdown, binary_verdicts
-
-SELF_HOSTED = ("local", "base", "ensemble")
 
 
 # --- formatting: one function per kind of number, so tests can parse them back -------------
@@ -216,10 +216,9 @@ def hardware(run: RunInfo) -> str:
     if not source.get("gpu_type"):
         stages = run.manifest.get("stages", {})
         source = next((v for k, v in stages.items() if k.startswith("predict:") and v.get("gpu_type")), {})
-    if run.provider == "openai":
-        return "OpenAI"
-    if run.provider == "endpoint":
-        return "endpoint"
+    elsewhere = get_provider(run.provider).runs_on
+    if elsewhere:
+        return elsewhere
     gpu = source.get("gpu_type") or "?"
     count = source.get("gpu_count") or 1
     return f"{count}× {gpu}" if gpu != "cpu" else "cpu"
@@ -231,7 +230,7 @@ def cost_rows(run: RunInfo) -> list[str]:
     price = cost.get("price")
     price_text = f"${price['price_per_hour']}/h ({price.get('date') or 'undated'})" if price else "–"
     split_cost = {}
-    if run.provider == "openai":
+    if get_provider(run.provider).priced_by == "tokens":
         oa = cost.get("openai", {})
         price_text = "per token ({})".format(oa.get("price", {}).get("date") or "undated") if oa else "–"
         split_cost = next(iter(oa.get("inference", {}).values()), {})
@@ -326,14 +325,14 @@ def reference_api(run: RunInfo, split: str) -> tuple[float, str] | None:
     """The fine-tuned GPT-3.5 per-token price with this run's own measured tokens per query."""
     from tunebench.cost import openai_model_price
 
-    if run.config.provider not in SELF_HOSTED:
+    if get_provider(run.provider).priced_by != "gpu":
         return None
     info = run.manifest.get("stages", {}).get(f"predict:{split}", {})
     n, pt, ct = info.get("n"), info.get("prompt_tokens"), info.get("completion_tokens")
     if not n or pt is None or ct is None:
         return None
-    model = run.config.openai.model
     price = openai_model_price(run.config)
+    model = (getattr(run.config, "openai", None) or OpenAIConfig()).model
     per_query = (pt * price.input + ct * price.output) / 1e6 / n
     return per_query, f"{model} prices × {run.system}'s tokens/query"
 
@@ -359,9 +358,13 @@ def break_even_section(data: StudyData) -> list[Block]:
         split = data.splits_of(task)[0] if data.splits_of(task) else None
         if split is None:
             continue
-        apis = [a for a in (api_per_query(r, split) for r in runs if r.provider == "openai") if a]
+        apis = [
+            a
+            for a in (api_per_query(r, split) for r in runs if get_provider(r.provider).priced_by == "tokens")
+            if a
+        ]
         for run in runs:
-            if run.provider not in SELF_HOSTED or not run.cost:
+            if get_provider(run.provider).priced_by != "gpu" or not run.cost:
                 continue
             inference = (run.cost.get("inference") or {}).get(split) or {}
             throughput = inference.get("predictions_per_s")

@@ -190,12 +190,13 @@ def system_label(config: ExperimentConfig) -> str:
 def outside_members(runs: list[RunInfo]) -> list[RunInfo]:
     """Members of the study's ensembles that are not cells of the study, as rows of their own:
     an ensemble is read beside what it voted over."""
+    from tunebench.providers import get_provider
     from tunebench.providers.ensemble import member_dirs
 
     inside = {r.run.root.resolve() for r in runs}
     extra: list[RunInfo] = []
     for info in runs:
-        if info.provider != "ensemble":
+        if not get_provider(info.provider).needs_other_runs:
             continue
         for member in member_dirs(info.config):
             if member.root.resolve() in inside or not member.config_path.is_file():
