@@ -24,6 +24,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+from tunebench.config_tracking import TrackingConfig  # noqa: E402 - it subclasses Strict, defined above
+
+
 class TaskConfig(Strict):
     """Which task, where its data comes from, and how it is split."""
 
@@ -425,6 +428,9 @@ class ExperimentConfig(Strict):
     eval_splits: list[Literal["validation", "test"]] = Field(
         default_factory=lambda: ["test"], description="Splits to predict and score."
     )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment trackers to log the finished run to."
+    )
 
     @model_validator(mode="after")
     def _endpoint_needs_settings(self) -> ExperimentConfig:
@@ -597,6 +603,7 @@ def reference_markdown() -> str:
         ("endpoint", EndpointConfig),
         ("ensemble", EnsembleConfig),
         ("cost", CostConfig),
+        ("tracking", TrackingConfig),
     ]
     study_intro = (
         "### Study configs\n\nA study (`tunebench run STUDY`) is systems x tasks: each cell is an "

@@ -23,6 +23,7 @@ OPERATIONAL_KEYS = {
     "generation": {"batch_size", "cache_implementation"},
     "training": {"num_workers", "fsdp"},  # how, not what: FSDP and DDP give the same run
     "openai": {"yes", "poll_interval_s", "max_concurrency"},
+    "tracking": None,  # where a run is logged to, not what it computes
 }
 
 
@@ -200,6 +201,9 @@ def run_experiment(
     processes, each stage launched as ``tunebench train|predict ... --gpus N`` would be; scoring
     and cost stay in this process.
     """
+    from tunebench.tracking import check_installed, track_run
+
+    check_installed(config.tracking.report_to)  # a missing extra fails now, not after training
     run = open_run(config, kind)
     ensure_prepared(config, run)
     if config.provider == "ensemble":  # a member trained or predicted again: vote again
@@ -227,4 +231,6 @@ def run_experiment(
         from tunebench.cost import write_cost
 
         write_cost(config, run)
+    if kind == "experiment":  # a study logs its cells itself, as children of the study's run
+        track_run(run.root, **config.tracking.model_dump())
     return run
