@@ -324,3 +324,96 @@ def test_only_the_main_process_logs(run_dir: Path, monkeypatch: pytest.MonkeyPat
         assert track_run(run_dir, ["mlflow"], project="elsewhere") == {}  # a new project: would log
     assert mlflow_client(run_dir.parent).get_experiment_by_name("elsewhere") is None
     assert read_json(run_dir / "tracking.json") == before
+
+
+# --- a study: a parent run, one child per cell --------------------------------------------
+STUDY = """
+name: tiny-study
+runs_dir: {runs}
+defaults:
+  model: {{name: {model}}}
+  task: {{max_train_examples: 16, max_eval_examples: 8}}
+  training: {{max_steps: 4, warmup_steps: 0, batch_size: 4, eval_every: 2, max_length: 256,
+              tokens_per_micro_batch: 1024}}
+  generation: {{max_new_tokens: 12, batch_size: 8}}
+  openai: {{base_url: "{openai}", poll_interval_s: 0.01, n_epochs: 2}}
+tasks: [viggo]
+systems:
+  - {{name: base, provider: base}}
+  - {{name: lora, provider: local}}
+  - {{name: gpt, provider: openai}}
+"""
+
+
+@pytest.fixture
+def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from tests.openai_emulator import Emulator
+
+    emu = Emulator().start()
+    monkeypatch.setenv("OPENAI_API_KEY", emu.api_key)
+    yield emu
+    emu.stop()
+
+
+def test_a_study_is_a_parent_run_with_a_child_per_cell(
+    stores: Path, tiny_model_dir: Path, tmp_path: Path, emulator: Any
+) -> None:
+    from tunebench.study import run_study
+
+    runs = tmp_path / "runs"
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(runs=runs, model=tiny_model_dir, openai=emulator.base_url), encoding="utf-8")
+    tracking = {"tracking.report_to": ["mlflow"], "tracking.project": "studies"}
+    report = run_study(path, yes=True, overrides=tracking)
+    assert report is not None
+    client = mlflow_client(runs)
+    experiment = client.get_experiment_by_name("studies").experiment_id
+    logged = client.search_runs([experiment])
+    parents = [r for r in logged if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_name for r in parents] == ["tiny-study"]
+    parent = parents[0]
+    assert parent.data.tags["kind"] == "study" and parent.data.params["cells"] == "3"
+    assert parent.info.run_id == read_json(runs / "tracking.json")["mlflow"]["run_id"]
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html"} <= report_files
+    children = {
+        r.info.run_name: r for r in logged if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
+    assert sorted(children) == ["base-viggo", "gpt-viggo", "lora-viggo"]
+    for name, child in children.items():
+        cell = runs / name
+        assert child.data.tags["study"] == "tiny-study" and child.data.tags["kind"] == "cell"
+        assert (
+            child.data.params["provider"]
+            == read_json(runs / "study.json")["cells"][["base-viggo", "lora-viggo", "gpt-viggo"].index(name)][
+                "provider"
+            ]
+        )
+        metrics = read_json(cell / "eval" / "test" / "metrics.json")
+        assert child.data.metrics["test/exact_match"] == pytest.approx(metrics["exact_match"], rel=1e-12)
+        low, high = metrics["exact_match_ci95"]
+        assert child.data.metrics["test/exact_match_ci95_low"] == pytest.approx(low, rel=1e-12)
+        assert child.data.metrics["test/exact_match_ci95_high"] == pytest.approx(high, rel=1e-12)
+    # the OpenAI job's loss curve and cost sit beside the local fine-tune's: dollars for OpenAI,
+    # GPU-hours for the CPU runs (no CPU price is set, so they have no dollars)
+    for name, steps in (("gpt-viggo", 6), ("lora-viggo", 4)):
+        history = client.get_metric_history(children[name].info.run_id, "train/loss")
+        expected = curve(runs / name, "train")
+        assert len(history) == len(expected) == steps
+        assert {m.step: m.value for m in history} == pytest.approx(expected, rel=1e-12)
+    gpt, lora = children["gpt-viggo"].data.metrics, children["lora-viggo"].data.metrics
+    openai_cost = read_json(runs / "gpt-viggo" / "cost.json")["openai"]
+    assert gpt["cost/training_usd"] == pytest.approx(openai_cost["training"]["cost_usd"], rel=1e-12)
+    assert gpt["cost/training_usd"] > 0
+    assert gpt["cost/test_prediction_usd"] == pytest.approx(openai_cost["inference"]["test"]["cost_usd"])
+    assert "cost/training_gpu_hours" not in gpt and children["gpt-viggo"].data.params["model"].startswith(
+        "ft:"
+    )
+    local_cost = read_json(runs / "lora-viggo" / "cost.json")
+    assert lora["cost/training_gpu_hours"] == pytest.approx(local_cost["training"]["gpu_hours"], rel=1e-12)
+    test = local_cost["inference"]["test"]
+    assert lora["cost/test_prediction_gpu_hours"] == pytest.approx(test["wall_time_s"] / 3600, abs=1e-6)
+    assert "cost/training_usd" not in lora and "train/loss" not in children["base-viggo"].data.metrics
+    # the study again: every cell and the parent already logged, nothing new
+    run_study(path, yes=True, overrides=tracking)
+    assert len(client.search_runs([experiment])) == 4

@@ -132,8 +132,10 @@ def final_metrics(split: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 def cost_metrics(cost: dict[str, Any]) -> dict[str, float]:
     """Training and prediction cost in $ and GPU-hours from ``cost.json`` (``cost/...``); an
-    OpenAI run has dollars and no GPU-hours."""
+    OpenAI run (its figures under ``openai``) has dollars and no GPU-hours, a CPU run without a
+    CPU price GPU-hours and no dollars."""
     out: dict[str, float] = {}
+    cost = {**cost, **(cost.get("openai") or {})}
     training = cost.get("training") or {}
     for key, name in (("cost_usd", "training_usd"), ("gpu_hours", "training_gpu_hours")):
         if (value := _number(training.get(key))) is not None:
