@@ -11,6 +11,7 @@ parent/child structure.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Iterator
@@ -139,6 +140,10 @@ def test_mlflow_holds_params_curve_final_metrics_and_files(run_dir: Path, tmp_pa
     client = mlflow_client(run_dir.parent)
     run = client.get_run(record(run_dir, "mlflow")["run_id"])
     assert run.info.run_name == "lora-viggo" and run.info.status == "FINISHED"
+    manifest = read_json(run_dir / "manifest.json")  # MLflow's duration is the run's own
+    assert run.info.start_time == int(dt.datetime.fromisoformat(manifest["created"]).timestamp() * 1000)
+    last = max(dt.datetime.fromisoformat(s["finished"]) for s in manifest["stages"].values())
+    assert run.info.end_time == int(last.timestamp() * 1000)
     params = run.data.params
     assert params["training.learning_rate"] == "0.002" and params["training.max_steps"] == "20"
     assert params["provider"] == "local" and params["model"] == params["model.name"]

@@ -41,6 +41,7 @@ class MlflowTracker(Tracker):
         super().__init__(*args, **kwargs)
         self._client: Any = None
         self.run_id: str | None = None
+        self.end_ms: int | None = None  # the run's own end, so MLflow's duration is the run's
 
     @property
     def local_root(self) -> Path:
@@ -77,8 +78,9 @@ class MlflowTracker(Tracker):
         if run.description:
             tags["mlflow.note.content"] = run.description
         experiment = self.experiment_id()
-        created = self.client.create_run(experiment, run_name=run.name, tags=tags)
+        created = self.client.create_run(experiment, start_time=run.started_ms, run_name=run.name, tags=tags)
         self.run_id = created.info.run_id
+        self.end_ms = run.finished_ms
         return {"run_id": self.run_id, "experiment_id": experiment}
 
     def log(self, run: TrackedRun) -> None:
@@ -98,7 +100,7 @@ class MlflowTracker(Tracker):
             self.client.log_artifact(self.run_id, str(path), folder or None)
 
     def finish(self) -> None:
-        self.client.set_terminated(self.run_id)
+        self.client.set_terminated(self.run_id, end_time=self.end_ms)
 
     def discard(self, record: dict[str, Any]) -> None:
         from mlflow.exceptions import MlflowException

@@ -9,6 +9,7 @@ not validated, so runs written by older versions of tunebench are read as they a
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class TrackedRun:
     #: (file, folder among the tracker's artifacts: ``""`` at the top, ``predictions``, ...)
     artifacts: list[tuple[Path, str]] = field(default_factory=list)
     description: str | None = None
+    #: when the run started and its last stage finished (epoch ms, from ``manifest.json``)
+    started_ms: int | None = None
+    finished_ms: int | None = None
 
     @property
     def last_step(self) -> int:
@@ -160,6 +164,19 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {f"training/{k}": v for k, raw in summary.items() if (v := _number(raw)) is not None}
 
 
+def _epoch_ms(stamp: Any) -> int | None:
+    try:
+        return int(dt.datetime.fromisoformat(str(stamp)).timestamp() * 1000) if stamp else None
+    except ValueError:
+        return None
+
+
+def read_run_times(manifest: dict[str, Any]) -> tuple[int | None, int | None]:
+    """When a run was created and when its last stage finished (epoch ms; None if unknown)."""
+    finished = [_epoch_ms(stage.get("finished")) for stage in (manifest.get("stages") or {}).values()]
+    return _epoch_ms(manifest.get("created")), max((f for f in finished if f is not None), default=None)
+
+
 def _model_name(config: dict[str, Any], summary: dict[str, Any]) -> Scalar:
     if config.get("provider") == "openai":
         return summary.get("fine_tuned_model") or (config.get("openai") or {}).get("model")
@@ -200,6 +217,7 @@ def read_run(root: Path, kind: str = "experiment", labels: dict[str, str] | None
         tags=tags,
         steps=curve(list(iter_jsonl(metrics_log))) if metrics_log.is_file() else [],
     )
+    run.started_ms, run.finished_ms = read_run_times(manifest)
     for metrics_file in sorted(root.glob("eval/*/metrics.json")):
         run.final.update(final_metrics(metrics_file.parent.name, read_json(metrics_file)))
     run.final.update(summary_metrics(summary))
@@ -239,6 +257,10 @@ def read_study(study_dir: Path, report_dir: Path | None = None) -> TrackedRun:
         tags={"kind": "study", "study": name},
         description=(index.get("description") or "").strip() or None,
     )
+    manifests = [study_dir / str(c.get("name")) / "manifest.json" for c in cells]
+    times = [read_run_times(read_json(m)) for m in manifests if m.is_file()]
+    run.started_ms = min((t[0] for t in times if t[0] is not None), default=None)
+    run.finished_ms = max((t[1] for t in times if t[1] is not None), default=None)
     if (study_dir / "study.json").is_file():
         run.artifacts.append((study_dir / "study.json", ""))
     report = Path(report_dir) if report_dir else study_dir / "report"
