@@ -42,6 +42,7 @@ OPERATIONAL_KEYS = {
     "generation": {"batch_size", "cache_implementation"},
     "training": {"fsdp"},  # how, not what: FSDP and DDP give the same run
     "openai": {"yes", "poll_interval_s", "max_concurrency"},
+    "tracking": None,  # where a run is logged to, not what it computes
 }
 
 

@@ -103,4 +103,9 @@ def run_study(
     if missing:
         console.print(f"report not written: {len(missing)} cells not finished yet ({', '.join(missing)})")
         return None
-    return write_report(path)
+    report = write_report(path)
+    from tunebench.tracking import track_study
+
+    cell_dirs = [c.config.run_dir for c in every_cell]
+    track_study(runs_dir, cell_dirs, report_dir=report, **every_cell[0].config.tracking.model_dump())
+    return report

@@ -14,7 +14,6 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
@@ -24,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from tunebench.config.base import Strict
+from tunebench.config.tracking import TrackingConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import read_text
 
@@ -46,6 +47,7 @@ __all__ = [
     "OpenAIExperiment",
     "Strict",
     "TaskConfig",
+    "TrackingConfig",
     "TrainingConfig",
     "dump_config",
     "error_key",
@@ -57,12 +59,6 @@ __all__ = [
     "set_dotted",
     "validate_experiment",
 ]
-
-
-class Strict(BaseModel):
-    """Base: unknown keys are errors, so a typo never silently falls back to a default."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class TaskConfig(Strict):
@@ -454,6 +450,9 @@ class ExperimentBase(Strict):
     cost: CostConfig = Field(default_factory=CostConfig)
     eval_splits: list[Literal["validation", "test"]] = Field(
         default_factory=lambda: ["test"], description="Splits to predict and score."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment trackers to log the finished run to."
     )
 
     @model_validator(mode="after")

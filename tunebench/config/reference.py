@@ -19,6 +19,7 @@ from tunebench.config.experiment import (
     ModelConfig,
     OpenAIConfig,
     TaskConfig,
+    TrackingConfig,
     TrainingConfig,
 )
 from tunebench.config.study import study_sections
@@ -58,6 +59,7 @@ def reference_markdown() -> str:
         ("task", TaskConfig),
         ("generation", GenerationConfig),
         ("cost", CostConfig),
+        ("tracking", TrackingConfig),
         *((section, SECTION_CLASSES[section]) for section in PROVIDER_SECTIONS),
     ]
     study_intro = (

@@ -38,7 +38,18 @@ from tunebench.errors import TunebenchError
 MEMBER_PROVIDERS = tuple(name for name, cls in EXPERIMENTS.items() if cls.ensemble_member)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
-SECTIONS = ("task", "model", "lora", "training", "generation", "openai", "endpoint", "ensemble", "cost")
+SECTIONS = (
+    "task",
+    "model",
+    "lora",
+    "training",
+    "generation",
+    "openai",
+    "endpoint",
+    "ensemble",
+    "cost",
+    "tracking",
+)
 SectionDict = dict[str, Any]
 
 
@@ -62,6 +73,7 @@ class Sections(Strict):
         None, description="Keys of the experiment's `ensemble` section (members: system names of this study)."
     )
     cost: SectionDict | None = Field(None, description="Keys of the experiment's `cost` section.")
+    tracking: SectionDict | None = Field(None, description="Keys of the experiment's `tracking` section.")
     eval_splits: list[Literal["validation", "test"]] | None = Field(
         None, description="Splits to predict and score (default: the experiment's, `[test]`)."
     )

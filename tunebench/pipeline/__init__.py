@@ -148,6 +148,9 @@ def run_experiment(
     predictions) run on that many, each launched as ``tunebench train|predict ... --gpus N``
     would be; scoring and cost stay in this process.
     """
+    from tunebench.tracking import check_installed, track_run
+
+    check_installed(config.tracking.report_to)  # a missing extra fails now, not after training
     provider = provider_of(config)
     run = open_run(config, kind)
     ensure_prepared(config, run)
@@ -169,4 +172,6 @@ def run_experiment(
             evaluate_stage(config, run, split)
     if not run.stage_done("cost"):
         write_cost(config, run)
+    if kind == "experiment":  # a study logs its cells itself, as children of the study's run
+        track_run(run.root, **config.tracking.model_dump())
     return run

@@ -1,5 +1,6 @@
 """What a training run reports as it goes: ``metrics.jsonl`` (one row per train step and per
-validation), TensorBoard scalars when tensorboard is installed, and progress on the terminal.
+validation) and progress on the terminal. Experiment trackers (``tracking.report_to``:
+TensorBoard, MLflow, W&B, Trackio) are fed from these files once the run is done.
 
 On a terminal progress is a bar; without one (a log file, CI, nohup, a cluster job) a plain
 line every 30 s, and at the first and last step, carries the same information: step, loss,
@@ -44,23 +45,18 @@ class TrainingLog:
 
     def __init__(self, run: RunDir, total_steps: int, done_steps: int, main: bool) -> None:
         self.run, self.total, self.main = run, total_steps, main
-        self.writer = self._tensorboard() if main else None
         self.bar, self.task = self._bar(done_steps) if main and sys.stderr.isatty() else (None, None)
         self.last_line = 0.0
         self.validation_loss: float | None = None
         self.started, self.started_step = time.perf_counter(), done_steps
 
     def row(self, row: dict[str, Any]) -> None:
-        """Append one row to metrics.jsonl (and its loss to TensorBoard)."""
+        """Append one row to metrics.jsonl."""
         if not self.main:
             return
         append_jsonl(self.run.metrics_log, {k: json_float(v) for k, v in row.items()})
         if row["split"] == "validation":
             self.validation_loss = row["loss"]
-        if self.writer is not None and row["loss"] is not None and math.isfinite(row["loss"]):
-            self.writer.add_scalar(f"loss/{row['split']}", row["loss"], row["step"])
-            if "lr" in row and row["split"] == "train":
-                self.writer.add_scalar("lr", row["lr"], row["step"])
 
     def progress(self, step: int, loss: float, tokens_per_s: float, last: bool = False) -> None:
         if self.bar is not None:
@@ -85,8 +81,6 @@ class TrainingLog:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.stop()
-        if self.writer is not None:
-            self.writer.close()
 
     def _line_due(self, step: int, last: bool) -> bool:
         now = time.perf_counter()
@@ -94,13 +88,6 @@ class TrainingLog:
             self.last_line = now
             return True
         return False
-
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except Exception:  # tensorboard is an optional extra
-            return None
-        return SummaryWriter(str(self.run.root / "tensorboard"))
 
     def _bar(self, done: int) -> tuple[Any, Any]:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
