@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -347,12 +348,57 @@ def test_rerun_accepts_operational_changes_but_refuses_a_different_experiment(tm
     from tunebench.pipeline import open_run
 
     cfg = LocalExperiment(name="same", runs_dir=str(tmp_path))
-    open_run(cfg)
+    open_run(cfg).record_stage("train")
     faster = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"batch_size": 512})})
-    open_run(faster)  # only how it runs changed
+    assert open_run(faster).stage_done("train")  # only how it runs changed
     other = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 16})})
     with pytest.raises(TunebenchError, match="different config"):
         open_run(other)
+
+
+def test_a_changed_config_redoes_only_the_stages_it_makes_stale(tmp_path: Path) -> None:
+    """Metrics score again, generation settings predict again, more steps continue training;
+    a run with nothing finished takes any config (a failed first stage binds nothing)."""
+    from tunebench.pipeline import open_run
+    from tunebench.rundir import RunDir
+
+    cfg = LocalExperiment(name="r", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
+    open_run(cfg)
+    fixed = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 4})})
+    open_run(fixed)  # nothing finished yet: the new config replaces the old one
+    assert RunDir(cfg.run_dir).load_config().lora.r == 4
+
+    def finished(config: Any) -> RunDir:
+        run = open_run(config)
+        for stage in ("prepare", "train", "choose", "predict:test", "evaluate:test", "cost"):
+            run.record_stage(stage)
+        return run
+
+    def left(run: RunDir) -> set[str]:
+        return {"prepare", "train", "choose", "predict:test", "evaluate:test", "cost"} - set(
+            run.manifest()["stages"]
+        )
+
+    run = finished(fixed)
+    rescored = fixed.model_copy(update={"task": fixed.task.model_copy(update={"metrics": ["exact_match"]})})
+    assert left(open_run(rescored)) == {"evaluate:test", "cost"}
+    run = finished(rescored)
+    longer_answers = rescored.model_copy(
+        update={"generation": rescored.generation.model_copy(update={"max_new_tokens": 300})}
+    )
+    assert left(open_run(longer_answers)) == {"predict:test", "evaluate:test", "cost"}
+    run = finished(longer_answers)
+    more_steps = longer_answers.model_copy(
+        update={"training": longer_answers.training.model_copy(update={"max_steps": 800})}
+    )
+    assert left(open_run(more_steps)) == {"train", "choose", "predict:test", "evaluate:test", "cost"}
+    assert run.load_config().training.max_steps == 800
+    finished(more_steps)
+    fewer_steps = more_steps.model_copy(
+        update={"training": more_steps.training.model_copy(update={"max_steps": 10})}
+    )
+    with pytest.raises(TunebenchError, match=r"training.max_steps: 800 in the run, 10 now"):
+        open_run(fewer_steps)
 
 
 def test_cli_misused_configs_and_options_say_what_to_do(tmp_path: Path) -> None:
@@ -441,7 +487,7 @@ def test_a_refused_study_cell_points_at_the_study_not_at_set_name(tmp_path: Path
     from tunebench.pipeline import open_run
 
     cfg = LocalExperiment(name="b-sql", runs_dir=str(tmp_path), task=TaskConfig(name="sql"))
-    open_run(cfg)
+    open_run(cfg).record_stage("prepare")
     changed = cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"r": 4})})
     with pytest.raises(
         TunebenchError, match=r"lora\.r: 8 in the run, 4 now.*change the study's name or runs_dir"

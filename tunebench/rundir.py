@@ -59,17 +59,63 @@ def comparable(config: ExperimentConfig) -> dict[str, Any]:
     return data
 
 
-def config_differences(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every dotted key whose value differs (nested mappings walked)."""
+def changed_values(
+    before: dict[str, Any], after: dict[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every key whose value differs (nested mappings walked)."""
     out = []
     for key in sorted(set(before) | set(after), key=str):
         old, new = before.get(key), after.get(key)
         dotted = f"{prefix}{key}"
         if isinstance(old, dict) and isinstance(new, dict):
-            out += config_differences(old, new, dotted + ".")
+            out += changed_values(old, new, dotted + ".")
         elif old != new:
-            out.append(f"{dotted}: {old!r} in the run, {new!r} now")
+            out.append((dotted, old, new))
     return out
+
+
+def config_differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """``key: old in the run, new now`` for every dotted key whose value differs."""
+    return [f"{key}: {old!r} in the run, {new!r} now" for key, old, new in changed_values(before, after)]
+
+
+#: keys whose change only means scoring the predictions again
+SCORING_KEYS = ("task.metrics", "task.json_schema")
+#: stages a changed key makes stale, beyond which nothing finished is touched
+SCORING_STAGES = ("evaluate:", "cost")
+PREDICTION_STAGES = ("predict:", "evaluate:", "cost")
+TRAINING_STAGES = ("train", "choose", "predict:", "evaluate:", "cost")
+
+
+def longer_training(key: str, old: Any, new: Any) -> bool:
+    """More optimizer steps or epochs than the run trained: training continues from its last
+    checkpoint (the schedule is then stretched to the new length from there on)."""
+    return (
+        key in ("training.max_steps", "training.epochs")
+        and isinstance(old, int | float)
+        and isinstance(new, int | float)
+        and new > old
+    )
+
+
+def stale_stages(run: RunDir, config: ExperimentConfig) -> tuple[str, ...] | None:
+    """The stage prefixes a changed config makes stale in ``run``, so they run again: () when
+    nothing changed or nothing has finished yet, None when the change invalidates finished
+    training (model, data, LoRA, learning rate...) and the run directory must refuse it."""
+    changes = changed_values(comparable(run.load_config()), comparable(config))
+    if not changes or not run.manifest().get("stages"):
+        return ()
+    stale: set[str] = set()
+    for key, old, new in changes:
+        if key in SCORING_KEYS:
+            stale |= set(SCORING_STAGES)
+        elif key.startswith("generation.") or key == "eval_splits":
+            stale |= set(PREDICTION_STAGES)
+        elif longer_training(key, old, new):
+            stale |= set(TRAINING_STAGES)
+        else:
+            return None
+    return tuple(sorted(stale))
 
 
 #: keys older run directories record that no longer exist: how a run executed, not what it
@@ -166,11 +212,14 @@ class RunDir:
         manifest.setdefault("stages", {})[stage] = {"finished": now(), **info}
         write_json(self.manifest_path, manifest)
 
-    def forget_stages(self, stages: list[str]) -> None:
-        """Mark ``stages`` unfinished again (their inputs changed): the next run redoes them."""
+    def forget_stages(self, stages: list[str] | tuple[str, ...]) -> None:
+        """Mark ``stages`` unfinished again (their inputs changed): the next run redoes them. A
+        name ending in ``:`` stands for every split's stage (``predict:``)."""
         manifest = self.manifest()
-        for stage in stages:
-            manifest.get("stages", {}).pop(stage, None)
+        done = manifest.get("stages", {})
+        for name in list(done):
+            if any(name == s or (s.endswith(":") and name.startswith(s)) for s in stages):
+                done.pop(name)
         write_json(self.manifest_path, manifest)
 
     def stage_done(self, stage: str) -> bool:

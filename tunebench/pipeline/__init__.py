@@ -19,7 +19,7 @@ from tunebench.evaluation import evaluate
 from tunebench.io import write_json
 from tunebench.pipeline.prepare import prepare
 from tunebench.providers import provider_of
-from tunebench.rundir import RunDir, differences_from_run
+from tunebench.rundir import RunDir, differences_from_run, stale_stages
 from tunebench.tasks import get_task
 from tunebench.training.distributed import launch
 
@@ -34,18 +34,27 @@ WAY_OUT = {
 
 
 def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
-    """Create (or reopen) the run directory; a different config for the same name is refused
-    (``kind``: experiment or study, for the advice)."""
+    """Create (or reopen) the run directory (``kind``: experiment or study, for the advice).
+
+    A changed config is taken where it leaves finished work valid: changed metrics score again,
+    changed generation settings predict again, more steps or epochs continue training from the
+    last checkpoint; a run with no finished stage takes any new config. A change that
+    invalidates training (model, data, LoRA, learning rate...) is refused.
+    """
     run = RunDir(config.run_dir)
-    if run.config_path.is_file():
+    if not run.config_path.is_file():
+        run.write_config(config)
+        return run
+    stale = stale_stages(run, config)
+    if stale is None:
         changed = differences_from_run(run, config)
-        if changed:
-            shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
-            raise TunebenchError(
-                f"{run.root} holds a run with a different config ({shown}). A run directory keeps "
-                f"one config for all its stages: {WAY_OUT[kind]}"
-            )
-    else:
+        shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise TunebenchError(
+            f"{run.root} holds a run with a different config ({shown}), which would invalidate its "
+            f"training. A run directory keeps one training: {WAY_OUT[kind]}"
+        )
+    if differences_from_run(run, config):
+        run.forget_stages(stale)
         run.write_config(config)
     return run
 
@@ -63,19 +72,25 @@ def planned_stages(config: ExperimentConfig) -> list[str]:
 
 def plan(config: ExperimentConfig) -> dict[str, Any]:
     """What ``tunebench run`` would do with ``config``, without doing any of it: ``status`` is
-    new, partly done, done, or refused (its run directory holds another config; ``detail``
-    names the keys), and ``to_run`` lists the stages still to run."""
+    new, partly done, done, or refused (its run directory holds a config whose training this
+    one would invalidate; ``detail`` names the keys), and ``to_run`` lists the stages still to
+    run (a changed config's stale stages included)."""
     run = RunDir(config.run_dir)
     stages = planned_stages(config)
     if not run.config_path.is_file():
         return {"run_dir": str(run.root), "status": "new", "to_run": stages, "detail": ""}
+    stale = stale_stages(run, config)
     changed = differences_from_run(run, config)
-    if changed:
+    if stale is None:
         more = f"; and {len(changed) - 1} more" if len(changed) > 1 else ""
         return {"run_dir": str(run.root), "status": "refused", "to_run": [], "detail": changed[0] + more}
-    to_run = [stage for stage in stages if not run.stage_done(stage)]
+
+    def to_redo(stage: str) -> bool:
+        return any(stage == s or (s.endswith(":") and stage.startswith(s)) for s in stale)
+
+    to_run = [stage for stage in stages if not run.stage_done(stage) or to_redo(stage)]
     status = "done" if not to_run else "partly done"
-    return {"run_dir": str(run.root), "status": status, "to_run": to_run, "detail": ""}
+    return {"run_dir": str(run.root), "status": status, "to_run": to_run, "detail": "; ".join(changed[:2])}
 
 
 def ensure_prepared(config: ExperimentConfig, run: RunDir) -> None:
