@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from tunebench.cli import parse_overrides
+from tunebench.config.study import expand, load_study
 from tunebench.errors import TunebenchError
 from tunebench.evaluation import evaluate
 from tunebench.evaluation.sql import sandbox
 from tunebench.evaluation.sql.sandbox import limit_memory, open_readonly, run_query
 from tunebench.io import read_jsonl, write_jsonl
-from tunebench.study import expand, load_study
 
 GOLD = "SELECT count(*) FROM singer"
 SINGER_CONTEXT = "CREATE TABLE singer (Singer_ID int, Name text, Country text, Age int)"
@@ -445,3 +445,36 @@ def test_study_task_label_with_its_own_task_name_still_expands(tmp_path: Path) -
         ("lora-sql-small", "sql"),
         ("lora-viggo", "viggo"),
     ]
+
+
+def _custom_experiment(folder: Path, **task: str) -> Path:
+    (folder / "data.jsonl").write_text("".join(f'{{"q": "q{i}", "target": "t{i}"}}\n' for i in range(4)))
+    lines = "".join(f"  {k}: {v}\n" for k, v in task.items())
+    config = folder / "x.yaml"
+    config.write_text(
+        "name: x\nmodel: {name: qwen2.5-coder-1.5b}\ntask:\n  name: custom\n  train_file: data.jsonl\n"
+        f"  test_file: data.jsonl\n  prompt_template: '{{q}}'\n{lines}"
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("task", "overrides", "message"),
+    [
+        ({"metrics": "['nosuchpkg.mod:fn']"}, [], "cannot import module 'nosuchpkg.mod'"),
+        ({}, ["--set", "model.name=qwen-nope"], "unknown model 'qwen-nope'"),
+        ({"test_file": "missing.jsonl"}, [], "missing.jsonl: no such file"),
+    ],
+    ids=["metric typo", "preset typo", "missing data file"],
+)
+def test_mistakes_fail_before_any_work_and_bind_no_run_directory(
+    tmp_path: Path, task: dict[str, str], overrides: list[str], message: str
+) -> None:
+    """Caught when the run starts (and by --dry-run), not after predictions: nothing is written,
+    so the fixed config runs in the same directory."""
+    _custom_experiment(tmp_path, **task)
+    plan = cli("run", "x.yaml", "--dry-run", *overrides, cwd=tmp_path)
+    assert plan.returncode == 0 and "invalid" in plan.stdout, plan.stdout + plan.stderr
+    result = cli("run", "x.yaml", *overrides, cwd=tmp_path)
+    assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
+    assert not (tmp_path / "runs" / "x").exists()

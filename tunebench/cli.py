@@ -380,7 +380,7 @@ def print_plan(path: Path, data: Any, overrides: dict[str, Any], cells: list[str
         table.add_column(column, overflow="fold")
     for cfg in configs:
         step = plan(cfg)
-        todo = ", ".join(step["to_run"]) if step["status"] != "refused" else step["detail"]
+        todo = ", ".join(step["to_run"]) if step["status"] not in ("refused", "invalid") else step["detail"]
         table.add_row(step["run_dir"], cfg.provider, cfg.model_label, cfg.task.name, step["status"], todo)
     Console().print(table)
     if after:

@@ -233,6 +233,21 @@ def resolve_model_dir(name_or_path: str, cache_dir: str | None = None) -> str:
     )
 
 
+def check_model_name(name_or_path: str) -> None:
+    """Refuse a model name :func:`resolve_model_dir` would refuse, without converting or loading
+    anything (a preset, an existing folder or .gguf file, or an ``org/name`` hub id)."""
+    name = str(name_or_path).strip()
+    path = Path(name).expanduser()
+    if name.lower() in PRESETS or path.exists():
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.lower().endswith(".gguf")
+    if looks_local or not _HUB_ID.match(name):
+        raise TunebenchError(
+            f"unknown model '{name}': not a preset ({', '.join(PRESETS)}), an existing folder or .gguf "
+            "file, nor a Hugging Face id of the form org/name"
+        )
+
+
 def _resolve_preset(preset: Preset, root: Path, local: tuple[Path, str] | None = None) -> Path:
     """The preset's cache folder, converting on first use from its packages (or from ``local``:
     an already-verified ``(gguf_path, sha256)`` of the same file)."""

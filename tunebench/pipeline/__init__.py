@@ -33,6 +33,24 @@ WAY_OUT = {
 }
 
 
+def check_config(config: ExperimentConfig) -> None:
+    """What can be checked before any work, so a mistake fails now and binds no run directory:
+    the model name, the task's data files, and the metrics (imported, not yet computed)."""
+    from tunebench.evaluation.custom import resolve_metric
+    from tunebench.models.presets import check_model_name
+
+    if "model" in config.own_sections:
+        check_model_name(config.model.name)
+    task = config.task
+    for key in ("train_file", "validation_file", "test_file"):
+        path = getattr(task, key, None)
+        if path and not Path(path).expanduser().is_file():
+            raise TunebenchError(f"task.{key}: {Path(path).expanduser().resolve()}: no such file")
+    options = get_task(task).scorer_options()
+    for metric in options.get("metrics", ()):  # the metrics a task lets the user choose
+        resolve_metric(metric, options)
+
+
 def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
     """Create (or reopen) the run directory (``kind``: experiment or study, for the advice).
 
@@ -41,6 +59,7 @@ def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
     last checkpoint; a run with no finished stage takes any new config. A change that
     invalidates training (model, data, LoRA, learning rate...) is refused.
     """
+    check_config(config)
     run = RunDir(config.run_dir)
     if not run.config_path.is_file():
         run.write_config(config)
@@ -77,6 +96,10 @@ def plan(config: ExperimentConfig) -> dict[str, Any]:
     run (a changed config's stale stages included)."""
     run = RunDir(config.run_dir)
     stages = planned_stages(config)
+    try:
+        check_config(config)
+    except TunebenchError as exc:
+        return {"run_dir": str(run.root), "status": "invalid", "to_run": [], "detail": str(exc)}
     if not run.config_path.is_file():
         return {"run_dir": str(run.root), "status": "new", "to_run": stages, "detail": ""}
     stale = stale_stages(run, config)
