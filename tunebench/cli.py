@@ -636,6 +636,10 @@ def main() -> None:
     # that an optional 4-bit CPU kernel package ("kernels") is missing, and uses its own
     # fallback: a line on every run, 8-/4-bit or not, that asks the user for nothing needed
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():
+        # weight-loading and conversion bars (huggingface_hub's, which transformers follows)
+        # would fill a log file with carriage returns; our own stages print plain lines there
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
     try:
         status = app(standalone_mode=False)  # typer's own errors come here, printed as ours

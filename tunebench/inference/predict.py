@@ -240,24 +240,31 @@ def timing_info(rows: list[dict[str, Any]], wall_time_s: float) -> dict[str, Any
 
 
 class ProgressBar:
-    """A rich progress bar with predictions/s; ``advance(n)`` after each batch."""
+    """Progress of a split's predictions, ``advance(n)`` after each batch: a rich bar on a
+    terminal; without one (a log file, CI, nohup) a plain line every 30 s and at the end, with
+    predictions/s and the time left."""
+
+    EVERY_S = 30.0
 
     def __init__(self, split: str, total: int, done: int) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.split, self.total, self.done = split, total, done
+        self.plain = not sys.stderr.isatty()
+        self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn(f"predict {split}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"),
             TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=not sys.stderr.isatty(),
+            console=self.console,
+            disable=self.plain,
         )
         self.task = self.progress.add_task("predict", total=total, completed=done, rate="")
         self.count = 0
-        self.start = time.perf_counter()
+        self.start = self.last_line = time.perf_counter()
 
     def __enter__(self) -> Any:
         self.progress.start()
@@ -265,8 +272,18 @@ class ProgressBar:
 
     def advance(self, n: int) -> None:
         self.count += n
-        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+        now = time.perf_counter()
+        rate = self.count / max(now - self.start, 1e-9)
         self.progress.update(self.task, advance=n, rate=f"{rate:.1f} pred/s")
+        finished = self.done + self.count >= self.total
+        if self.plain and (finished or now - self.last_line >= self.EVERY_S):
+            self.last_line = now
+            left = (self.total - self.done - self.count) / rate if rate > 0 else 0.0
+            self.console.print(
+                f"predict {self.split}: {self.done + self.count}/{self.total}, {rate:.1f} predictions/s"
+                + ("" if finished else f", ETA {int(left) // 60}m{int(left) % 60:02d}s"),
+                highlight=False,
+            )
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
