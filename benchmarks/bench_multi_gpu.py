@@ -50,10 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP instead of DDP")
     p.add_argument("--compile", action="store_true", help="training.compile: true in both runs")
     p.add_argument(
-        "--cuda-graphs", action="store_true", help="training.cuda_graphs: true (and compile) in both runs"
-    )
-    p.add_argument("--overlap", action="store_true", help="training.overlap_steps: true in both runs")
-    p.add_argument(
         "--settle",
         type=int,
         default=5,
@@ -96,9 +92,7 @@ def write_config(args: argparse.Namespace, runs: Path, name: str) -> Path:
             "eval_every": args.eval_every,
             "early_stopping_patience": None,  # both runs take every step
             "fsdp": args.fsdp,
-            "compile": args.compile or args.cuda_graphs,
-            "cuda_graphs": args.cuda_graphs,
-            "overlap_steps": args.overlap,
+            "compile": args.compile,
         },
         "generation": {"max_new_tokens": args.max_new_tokens},
         "eval_splits": [args.split],

@@ -148,7 +148,7 @@ def make_trainer(args: argparse.Namespace, workdir: Path, largest: int) -> Any:
     batch size's steps at the largest batch)."""
     from bench_train import ENGINE, make_config
 
-    from tunebench.pipeline import open_run
+    from tunebench.pipeline import ensure_prepared, open_run
     from tunebench.training.loop import Trainer
 
     shape = argparse.Namespace(
@@ -160,9 +160,9 @@ def make_trainer(args: argparse.Namespace, workdir: Path, largest: int) -> Any:
         batch=largest,
     )
     config = make_config(shape, workdir, "scaling", ENGINE[args.variant])
-    trainer = Trainer(config, open_run(config), resume=False)
-    trainer.setup()
-    return trainer
+    run = open_run(config)
+    ensure_prepared(config, run)
+    return Trainer(config, run, resume=False)
 
 
 def with_batch(trainer: Any, batch: int) -> None:

@@ -26,11 +26,6 @@ Variants (``--variants``, comma-separated):
                      its losses ran 0.7-4.2% below eager's on the H100). Until then the
                      rounding-emulating variant was packed-compile-liger-emulate
                      (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1, tree 06e264b)
-  packed-graphs      packed-compile + training.cuda_graphs (layers replayed as CUDA graphs)
-  packed-compile-liger-overlap
-                     packed-compile-liger + training.overlap_steps (no wait for the GPU inside a
-                     step; here each step is still timed to its end, so this shows the cost of
-                     the device-side skip, not the overlap: bench_multi_gpu.py --overlap does)
   packed-8bit, packed-4bit
                      the base model loaded 8-bit / 4-bit (NF4) through bitsandbytes, as the study
                      loaded Code Llama 34B (needs the bitsandbytes wheel)
@@ -65,12 +60,6 @@ ENGINE = {
     "packed-nodrop": {"lora.dropout": 0.0},
     "packed-compile-nodrop": {"training.compile": True, "lora.dropout": 0.0},
     "packed-compile-liger": {"training.compile": True, "training.liger": True},
-    "packed-graphs": {"training.compile": True, "training.cuda_graphs": True},
-    "packed-compile-liger-overlap": {
-        "training.compile": True,
-        "training.liger": True,
-        "training.overlap_steps": True,
-    },
     # inductor's own bf16 rounding (compile's default before training.compile_eager_rounding)
     "packed-compile-liger-inductor-rounding": {
         "training.compile": True,
@@ -179,18 +168,17 @@ def peak_gb() -> float | None:
 
 # --- tunebench engine ---------------------------------------------------------------------------
 def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, Any]:
-    from tunebench.pipeline import open_run
-    from tunebench.training.loop import CUDA_GRAPHS_OPT_IN, Trainer
+    from tunebench.pipeline import ensure_prepared, open_run
+    from tunebench.training.loop import Trainer
     from tunebench.training.lora import liger_loss_fn
 
     overrides = ENGINE[name]
     if overrides.get("training.liger") and liger_loss_fn() is None:
         return {"status": "skipped: liger-kernel not installed"}
     cfg = make_config(args, workdir, name, overrides)
-    if cfg.training.cuda_graphs:  # measuring the experimental path is this variant's point
-        os.environ[CUDA_GRAPHS_OPT_IN] = "1"
-    trainer = Trainer(cfg, open_run(cfg), resume=False)
-    trainer.setup()
+    run = open_run(cfg)
+    ensure_prepared(cfg, run)
+    trainer = Trainer(cfg, run, resume=False)
     if overrides.get("training.liger") and trainer.device.type != "cuda":
         return {"status": "skipped: liger needs CUDA"}
     reset_memory()
@@ -198,11 +186,11 @@ def run_engine(args: argparse.Namespace, workdir: Path, name: str) -> dict[str, 
     for step in range(args.steps):
         seconds, out = timed_step(trainer, step)
         times.append(seconds)
-        losses.append(float(out["loss"]))  # overlap_steps: tensors, read here
+        losses.append(float(out["loss"]))
         tokens.append(out["tokens"])
         norms.append(float(out["grad_norm"]))  # non-finite: the step was skipped
         rates.append(out["lr"])
-    result = summarize(args, times, tokens, losses, trainer.flops_per_token)
+    result = summarize(args, times, tokens, losses, trainer.b.flops_per_token)
     result.update(grad_norms=norms, learning_rates=rates, step_times_s=times)
     if args.repeat:
         result.update(steady_state(args, trainer))
@@ -225,8 +213,8 @@ def timed_step(trainer: Any, step: int) -> tuple[float, dict[str, Any]]:
 
 
 def steady_state(args: argparse.Namespace, trainer: Any) -> dict[str, Any]:
-    """Throughput over repeats of the timed steps' data: every shape has been compiled (and,
-    with CUDA graphs, recorded) by then, as in a long run where a handful of shapes recur."""
+    """Throughput over repeats of the timed steps' data: every shape has been compiled by then,
+    as in a long run where a handful of shapes recur."""
     import torch
 
     from tunebench.training.mfu import mfu
@@ -241,7 +229,7 @@ def steady_state(args: argparse.Namespace, trainer: Any) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if trainer.device.type == "cuda" else None
     return {
         "steady_tokens_per_s": tps,
-        "steady_mfu": mfu(tps, trainer.flops_per_token, gpu),
+        "steady_mfu": mfu(tps, trainer.b.flops_per_token, gpu),
         "steady_step_times_s": times,
     }
 

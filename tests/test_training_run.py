@@ -21,9 +21,8 @@ from safetensors.torch import load_file
 from tunebench.config import load_experiment
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
-from tunebench.pipeline import open_run
+from tunebench.pipeline import ensure_prepared, open_run, train_stage
 from tunebench.providers.choose import choose_checkpoint, pick
-from tunebench.training import train
 from tunebench.training.loop import FAULT_KILL_ENV, FAULT_NAN_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,9 +55,11 @@ def write_config(tmp: Path, model: Path, data: Path, name: str, **training: Any)
 
 
 def run_train(path: Path, resume: bool = True) -> tuple[dict[str, Any], Path]:
+    """Prepare and train as `tunebench train` does (the summary and adapter recorded)."""
     cfg = load_experiment(path)
     run = open_run(cfg)
-    return train(cfg, run, resume=resume), run.root
+    ensure_prepared(cfg, run)
+    return train_stage(cfg, run, resume=resume), run.root
 
 
 def losses(root: Path, split: str = "train") -> list[float | None]:
@@ -544,3 +545,27 @@ def test_headline_metric_of_a_task_with_nothing_scored(tmp_path) -> None:
         "execution_accuracy",
         0.25,
     )
+
+
+def test_logs_without_a_terminal_carry_what_the_bars_show(tmp_path, tiny_model_dir, data_dir) -> None:
+    """`tunebench run` into a pipe: training lines with loss, validation loss and tokens/s, a
+    prediction progress line, and no carriage-return bar updates."""
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "logged", max_steps=4)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw["generation"] = {"max_new_tokens": 4}
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunebench", "run", str(path)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.splitlines()
+    last_train = [ln for ln in lines if ln.startswith("train step 4/4")]
+    assert last_train and "loss " in last_train[0] and "validation loss " in last_train[0]
+    assert "tokens/s" in last_train[0]
+    assert any(ln.startswith("train step 1/4") and "ETA" in ln for ln in lines)
+    assert any(ln.startswith("predict test: 8/8") and "predictions/s" in ln for ln in lines)
+    assert "\r" not in proc.stderr
