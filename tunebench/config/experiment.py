@@ -232,16 +232,15 @@ class TrainingConfig(Strict):
     compile: bool = Field(
         False,
         description="torch.compile each decoder layer (GPU): fewer kernels and less Python per "
-        "step (36.2% MFU with liger-kernel on an H100, 1.63x eager, on eager's loss curve). Off "
-        "by default: compiling takes ~85 s up front, longer than a short run saves.",
+        "step, on eager's loss curve. Use it for runs of more than a few minutes: compiling "
+        "costs about a minute and a half up front (BENCHMARKS.md has the speed-up).",
     )
     compile_eager_rounding: bool = Field(
         True,
         description="With compile: fused kernels round bf16 intermediates where eager does "
         "(inductor's emulate_precision_casts, as the compiled layers' own option), so the "
-        "compiled loss curve follows eager's. Without it the H100's compiled bf16 losses ran "
-        "0.7-4.2% below eager's; with it within 0.27%, at the same speed (BENCHMARKS.md). Off "
-        "only to reproduce older compiled runs.",
+        "compiled loss curve follows eager's at the same speed. Turn it off only to reproduce "
+        "compiled runs made without it.",
     )
     liger: bool = Field(
         True, description="Use liger-kernel's fused linear cross-entropy when installed (GPU)."
@@ -271,7 +270,7 @@ class TrainingConfig(Strict):
     @classmethod
     def _epochs_replace_default_steps(cls, data: Any) -> Any:
         # `epochs: 3` alone must mean three epochs: the 400-step default would otherwise win
-        # silently (a study ran 400 steps where its config said 5 epochs before this rule).
+        # silently.
         if isinstance(data, dict) and data.get("epochs") is not None and "max_steps" not in data:
             return {**data, "max_steps": None}
         return data
@@ -325,10 +324,10 @@ class GenerationConfig(Strict):
     cache_implementation: Literal["dynamic", "static"] = Field(
         "dynamic",
         description="KV cache of local generation. `static` preallocates it for the batch and lets "
-        "transformers compile the decode step on CUDA (fewer kernel launches per token): 568 SQL "
-        "prompts in 1.89 s instead of 8.4 s on an H100 (grouped attention), after ~90 s of "
-        "compiling per batch shape; worth it for serving and many batches. Same outputs in fp32; "
-        "in bf16 a near-tie can differ (1 of 568 rows).",
+        "transformers compile the decode step on CUDA (fewer kernel launches per token, several "
+        "times faster decoding after about a minute and a half of compiling per batch shape): "
+        "use it for serving and many batches. Same outputs in fp32; in bf16 a near-tie can "
+        "differ.",
     )
     few_shot: int = Field(0, ge=0, description="k training examples prepended to each prompt (baselines).")
     prompt_format: Literal["plain", "chat"] = Field(
