@@ -1,8 +1,9 @@
 """LoRA step time and peak memory of Code Llama-shaped models with random weights.
 
 Step time does not depend on the weights' values, so a Llama model is built from its shape
-(random bf16 weights made directly on the GPU, layer by layer), its linear layers optionally
-replaced by bitsandbytes 8-bit (LLM.int8) or 4-bit (NF4, double quantisation) layers, then
+(random bf16 weights made directly on the GPU, one decoder layer at a time, each layer's linear
+layers optionally replaced by bitsandbytes 8-bit (LLM.int8) or 4-bit (NF4, double quantisation)
+layers before the next is made, so 34B at 8/4-bit never holds its 68 GB of bf16 weights), then
 wrapped in peft LoRA at the study's settings (r=8, alpha 16, dropout 0.05, q/k/v/o). Each step
 is one packed row of --tokens tokens, position ids restarting every 512 tokens; attention is
 sdpa with is_causal over the whole row (so it attends across the 512-token examples: a little
@@ -64,59 +65,71 @@ def build_model(arch: sizing.Architecture, quant: str, device: str) -> Any:
     try:
         with torch.device("meta"):
             model = LlamaForCausalLM(config)
-        model.to_empty(device=device)
+        # the layers are materialised one at a time below, each quantized before the next, so
+        # the peak is the quantized model plus one bf16 layer (34B in bf16 alone is 68 GB)
+        layers = model.model.layers
+        model.model.layers = torch.nn.ModuleList()
+        materialise(model, device, dtype)
+        for layer in layers:
+            materialise(layer, device, dtype)
+            if quant != "none":
+                quantize_linears(layer, quant)
+            model.model.layers.append(layer)
     finally:
         torch.set_default_dtype(default)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.ones_(p)
-    model.to(dtype)
-    if quant != "none":
-        quantize_linears(model, quant)
     for p in model.parameters():
         p.requires_grad_(False)
     return model
 
 
-def quantize_linears(model: Any, quant: str) -> None:
-    """Replace each decoder linear layer by its bitsandbytes version, one at a time on the GPU
-    (the peak stays one bf16 model, not two)."""
+def materialise(module: Any, device: str, dtype: Any) -> None:
+    """Allocate a meta module on ``device`` and fill it with random weights (norms at one)."""
+    import torch
+
+    module.to_empty(device=device)
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else torch.nn.init.ones_(p)
+    module.to(dtype)
+
+
+def quantize_linears(layer: Any, quant: str) -> None:
+    """Replace one decoder layer's linear layers by their bitsandbytes versions on the GPU."""
     import bitsandbytes as bnb
     import torch
 
-    for layer in model.model.layers:
-        for parent in (layer.self_attn, layer.mlp):
-            for name, child in list(parent.named_children()):
-                if not isinstance(child, torch.nn.Linear):
-                    continue
-                if quant == "8bit":
-                    new = bnb.nn.Linear8bitLt(
-                        child.in_features,
-                        child.out_features,
-                        bias=False,
-                        has_fp16_weights=False,
-                        threshold=6.0,
-                    )
-                    new.weight = bnb.nn.Int8Params(
-                        child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False
-                    )
-                else:
-                    new = bnb.nn.Linear4bit(
-                        child.in_features,
-                        child.out_features,
-                        bias=False,
-                        compute_dtype=torch.bfloat16,
-                        quant_type="nf4",
-                        compress_statistics=True,
-                    )
-                    new.weight = bnb.nn.Params4bit(
-                        child.weight.data.cpu(),
-                        requires_grad=False,
-                        quant_type="nf4",
-                        compress_statistics=True,
-                    )
-                setattr(parent, name, new.cuda())
-                del child
-        torch.cuda.empty_cache()
+    for parent in (layer.self_attn, layer.mlp):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, torch.nn.Linear):
+                continue
+            if quant == "8bit":
+                new = bnb.nn.Linear8bitLt(
+                    child.in_features,
+                    child.out_features,
+                    bias=False,
+                    has_fp16_weights=False,
+                    threshold=6.0,
+                )
+                new.weight = bnb.nn.Int8Params(
+                    child.weight.data.cpu(), requires_grad=False, has_fp16_weights=False
+                )
+            else:
+                new = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=False,
+                    compute_dtype=torch.bfloat16,
+                    quant_type="nf4",
+                    compress_statistics=True,
+                )
+                new.weight = bnb.nn.Params4bit(
+                    child.weight.data.cpu(),
+                    requires_grad=False,
+                    quant_type="nf4",
+                    compress_statistics=True,
+                )
+            setattr(parent, name, new.cuda())
+            del child
+    torch.cuda.empty_cache()
 
 
 def measure(
@@ -209,9 +222,10 @@ def estimate_beside(point: dict[str, Any]) -> dict[str, Any]:
     setup = sizing.Setup(
         quantization=point["quantization"],
         tokens_per_micro_batch=point["tokens"],
-        context=EXAMPLE_TOKENS,
+        context=point["tokens"],  # sdpa is_causal attends over the whole row
         labeled_fraction=1.0,
         fused_loss=False,
+        kbit_prepared=False,
         gradient_checkpointing=point["gradient_checkpointing"],
     )
     card = gpu_card(point["gpu"]) if point.get("gpu") not in (None, "cpu") else gpu_card("H100")
@@ -233,7 +247,7 @@ def calibration_row(point: dict[str, Any]) -> dict[str, Any]:
         "quantization": point["quantization"],
         "tokens_per_micro_batch": point["tokens"],
         "micro_batches_per_step": 1,
-        "context": EXAMPLE_TOKENS,
+        "context": point["tokens"],
         "labeled_fraction": 1.0,
         "r": 8,
         "targets": list(sizing.ATTENTION_TARGETS),
@@ -242,6 +256,7 @@ def calibration_row(point: dict[str, Any]) -> dict[str, Any]:
         "compile": False,
         "tokens_per_s": point["tokens_per_s"],
         "peak_memory_gib": point["peak_allocated_gib"],
+        "kbit_prepared": False,
         "note": f"random weights, {ATTENTION}",
     }
 

@@ -216,7 +216,14 @@ class Setup:
     """Share of tokens with a loss (completion-only loss: the target's share)."""
     gradient_checkpointing: bool = False
     fused_loss: bool = True
+    """A fused linear + cross-entropy kernel (liger) that never holds the logits; False is the
+    plain loss over the full vocabulary (logits, their float32 copy and gradient)."""
     compile: bool = False
+    kbit_prepared: bool = True
+    """8-/4-bit only: peft's k-bit preparation ran (tunebench's training path). It keeps the
+    embeddings, norms and lm_head in float32, so the residual stream and norm outputs the
+    backward pass saves are float32 too. Without it (a model built all in bf16 and then
+    quantized, as benchmarks/bench_scale.py does) they stay bf16."""
 
     def __post_init__(self) -> None:
         if self.quantization not in ("none", "8bit", "4bit"):
@@ -225,9 +232,17 @@ class Setup:
 
 #: Saved bytes per token of one decoder layer, eager bf16, before the fitted scale: per hidden
 #: unit (norm inputs and outputs in float32 and bf16, attention inputs, outputs and rotary
-#: copies), per MLP unit (gate, up, activation, product), per KV unit (k and v), and per input
-#: feature of each LoRA-adapted layer (dropout mask + the bf16 copy lora_A keeps).
-SAVED_BYTES = {"hidden": 30.0, "intermediate": 8.0, "kv": 4.0, "lora_input": 3.0}
+#: copies; k and v count here at full width, because transformers' sdpa path repeats grouped KV
+#: heads to all heads before attention), per MLP unit (gate, up, activation, product), and per
+#: input feature of each LoRA-adapted layer (dropout mask + the bf16 copy lora_A keeps).
+SAVED_BYTES = {"hidden": 30.0, "intermediate": 8.0, "lora_input": 3.0}
+#: bitsandbytes' LLM.int8 matmul keeps its own copy of each 8-bit linear layer's input for the
+#: backward pass: bytes per input feature of every quantized linear (all seven, not only the
+#: LoRA-adapted ones). Measured on Code Llama 7B and 13B shapes without k-bit preparation (the
+#: 8-bit run used 3.5 bytes per such feature and token more than its 4-bit twin, in both sizes).
+#: The one prepared 8-bit run (Qwen2.5 1.5B) kept no more than its 4-bit twin, its float32
+#: inputs already saved for the norms, so the term applies to unprepared runs only.
+INT8_SAVED_BYTES = 3.5
 #: Logits of one labeled position of the unfused loss (bf16 logits, float32 copy, gradient).
 LOSS_BYTES_PER_LOGIT = 12.0
 #: The unfused loss computes its logits in chunks of this many positions (training/lora.py).
@@ -246,13 +261,16 @@ def nominal_layer_bytes(arch: Architecture, setup: Setup) -> float:
     return (
         SAVED_BYTES["hidden"] * arch.hidden
         + SAVED_BYTES["intermediate"] * arch.intermediate
-        + SAVED_BYTES["kv"] * arch.kv_width
         + SAVED_BYTES["lora_input"] * lora_in
     )
 
 
-def weight_bytes(arch: Architecture, quantization: str) -> float:
-    """Bytes of the frozen weights at the chosen quantization."""
+def weight_bytes(arch: Architecture, quantization: str, prepared: bool = True) -> float:
+    """Bytes of the frozen weights at the chosen quantization. Only the decoder's linear layers
+    are quantized, and bitsandbytes stores them packed (no bf16 copy is kept: 4-bit dequantises
+    one layer's weight at a time inside the matmul, and the scratch copy is freed right after).
+    Embeddings, lm_head and norms stay unquantized: float32 after peft's k-bit preparation
+    (``prepared``), else bf16."""
     counts = parameter_counts(arch)
     rest = counts["embedding"] + counts["lm_head"] + counts["other"]
     if quantization == "none":
@@ -264,7 +282,7 @@ def weight_bytes(arch: Architecture, quantization: str) -> float:
         # NF4: 4 bits a weight; absmax of each 64-block as int8 (double quantisation) + a float32
         # constant per 256 blocks
         linear = counts["linear"] * (0.5 + 1 / 64 + 4 / (64 * 256))
-    return linear + 4.0 * rest  # peft's k-bit preparation casts the rest to float32
+    return linear + (4.0 if prepared else 2.0) * rest
 
 
 @dataclass(frozen=True)
@@ -274,6 +292,8 @@ class Calibration:
     activation_scale: float = 0.75
     compile_activation: float = 0.75
     kbit_activation: float = 1.45
+    """Activation factor of a k-bit run after peft's preparation (float32 residual stream and
+    norm outputs); an unprepared k-bit run keeps bf16 activations like a bf16 run."""
     host_layer_s: float = 5e-3
     host_step_s: float = 0.03
     host_module_s: float = 1e-3
@@ -281,6 +301,9 @@ class Calibration:
     efficiency_max: float = 0.5
     compile_efficiency: float = 1.5
     int8_efficiency: float = 0.3
+    """Share of the bf16 matmul efficiency LLM.int8 layers reach: each 8-bit matmul also
+    quantizes its input row by row, looks for outlier columns and rescales its output, work
+    that grows with tokens x features like the matmul itself (fitted: about 2/3 on H100)."""
     efficiency_half_hidden: float = 2048.0
     """Hidden size at which the GPU reaches half its top efficiency (a prior until points of
     several sizes are measured; not fitted)."""
@@ -289,23 +312,38 @@ class Calibration:
 
 def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = None) -> dict[str, float]:
     """Peak GPU memory in GiB by part; ``allocated`` is what ``torch.cuda.max_memory_allocated``
-    measures, ``total`` adds the CUDA context and allocator slack (what must fit the card)."""
+    measures, ``total`` adds the CUDA context and allocator slack (what must fit the card).
+
+    - ``weights``: :func:`weight_bytes` (packed 8-/4-bit linears, the rest bf16 or float32);
+    - ``adapter_optimizer``: LoRA weights, gradients and AdamW's two moments, float32 each;
+    - ``activations``: what the backward pass keeps per token and layer (SAVED_BYTES x the
+      fitted scale; x ``kbit_activation`` after k-bit preparation); with checkpointing, each
+      layer's input plus one layer being recomputed;
+    - ``int8_inputs``: without k-bit preparation, the inputs LLM.int8 keeps (INT8_SAVED_BYTES);
+    - ``loss``: the fused kernel's float32 chunk, or the plain loss's logits over the whole
+      vocabulary for up to LOSS_CHUNK positions (bf16 logits, float32 copy, gradient)."""
     cal = cal or calibration()
     kbit = setup.quantization != "none"
-    weights = weight_bytes(arch, setup.quantization)
+    prepared = kbit and setup.kbit_prepared
+    weights = weight_bytes(arch, setup.quantization, setup.kbit_prepared)
     adapter = 16.0 * lora_parameters(arch, setup.r, setup.targets)
     scale = cal.activation_scale
     scale *= cal.compile_activation if setup.compile else 1.0
-    scale *= cal.kbit_activation if kbit else 1.0
+    scale *= cal.kbit_activation if prepared else 1.0
     per_layer = nominal_layer_bytes(arch, setup) * scale
+    int8_layer = 0.0
+    if setup.quantization == "8bit" and not setup.kbit_prepared:
+        int8_layer = INT8_SAVED_BYTES * sum(i for i, _ in arch.linear_shapes().values())
     tokens = setup.tokens_per_micro_batch
     if setup.gradient_checkpointing:
         # each layer keeps its input (float32 residual stream with k-bit); one layer is
         # recomputed at a time during backward
-        stored = arch.layers * arch.hidden * (4.0 if kbit else 2.0)
+        stored = arch.layers * arch.hidden * (4.0 if prepared else 2.0)
         activations = tokens * (stored + per_layer)
+        int8_inputs = tokens * int8_layer
     else:
         activations = tokens * arch.layers * per_layer
+        int8_inputs = tokens * arch.layers * int8_layer
     labeled = tokens * setup.labeled_fraction
     if setup.fused_loss:
         loss = labeled * arch.hidden * 8.0  # the fused kernel's float32 chunk of logits/gradients
@@ -315,6 +353,7 @@ def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = Non
         "weights": weights / GIB,
         "adapter_optimizer": adapter / GIB,
         "activations": activations / GIB,
+        "int8_inputs": int8_inputs / GIB,
         "loss": loss / GIB,
     }
     allocated = sum(parts.values())
@@ -399,11 +438,15 @@ class Point:
     compile: bool
     tokens_per_s: float | None
     peak_memory_gib: float | None
+    kbit_prepared: bool = True
     shared_gpu: bool = False
     relative_to: str | None = None
     """The source of a point measured beside this one in the same conditions: on a shared GPU
     the speed ratio of the two is what this point tells (8-bit vs bf16 in one sitting)."""
     memory_note: str | None = None
+    speed_note: str | None = None
+    """Why the recorded speed does not tell this configuration's speed (left out of the fit and
+    the speed check), like ``memory_note`` for memory."""
     note: str | None = None
     architecture: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -425,6 +468,7 @@ class Point:
             gradient_checkpointing=self.gradient_checkpointing,
             fused_loss=self.fused_loss,
             compile=self.compile,
+            kbit_prepared=self.kbit_prepared,
         )
 
 
@@ -463,7 +507,7 @@ def fit(points: Sequence[Point], prior: Calibration | None = None) -> Calibratio
     predicts less. A weak pull toward the prior keeps constants without data where they were."""
     prior = prior or Calibration()
     cal = replace(prior, **fit_memory(points, prior), points=len(points))
-    speed = [p for p in points if p.tokens_per_s]
+    speed = [p for p in points if p.tokens_per_s and not p.speed_note]
     if not speed:
         return cal
     start = np.log([getattr(prior, k) for k in _FITTED])
@@ -510,7 +554,7 @@ def fit_memory(points: Sequence[Point], prior: Calibration) -> dict[str, float]:
         measured = p.peak_memory_gib - rest
         if measured <= 0:
             continue
-        rows.append([1.0, float(p.compile), float(p.quantization != "none")])
+        rows.append([1.0, float(p.compile), float(p.quantization != "none" and p.kbit_prepared)])
         target.append(math.log(measured / parts["activations"]))
     if not rows:
         return {}
@@ -582,6 +626,7 @@ def calibration_report(path: str | Path = CALIBRATION_PATH) -> list[dict[str, An
             {
                 "source": p.source,
                 "shared_gpu": p.shared_gpu,
+                "speed_trusted": p.speed_note is None,
                 "memory_trusted": p.memory_note is None,
                 "tokens_per_s": p.tokens_per_s,
                 "estimated_tokens_per_s": speed,
