@@ -14,6 +14,11 @@ from pathlib import Path
 
 ENDOFTEXT = "<|endoftext|>"
 IM_END = "<|im_end|>"
+#: ChatML, as Qwen2.5's template writes a conversation (for tests of chat data).
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def corpus(data_dir: Path, limit: int = 2000) -> list[str]:
@@ -32,8 +37,11 @@ def corpus(data_dir: Path, limit: int = 2000) -> list[str]:
     return texts
 
 
-def build_tiny_model(out_dir: Path, data_dir: Path, vocab_size: int = 1024, seed: int = 0) -> Path:
-    """Write a tokenizer + random tiny Qwen2 model (safetensors) into ``out_dir``."""
+def build_tiny_model(
+    out_dir: Path, data_dir: Path, vocab_size: int = 1024, seed: int = 0, chat_template: str | None = None
+) -> Path:
+    """Write a tokenizer + random tiny Qwen2 model (safetensors) into ``out_dir`` (with
+    ``chat_template``, e.g. :data:`CHATML`, the tokenizer has that chat template)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -48,6 +56,8 @@ def build_tiny_model(out_dir: Path, data_dir: Path, vocab_size: int = 1024, seed
     )
     bpe.train_from_iterator(corpus(data_dir), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     endoftext, im_end = tokenizer.convert_tokens_to_ids([ENDOFTEXT, IM_END])
 
     torch.manual_seed(seed)

@@ -231,8 +231,20 @@ def evaluate(
         int | None, typer.Option(min=1, help="Parallel processes (default: all cores).")
     ] = None,
     metric: Annotated[
-        list[str] | None, typer.Option(help="custom: metric name or dotted path (repeatable).")
+        list[str] | None,
+        typer.Option(
+            help="custom: a metric of task.metrics (exact_match, json_valid, json_match, json_field_f1, "
+            "json_schema_valid, token_f1, label_accuracy, macro_f1...) or module:function (repeatable)."
+        ),
     ] = None,
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="custom: JSON Schema file of json_schema_valid."),
+    ] = None,
+    unwrap_fence: Annotated[
+        bool,
+        typer.Option(help="custom: score an answer that is one Markdown code fence on its content."),
+    ] = False,
 ) -> None:
     """Score a predictions file and write OUT/metrics.json and OUT/per_example.jsonl.
 
@@ -251,11 +263,14 @@ def evaluate(
         "max_memory_mb": max_memory_mb,
         "workers": workers,
         "metrics": metric,
+        "json_schema": str(json_schema) if json_schema else None,
     }.items():
         if value is not None:
             options[key] = value
     if keep_distinct:
         options["keep_distinct"] = True
+    if unwrap_fence:
+        options["unwrap_fence"] = True
     if task == "sql" and db_dir is None:
         options.update(default_sql_databases())
     metrics = evaluate_fn(task, predictions, out, options)
@@ -540,6 +555,41 @@ def estimate_command(
         "(proj.): projected from H100 measurements by FLOP/s and bandwidth ratios.",
         highlight=False,
     )
+
+
+@app.command("init")
+def init(
+    data: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="OpenAI chat or prompt/completion JSONL.")
+    ],
+    model: Annotated[
+        str, typer.Option(help="The open model of the base and LoRA systems.")
+    ] = "qwen2.5-coder-1.5b",
+    openai_model: Annotated[
+        str, typer.Option(help="The OpenAI model to fine-tune.")
+    ] = "gpt-4o-mini-2024-07-18",
+    out: Annotated[Path, typer.Option(help="The study config to write.")] = Path("study.yaml"),
+    test: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="Test rows (default: a seeded share of DATA)."),
+    ] = None,
+    test_fraction: Annotated[
+        float, typer.Option(min=0.01, max=0.9, help="Without --test: the share of DATA's rows kept for test.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the test and validation splits.")] = 0,
+) -> None:
+    """Write a commented study config comparing the base model, LoRA and an OpenAI fine-tune on
+    DATA, and print the OpenAI cost estimate. Nothing is uploaded, trained or spent."""
+    from tunebench.scaffold import init_study
+
+    made = init_study(data, out, model, openai_model, test, test_fraction, seed)
+    console.print(f"format: {made.format}; metrics: {', '.join(made.metrics)}", highlight=False)
+    if test is None:
+        console.print(f"split {data} -> {made.train_file} + {made.test_file}", highlight=False)
+    console.print("OpenAI fine-tuning estimate (nothing is uploaded):", highlight=False)
+    for line in made.estimate.lines():
+        console.print(f"  {line}", highlight=False)
+    console.print(f"wrote {made.config}; run it with: tunebench run {made.config}", highlight=False)
 
 
 @app.command(name="config")

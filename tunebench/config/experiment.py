@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tunebench.config.base import Strict
+from tunebench.config.paths import resolve_config_paths
 from tunebench.config.tracking import TrackingConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import read_text
@@ -101,31 +102,79 @@ class TaskConfig(Strict):
         None, ge=1, description="Cap on validation and test rows (first N in file order): demos."
     )
     # custom task only
-    train_file: str | None = Field(None, description="custom: training JSONL/CSV file.")
-    validation_file: str | None = Field(None, description="custom: validation JSONL/CSV file.")
-    test_file: str | None = Field(None, description="custom: test JSONL/CSV file.")
+    train_file: str | None = Field(
+        None,
+        description="custom: training JSONL/CSV file; a relative path is read from the config file's folder.",
+    )
+    validation_file: str | None = Field(
+        None, description="custom: validation JSONL/CSV file (relative: from the config file's folder)."
+    )
+    test_file: str | None = Field(
+        None, description="custom: test JSONL/CSV file (relative: from the config file's folder)."
+    )
+    format: Literal["auto", "chat", "prompt_completion", "rows"] = Field(
+        "auto",
+        description="custom: how the files are read. `chat`: OpenAI's chat fine-tuning JSONL, one "
+        '`{"messages": [...]}` per line, checked by OpenAI\'s format rules; the last assistant message is '
+        "the target and the turns before it the prompt; LoRA trains on every assistant turn without "
+        "`weight: 0`, in the model's chat template, and predicts in it; the OpenAI provider uploads the "
+        "same messages. `prompt_completion`: JSONL with `prompt` and `completion` text (OpenAI's legacy "
+        "format, TRL's). `rows`: JSONL/CSV rows rendered by `prompt_template`, the target in "
+        "`target_field`. `auto`: `chat` when the first training row has `messages`, "
+        "`prompt_completion` when it has `prompt` and `completion`, else `rows`.",
+    )
     prompt_template: str | None = Field(
         None,
-        description="custom: prompt template over the row's fields, Jinja (`{{ question }}`) or "
-        "str.format (`{question}`); the rendered text is followed by the target.",
+        description="custom, format rows: prompt template over the row's fields, Jinja (`{{ question }}`) "
+        "or str.format (`{question}`); the rendered text is followed by the target.",
     )
-    target_field: str = Field("target", description="custom: the row field holding the expected output.")
+    target_field: str = Field(
+        "target", description="custom, format rows: the row field holding the expected output."
+    )
     system_prompt: str | None = Field(
-        None, description="custom: system message for chat providers (default: the prompt's instruction)."
+        None,
+        description="custom, formats rows and prompt_completion: system message for chat providers "
+        "(default: none, the prompt alone is the user message). Chat data brings its own.",
     )
     metrics: list[str] = Field(
         default_factory=lambda: ["exact_match", "exact_match_normalized"],
-        description="custom: metric names (`exact_match`, `exact_match_normalized`, `json_match`) or "
-        "dotted paths to your own `fn(prediction, gold) -> bool | float`.",
+        description="custom: metrics, the first ranks systems and checkpoints. Per example, averaged: "
+        "`exact_match` (equal after stripping the ends); `exact_match_normalized` (also case-folded, "
+        "whitespace runs collapsed); `json_valid` (the trimmed prediction parses as one JSON value; "
+        "NaN/Infinity refused); `json_match` (parsed prediction equals parsed gold: key order ignored, "
+        "numbers by value, 1 == 1.0, list order kept); `json_field_f1` (gold and prediction leaves are "
+        "multisets of (path, value) pairs, an object key extends the path with `.key`, a list element "
+        "with `[]` so lists are order-free, an empty object/list is a leaf; F1 = 2|P∩G|/(|P|+|G|), 1.0 "
+        "when both are empty, 0.0 for invalid JSON); `json_schema_valid` (the prediction is JSON valid "
+        "against `json_schema`, by the jsonschema library); `token_f1` (F1 of the word tokens as "
+        "multisets, normalised as SQuAD does: lower case, punctuation and articles dropped); `label_accuracy` (the trimmed prediction equals the trimmed "
+        "gold label). Over the set: `macro_f1` (the unweighted mean over the gold labels "
+        "of each label's F1, a prediction outside the gold labels counting only as a miss; for "
+        "classification into a small label set). Or your own `fn(prediction, gold) -> bool | float`: "
+        "`module:function` (a `module.py` beside the config is found first, then the Python path).",
     )
-    first_line_only: bool = Field(
-        True, description="Keep only the first line of a generation (the study's rule for both tasks)."
+    json_schema: str | dict[str, Any] | None = Field(
+        None,
+        description="custom: the JSON Schema of `json_schema_valid`, inline (a mapping) or a .json file "
+        "(relative: from the config file's folder).",
+    )
+    unwrap_fence: bool | None = Field(
+        None,
+        description="custom: an answer (prediction or gold) that is exactly one Markdown code fence "
+        "(```json ... ```) is scored on the fence's content. Default: on for chat data, off otherwise.",
+    )
+    first_line_only: bool | None = Field(
+        None,
+        description="Keep only the first line of a generation (the study's rule). Default: on for sql, "
+        "viggo and custom rows; off for custom chat and prompt_completion data, whose answer ends "
+        "where the model stops.",
     )
 
     @model_validator(mode="after")
     def _custom_needs_files(self) -> TaskConfig:
         if self.name == "custom":
-            missing = [k for k in ("train_file", "test_file", "prompt_template") if not getattr(self, k)]
+            needed = ["train_file", "test_file", *(["prompt_template"] if self.format == "rows" else [])]
+            missing = [k for k in needed if not getattr(self, k)]
             if missing:
                 raise ValueError(f"task 'custom' needs {', '.join(missing)}")
         return self
@@ -712,6 +761,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
             f"{path} is a study config (it has `systems`/`tasks`), not a single experiment: "
             f"run it with `tunebench run {path}`"
         )
+    resolve_config_paths(data, path)
     for dotted, value in (overrides or {}).items():
         set_dotted(data, dotted, value)
     return parse_model(ExperimentConfig, data, str(path), overrides)

@@ -32,6 +32,7 @@ from tunebench.config.experiment import (
     parse_model,
     set_dotted,
 )
+from tunebench.config.paths import resolve_config_paths
 from tunebench.errors import TunebenchError
 
 #: providers whose runs an ensemble can pool: they generate their own candidates here
@@ -237,7 +238,7 @@ def load_study(path: str | Path) -> StudyConfig:
             f"{path} is a single experiment config, not a study: `tunebench run` or `train` take "
             "it; `tunebench report` takes a study config or a folder of run directories"
         )
-    return parse_model(StudyConfig, data, str(path))
+    return parse_model(StudyConfig, resolve_config_paths(data, path), str(path))
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

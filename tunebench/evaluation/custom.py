@@ -2,7 +2,8 @@
 
 ``options["metrics"]`` lists the metrics to compute (default ``["exact_match",
 "exact_match_normalized"]``). A name is a built-in or a dotted path to a function in the user's
-code, ``"mypkg.metrics:my_metric"`` or ``"mypkg.metrics.my_metric"``. The built-ins:
+code, ``"mypkg.metrics:my_metric"``, ``"mypkg.metrics.my_metric"`` or a file's path,
+``"/path/to/my_metrics.py:my_metric"``. The built-ins:
 
 * per example, in :data:`METRICS`: ``exact_match``, ``exact_match_normalized``, ``json_valid``,
   ``json_match``, ``json_field_f1``, ``token_f1``, ``label_accuracy`` (definitions in their
@@ -26,7 +27,9 @@ Markdown code fence is replaced by the fence's content before every metric
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,7 +117,8 @@ def _import_metric(name: str, module_name: str, attr: str) -> Metric:
     if not module_name or not attr:
         raise TunebenchError(f"metric '{name}': expected 'module:function' or 'module.function'")
     try:
-        module = importlib.import_module(module_name)
+        module = _module_from_file(module_name) if module_name.endswith(".py") else None
+        module = module or importlib.import_module(module_name)
     except Exception as exc:  # any error in the user's module (syntax, import) is theirs to fix
         raise TunebenchError(
             f"metric '{name}': cannot import module '{module_name}' ({type(exc).__name__}: {_line(exc)})"
@@ -125,6 +129,28 @@ def _import_metric(name: str, module_name: str, attr: str) -> Metric:
     if not callable(function):
         raise TunebenchError(f"metric '{name}': '{attr}' in '{module_name}' is not callable")
     return function
+
+
+def _module_from_file(path: str) -> Any:
+    """The module of a ``.py`` file (a metric beside the config: ``/dir/my_metrics.py:fn``),
+    loaded once per file."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: file not found")
+    key = f"tunebench_user_metric_{abs(hash(str(file.resolve())))}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, file)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{file}: not a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module
 
 
 def selected_metrics(options: dict[str, Any]) -> dict[str, Metric]:

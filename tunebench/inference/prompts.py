@@ -41,8 +41,9 @@ def model_prompts(
     few_shot: bool = False,
 ) -> list[str]:
     """The text sent to the model: the task's prompt (after k shots), or with
-    ``generation.prompt_format: chat`` the task's chat messages in the tokenizer's chat template."""
-    if config.generation.prompt_format == "chat":
+    ``generation.prompt_format: chat`` (and always for chat data, which trains in it) the task's
+    chat messages in the tokenizer's chat template."""
+    if config.generation.prompt_format == "chat" or task.chat_data:
         return [chat_prompt(tokenizer, task, ex) for ex in examples]
     prefix = few_shot_prefix(config, run, task) if few_shot else ""
     return [prefix + ex.prompt for ex in examples]

@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tunebench.data.chat_format import row_problems
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write, jsonl_lines
 from tunebench.tasks.base import Example, Task
@@ -48,7 +49,6 @@ MAX_EXAMPLE_TOKENS = {
 }
 DEFAULT_MAX_EXAMPLE_TOKENS = 16385
 MIN_EXAMPLES = 10
-ROLES = ("system", "user", "assistant")
 
 
 # --- tokens -------------------------------------------------------------------------------
@@ -189,32 +189,9 @@ def max_example_tokens(model: str) -> int:
 
 def example_problems(row: Any, counter: TokenCounter, limit: int) -> list[str]:
     """What is wrong with one example by OpenAI's published format rules (empty: fine)."""
-    if not isinstance(row, dict):
-        return ["not a JSON object"]
-    if "__invalid_json__" in row:
-        return [f"invalid JSON ({row['__invalid_json__']})"]
-    messages = row.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return ["missing or empty 'messages' list"]
-    problems: list[str] = []
-    for index, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            problems.append(f"message {index}: not an object")
-            continue
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            problems.append(f"message {index}: role {role!r} is not one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            problems.append(f"message {index}: content must be a string, got {type(content).__name__}")
-        elif role == "assistant" and not content.strip():
-            problems.append(f"message {index}: empty assistant content")
-        extra = set(message) - {"role", "content", "name", "weight"}
-        if extra:
-            problems.append(f"message {index}: unknown keys {sorted(extra)}")
-    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
-        problems.append("no assistant message")
+    problems = row_problems(row)
     if not problems:
-        tokens = message_tokens(messages, counter)
+        tokens = message_tokens(row["messages"], counter)
         if tokens > limit:
             problems.append(f"{tokens} tokens > the model's limit of {limit} per example")
     return problems

@@ -150,6 +150,17 @@ class Task(ABC):
         return [*self.chat_messages(example), {"role": "assistant", "content": example.completion}]
 
     # --- predictions ------------------------------------------------------------------
+    @property
+    def first_line_only(self) -> bool:
+        """``task.first_line_only``, else the task's default (the study's rule: on)."""
+        return self.config.first_line_only if self.config.first_line_only is not None else True
+
+    @property
+    def chat_data(self) -> bool:
+        """The examples are conversations (``chat_messages`` in their fields): local models train
+        and answer in their chat template, whatever ``generation.prompt_format`` says."""
+        return False
+
     def postprocess(self, generation: str, fenced: bool = False) -> str:
         """Raw generation -> prediction: the first line, stripped (the study's rule).
 
@@ -160,9 +171,9 @@ class Task(ABC):
         """
         block = fenced_block(generation) if fenced else None
         if block is not None:
-            generation = " ".join(block.split()) if self.config.first_line_only else block
-        text = generation.lstrip("\n") if self.config.first_line_only else generation
-        if self.config.first_line_only:
+            generation = " ".join(block.split()) if self.first_line_only else block
+        text = generation.lstrip("\n") if self.first_line_only else generation
+        if self.first_line_only:
             text = text.split("\n", 1)[0]
         return text.strip()
 
@@ -176,7 +187,7 @@ class Task(ABC):
     @property
     def stops_on_newline(self) -> bool:
         """Generation may stop at the first newline (only the first line is kept)."""
-        return self.config.first_line_only
+        return self.first_line_only
 
     def eval_fields(self, example: Example) -> dict[str, Any]:
         """Fields the scorer needs besides ``prediction`` and ``gold``."""

@@ -1,7 +1,9 @@
-"""Bring your own task: JSONL/CSV files, a prompt template and a metric.
+"""Bring your own task: OpenAI chat JSONL, prompt/completion JSONL, or rows and a template.
 
-The template is Jinja when it contains ``{{`` and ``str.format`` otherwise; it is rendered
-over each row's fields and the row's ``target_field`` is the expected output.
+The file's format is ``task.format``, detected from the training file by default
+(:mod:`tunebench.tasks.formats`). For rows, the template is Jinja when it contains ``{{`` and
+``str.format`` otherwise; it is rendered over each row's fields and the row's ``target_field``
+is the expected output.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,14 @@ from tunebench.tasks.base import (
     binary_verdicts,
     make_ids,
     number,
+)
+from tunebench.tasks.formats import (
+    CHAT_FIELD,
+    Format,
+    context_messages,
+    detect_format,
+    read_chat,
+    read_prompt_completion,
 )
 
 # How a wrong text answer differs from the gold, in table order (the first that applies).
@@ -55,13 +66,47 @@ class CustomTask(Task):
             return self._jinja.render(**fields)
         return (self.config.prompt_template or "").format(**fields)
 
+    @cached_property
+    def format(self) -> Format:
+        """``task.format``, or the one the training file's first row shows (``auto``)."""
+        if self.config.format != "auto":
+            return self.config.format
+        return detect_format(self.config.train_file)
+
+    @property
+    def first_line_only(self) -> bool:
+        """``task.first_line_only``, else on for rows only: a chat or prompt/completion answer
+        ends where the model stops."""
+        if self.config.first_line_only is not None:
+            return self.config.first_line_only
+        return self.format == "rows"
+
+    @property
+    def chat_data(self) -> bool:
+        return self.format == "chat"
+
     def chat_messages(self, example: Example) -> list[dict[str, str]]:
+        context = context_messages(example)
+        if context is not None:
+            return context
         system = self.config.system_prompt
         messages = [{"role": "system", "content": system}] if system else []
         return [*messages, {"role": "user", "content": example.prompt}]
 
+    def training_messages(self, example: Example) -> list[dict[str, str]]:
+        """A chat example's messages exactly as its file holds them (``weight`` included)."""
+        messages = example.fields.get(CHAT_FIELD)
+        return list(messages) if isinstance(messages, list) else super().training_messages(example)
+
     def scorer_options(self) -> dict[str, Any]:
-        return {"metrics": list(self.config.metrics)}
+        unwrap = self.config.unwrap_fence
+        options: dict[str, Any] = {
+            "metrics": list(self.config.metrics),
+            "unwrap_fence": unwrap if unwrap is not None else self.format == "chat",
+        }
+        if self.config.json_schema is not None:
+            options["json_schema"] = self.config.json_schema
+        return options
 
     def headline_metric(self, metrics: dict[str, Any]) -> tuple[str, float | None]:
         name = (metrics.get("metrics") or ["exact_match"])[0]
@@ -103,6 +148,15 @@ class CustomTask(Task):
         ]
 
     def _examples(self, split: str, path: str) -> list[Example]:
+        if self.format == "chat":
+            return read_chat(Path(path), split)
+        if self.format == "prompt_completion":
+            return read_prompt_completion(Path(path), split)
+        if not self.config.prompt_template:
+            raise TunebenchError(
+                f"{path}: rows without 'messages' or 'prompt'/'completion' need task.prompt_template "
+                "(and task.target_field)"
+            )
         rows = read_rows(path)
         if not rows:
             raise TunebenchError(f"{path}: file is empty")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from tunebench.errors import TunebenchError
-
-IGNORE = -100
+from tunebench.tasks.formats import CHAT_FIELD
+from tunebench.training.chat import IGNORE, chat_ids_and_labels
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    #: a conversation in the chat template: its end-of-turn token is the template's, not eos_id
+    chat: bool = False
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -83,6 +85,14 @@ def tokenize_example(
     return TokenizedExample(example_id, input_ids, labels, truncated)
 
 
+def tokenize_chat(
+    example_id: str, messages: list[dict[str, Any]], tokenizer: Any, max_length: int, loss_on: str
+) -> TokenizedExample:
+    """A conversation labeled on its assistant turns (those without ``weight: 0``)."""
+    ids, labels, truncated = chat_ids_and_labels(example_id, messages, tokenizer, max_length, loss_on)
+    return TokenizedExample(example_id, ids, labels, truncated, chat=True)
+
+
 def tokenize_examples(
     examples: Sequence[Any],
     tokenizer: Any,
@@ -92,9 +102,12 @@ def tokenize_examples(
     loss_on: str = "completion",
     split: str = "train",
 ) -> tuple[list[TokenizedExample], TokenizeStats]:
-    """Tokenize every example and run the start check (:func:`check_examples`)."""
+    """Tokenize every example and run the start check (:func:`check_examples`). A conversation
+    (chat data) is tokenized in the model's chat template (:mod:`tunebench.training.chat`)."""
     out = [
-        tokenize_example(ex.id, ex.prompt, ex.completion, tokenizer, eos_id, suffix, max_length, loss_on)
+        tokenize_chat(ex.id, ex.fields[CHAT_FIELD], tokenizer, max_length, loss_on)
+        if isinstance(getattr(ex, "fields", {}).get(CHAT_FIELD), list)
+        else tokenize_example(ex.id, ex.prompt, ex.completion, tokenizer, eos_id, suffix, max_length, loss_on)
         for ex in examples
     ]
     check_examples(out, eos_id, split)
@@ -115,7 +128,7 @@ def check_examples(examples: Sequence[TokenizedExample], eos_id: int, split: str
         targets = ex.targets
         if not any(t != IGNORE for t in targets):
             raise TunebenchError(f"{split} example {ex.id}: no labeled tokens (empty target?)")
-        if not any(t == eos_id for t in targets):
+        if not ex.chat and not any(t == eos_id for t in targets):
             raise TunebenchError(f"{split} example {ex.id}: the EOS token (id {eos_id}) is not labeled")
 
 
