@@ -148,5 +148,5 @@ def test_the_run_summary_reads_each_providers_cost_layout() -> None:
     assert (
         cost_line(cpu) == "cost at the study's A40 rate: training $0.0390, predictions $0.0070 (no CPU price)"
     )
-    endpoint = {"provider": "endpoint", "note": "endpoint runs are not priced"}
+    endpoint = {"provider": "endpoint", "endpoint": {}, "note": "endpoint runs are not priced"}
     assert cost_line(endpoint) == "cost: endpoint runs are not priced"

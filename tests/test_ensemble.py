@@ -190,8 +190,11 @@ def test_members_must_be_finished_runs_of_the_same_examples(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
-        ({"provider": "ensemble"}, "an 'ensemble' section goes with provider 'ensemble'"),
-        ({"provider": "base", "ensemble": {"members": ["a", "b"]}}, "goes with provider 'ensemble'"),
+        ({"provider": "ensemble"}, "ensemble: required key is missing"),
+        (
+            {"provider": "base", "ensemble": {"members": ["a", "b"]}},
+            r"ensemble: not a section of provider base \(only ensemble runs have it\)",
+        ),
         (
             {"provider": "ensemble", "ensemble": {"members": ["a"]}},
             "ensemble.members: List should have at least 2",
@@ -286,7 +289,7 @@ def test_study_members_are_checked_when_the_study_expands(tmp_path: Path) -> Non
     ).replace("{name: a, provider: base}", "{name: a, provider: base, tasks: [sql]}")
     path.write_text(shared, encoding="utf-8")
     cells = {c.name: c.config for c in expand(load_study(path))}
-    assert cells["a-sql"].ensemble is None and cells["both-sql"].ensemble.members == ["a-sql", "b-sql"]  # type: ignore[union-attr]
+    assert not hasattr(cells["a-sql"], "ensemble") and cells["both-sql"].ensemble.members == ["a-sql", "b-sql"]  # type: ignore[union-attr]
 
 
 def test_trained_members_on_viggo_vote_by_majority_and_add_up_their_training(

@@ -63,12 +63,13 @@ def make_run(
     root: Path, system: str, task: str, n: int, skip_ids: int = 0, extra: dict[str, Any] | None = None
 ) -> RunDir:
     """One scored run directory ``<root>/<system>-<task>``."""
+    provider = SYSTEMS.get(system, "local")
     data: dict[str, Any] = {
         "name": f"{system}-{task}",
         "runs_dir": str(root),
-        "provider": SYSTEMS.get(system, "local"),
+        "provider": provider,
         "task": {"name": task, "max_eval_examples": n + skip_ids},
-        "training": {"max_steps": 3},
+        **({"training": {"max_steps": 3}} if provider == "local" else {}),
         **(extra or {}),
     }
     cfg = validate_experiment(data)

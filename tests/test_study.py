@@ -40,6 +40,7 @@ systems:
   - name: gpt
     provider: openai
     tasks: [viggo]
+  - {{name: plain, provider: local, tasks: [viggo]}}
 """
 
 
@@ -50,11 +51,12 @@ def test_expand_merges_in_order_and_names_cells(tmp_path: Path) -> None:
         "base-sql", "base-viggo",
         "lora-r8-qkvo-sql", "lora-r8-qkvo-viggo", "lora-r8-all-sql", "lora-r8-all-viggo",
         "lora-r16-qkvo-sql", "lora-r16-qkvo-viggo", "lora-r16-all-sql", "lora-r16-all-viggo",
-        "gpt-viggo",
+        "gpt-viggo", "plain-viggo",
     ]  # fmt: skip
     base_sql, lora_viggo = cells["base-sql"].config, cells["lora-r16-all-viggo"].config
-    assert base_sql.training.max_steps == 7 and base_sql.training.learning_rate == 1e-3
-    assert cells["base-viggo"].config.training.max_steps == 9  # task beats defaults
+    assert not hasattr(base_sql, "training")  # the shared training section is for LoRA cells
+    plain = cells["plain-viggo"].config
+    assert plain.training.learning_rate == 1e-3 and plain.training.max_steps == 9  # task beats defaults
     assert lora_viggo.training.learning_rate == 2e-4  # system beats defaults
     assert lora_viggo.training.max_steps == 11  # per_task beats task
     assert cells["lora-r16-qkvo-sql"].config.training.max_steps == 7
