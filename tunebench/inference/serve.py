@@ -195,7 +195,7 @@ class Sampling(Body):
 
 
 class CompletionRequest(Sampling):
-    prompt: Prompt | list[Prompt] = Field(min_length=1)
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1)]
 
 
 class TextPart(Body):
