@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,16 +27,11 @@ lively_model_dir = support.lively_model_dir  # the shared fixture
 NAME = "sql-lora"
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, lively_model_dir: Path) -> Any:
-    """A LoRA run (random adapter) served by uvicorn in a thread on a free loopback port."""
+@contextlib.contextmanager
+def running(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free loopback port; yields its /v1 URL."""
     import uvicorn
 
-    root = tmp_path_factory.mktemp("serve")
-    config, run = support.make_run(root, lively_model_dir, name=NAME, n=8)
-    support.save_random_adapter(lively_model_dir, run.adapter_dir)
-    # a long batching window makes grouping of concurrent requests certain on a busy CI machine
-    app = create_app(run.root, device="cpu", batch_wait_ms=300)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -45,12 +42,25 @@ def served(tmp_path_factory: pytest.TempPathFactory, lively_model_dir: Path) -> 
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    url = f"http://127.0.0.1:{port}/v1"
-    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
-    yield SimpleNamespace(url=url, config=config, run=run, app=app, client=client, root=root)
-    server.should_exit = True
-    thread.join(timeout=10)
-    app.state.batcher.close()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.batcher.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, lively_model_dir: Path) -> Any:
+    """A LoRA run (random adapter) served by uvicorn in a thread on a free loopback port."""
+    root = tmp_path_factory.mktemp("serve")
+    config, run = support.make_run(root, lively_model_dir, name=NAME, n=8)
+    support.save_random_adapter(lively_model_dir, run.adapter_dir)
+    # a long batching window makes grouping of concurrent requests certain on a busy CI machine
+    app = create_app(run.root, device="cpu", batch_wait_ms=300)
+    with running(app) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60)
+        yield SimpleNamespace(url=url, config=config, run=run, app=app, client=client, root=root)
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +212,8 @@ def test_errors_in_openai_format(served: Any) -> None:
         missing.json()["error"]["message"]
         == f"you must provide a model parameter; this server serves '{NAME}'"
     )
-    with pytest.raises(openai.BadRequestError, match="stream"):
-        client.completions.create(model=NAME, prompt="x", max_tokens=2, stream=True)
+    with pytest.raises(openai.BadRequestError, match="logprobs: log probabilities are not supported"):
+        client.completions.create(model=NAME, prompt="x", max_tokens=2, logprobs=2)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model=NAME, prompt="x", max_tokens=2, temperature=7)
 
@@ -248,3 +258,168 @@ def test_a_chat_format_base_run_serves_its_messages_through_the_chat_template(
         assert chat["choices"][0]["message"]["content"] == plain["choices"][0]["text"]
     finally:
         app.state.batcher.close()
+
+
+def test_streaming_sends_the_same_answer_as_server_sent_events(served: Any) -> None:
+    """The openai SDK with stream=True reads the events; the text equals the unstreamed answer."""
+    client, task = served.client, get_task(served.config.task)
+    example = examples(served)[0]
+    whole = client.completions.create(model=NAME, prompt=example.prompt, max_tokens=12, temperature=0)
+    chunks = list(
+        client.completions.create(
+            model=NAME,
+            prompt=example.prompt,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+    messages = task.chat_messages(example)
+    answer = client.chat.completions.create(model=NAME, messages=messages, max_tokens=12, temperature=0)
+    stream = client.chat.completions.create(
+        model=NAME, messages=messages, max_tokens=12, temperature=0, stream=True
+    )
+    deltas = [c.choices[0].delta for c in stream]
+    assert deltas[0].role == "assistant"
+    assert "".join(d.content or "" for d in deltas) == answer.choices[0].message.content
+
+
+def test_content_parts_are_served_as_their_joined_text(served: Any) -> None:
+    task = get_task(served.config.task)
+    messages = task.chat_messages(examples(served)[1])
+    as_parts = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in messages]
+    plain = served.client.chat.completions.create(model=NAME, messages=messages, max_tokens=12, temperature=0)
+    parts = served.client.chat.completions.create(model=NAME, messages=as_parts, max_tokens=12, temperature=0)
+    assert parts.choices[0].message.content == plain.choices[0].message.content
+    assert parts.usage.prompt_tokens == plain.usage.prompt_tokens  # the task format was recognised
+
+
+def test_models_shows_how_chat_messages_become_the_prompt(served: Any) -> None:
+    import httpx
+
+    info = httpx.get(f"{served.url}/models").json()["data"][0]["tunebench"]
+    task = get_task(served.config.task)
+    shape = info["task_chat_format"]
+    assert [m["role"] for m in shape] == [m["role"] for m in task.chat_messages(examples(served)[0])]
+    assert "{question}" in shape[-1]["content"] and "{context}" in shape[0]["content"]
+    assert info["chat_template"] is None  # the tiny tokenizer has none: other messages get a 400
+    assert info["context_length"] == served.app.state.generator.max_context == info["max_prompt_tokens"]
+
+
+def test_api_key_is_checked_as_a_bearer_token(served: Any) -> None:
+    import httpx
+
+    from tunebench.inference.serve import Limits
+
+    app = create_app(served.run.root, generator=served.app.state.generator, limits=Limits(api_key="s3cret"))
+    with running(app) as url:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            refused = httpx.get(f"{url}/models", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+        good = openai.OpenAI(base_url=url, api_key="s3cret", max_retries=0)
+        assert [m.id for m in good.models.list().data] == [NAME]
+        bad = openai.OpenAI(base_url=url, api_key="nope", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            bad.completions.create(model=NAME, prompt="x", max_tokens=2)
+
+
+def test_full_queue_is_429_and_a_slow_request_is_504(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The plain tiny model repeats one token forever, so a long request keeps the worker busy."""
+    import httpx
+
+    from tunebench.inference.serve import Limits
+
+    _, run = support.make_run(tmp_path, tiny_model_dir, name="busy", provider="base", n=2)
+    app = create_app(run.root, device="cpu", batch_wait_ms=1, limits=Limits(max_queue=1, timeout_s=2))
+    scheduler = app.state.batcher
+    body = {"model": "busy", "prompt": ["SELECT"] * 16, "max_tokens": 1000, "temperature": 0}
+    with running(app) as url, ThreadPoolExecutor(2) as pool:
+        long = pool.submit(httpx.post, f"{url}/completions", json=body, timeout=60)
+        deadline = time.monotonic() + 20
+        while scheduler.batches == 0 and time.monotonic() < deadline:  # the worker is generating
+            time.sleep(0.01)
+        short = {**body, "prompt": "SELECT", "max_tokens": 2}
+        queued = pool.submit(httpx.post, f"{url}/completions", json=short, timeout=60)
+        while not scheduler.waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        refused = httpx.post(f"{url}/completions", json=short, timeout=60)
+        assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+        assert long.result().status_code == 504 and queued.result().status_code == 504
+        assert long.result().json()["error"]["code"] == "timeout"
+        assert scheduler.batches == 1  # the queued request timed out before it ran: it never did
+        while scheduler.busy and time.monotonic() < deadline + 60:  # a running call is not interrupted
+            time.sleep(0.05)
+        served_later = httpx.post(f"{url}/completions", json=short, timeout=60)
+        assert served_later.status_code == 200 and scheduler.batches == 2
+
+
+def test_a_round_runs_short_prompts_first_and_apart_from_long_ones() -> None:
+    from tunebench.inference.local import SamplingParams
+    from tunebench.inference.serve import Job, plan_round
+
+    greedy, sampled = SamplingParams(max_new_tokens=8), SamplingParams(max_new_tokens=8, do_sample=True, n=4)
+    long = Job(["l"], 900, greedy)
+    shorts = [Job(["s"], 20 + i, greedy) for i in range(5)]
+    many = Job(["m"] * 3, 30, greedy)
+    other = Job(["o"], 25, sampled)
+    groups = plan_round([long, *shorts, many, other], max_batch=6)
+    assert [[j.tokens for j in g] for g in groups] == [[20, 21, 22, 23, 24], [25], [30], [900]]
+    assert groups[1] == [other]  # different settings never share a generate call
+    assert all(sum(j.sequences for j in g) <= 6 for g in groups)
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The run has no adapter yet: had the model loaded first, that would be the error."""
+    import os
+    import subprocess
+    import sys
+
+    _, run = support.make_run(tmp_path, tiny_model_dir, name="no-adapter", n=2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        start = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "tunebench", "serve", str(run.root), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+        elapsed = time.monotonic() - start
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in lines[0] and "adapter" not in lines[0]
+    assert elapsed < 60
+
+
+def test_an_unexpected_exception_is_a_json_500() -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tunebench.inference.serve import install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "message": "internal error: RuntimeError",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }

@@ -464,13 +464,43 @@ def export(
 @app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (base model + adapter).")],
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind (loopback only by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TUNEBENCH_API_KEY", help="Require this key as 'Authorization: Bearer KEY' (else 401)."
+        ),
+    ] = None,
+    max_sequences: Annotated[
+        int, typer.Option(min=1, help="Most sequences (prompts x n) one request may ask for (else 400).")
+    ] = 256,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Most tokens in one prompt (default: the model's context).")
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Most requests waiting for the model (else 429).")
+    ] = 64,
+    request_timeout: Annotated[
+        float, typer.Option(min=0.001, help="Seconds a request may wait and run (else 504).")
+    ] = 300.0,
 ) -> None:
-    """Serve the fine-tuned model behind an OpenAI-compatible API (/v1/completions, ...)."""
+    """Serve the fine-tuned model behind an OpenAI-compatible API (/v1/completions, /v1/chat/completions).
+
+    A fine-tuned task model answers prompts in its task's format: chat messages shaped like the
+    task's (GET /v1/models shows that shape and the chat template) get the training prompt and the
+    answer it was trained to give; other messages go through the tokenizer's chat template, and a
+    LoRA task model may answer them with little or nothing.
+    """
+    import math
+
+    from tunebench.inference.serve import Limits
     from tunebench.inference.serve import serve as serve_fn
 
-    serve_fn(run_dir, host=host, port=port)
+    if not math.isfinite(request_timeout):
+        raise typer.BadParameter("must be a finite number of seconds", param_hint="--request-timeout")
+    limits = Limits(max_sequences, max_prompt_tokens, max_queue, request_timeout, api_key or None)
+    serve_fn(run_dir, host=host, port=port, limits=limits)
 
 
 @app.command()

@@ -429,7 +429,12 @@ class EndpointConfig(Strict):
     base_url: str = Field(..., description="e.g. http://127.0.0.1:8000/v1")
     model: str = Field(..., description="Model name the server expects.")
     api: Literal["chat", "completions"] = Field("completions", description="Which endpoint to call.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the key.")
+    api_key_env: str | None = Field(
+        None,
+        description="Environment variable holding this endpoint's API key, e.g. VLLM_API_KEY. Unset: "
+        "no key is sent, except to https://api.openai.com, which gets $OPENAI_API_KEY. Any other host "
+        "gets $OPENAI_API_KEY only when this names it.",
+    )
     max_concurrency: int = Field(8, ge=1, description="Parallel requests.")
     max_retries: int = Field(5, ge=0, description="Retries on 429/5xx with backoff.")
 

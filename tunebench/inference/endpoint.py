@@ -7,7 +7,9 @@ appended (and fsynced) to ``<out>.partial`` so an interrupted or failed run keep
 rerun skips the ids already there, and the final file is written atomically in example order.
 
 The API key is read from the environment variable named by ``api_key_env`` and passed to the
-client in memory only: it is never written to a file, a log line or an error message.
+client in memory only: it is never written to a file, a log line or an error message. A key goes
+only where it was meant to: ``$OPENAI_API_KEY`` to OpenAI's API unless a config names that
+variable for another endpoint, and an endpoint that names no variable is sent no key.
 """
 
 from __future__ import annotations
@@ -26,32 +28,65 @@ from tunebench.io import append_jsonl, jsonl_lines, write_jsonl
 from tunebench.tasks.base import Example, Task
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
+OPENAI_API_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+NO_KEY = "no-key"  # what a server that needs no key is sent (the SDK insists on some key)
 
 
-def read_api_key(api_key_env: str, base_url: str | None, required: bool = False) -> str:
-    """The key from ``$api_key_env``; local servers that ignore keys get a placeholder unless ``required``."""
+def is_openai(base_url: str | None) -> bool:
+    """Whether ``base_url`` is OpenAI's own API (None: the SDK's default, which is)."""
+    if base_url is None:
+        return True
+    parsed = urlparse(base_url)
+    return parsed.scheme == "https" and parsed.hostname == "api.openai.com"
+
+
+def key_env_for(api_key_env: str | None, base_url: str | None) -> str | None:
+    """The variable whose key goes to ``base_url``: the one named, else OpenAI's for OpenAI only.
+
+    No other host ever gets ``$OPENAI_API_KEY`` unless the config names that variable itself.
+    """
+    if api_key_env:
+        return api_key_env
+    return OPENAI_KEY_ENV if is_openai(base_url) else None
+
+
+def read_api_key(api_key_env: str | None, base_url: str | None, required: bool = False) -> str:
+    """The key from ``$api_key_env``; local servers that ignore keys get a placeholder unless ``required``.
+
+    ``api_key_env`` None: the endpoint takes no key, and a placeholder is sent.
+    """
+    if api_key_env is None:
+        return NO_KEY
     key = os.environ.get(api_key_env, "").strip()
     if key:
         return key
     host = urlparse(base_url or "").hostname
     if host in LOCAL_HOSTS and not required:
-        return "no-key-needed"
+        return NO_KEY
     where = base_url or "the OpenAI API"
     raise TunebenchError(f"${api_key_env} is not set: export your API key for {where} in that variable")
 
 
 def make_client(base_url: str | None, api_key: str, max_retries: int, timeout_s: float = 60.0) -> Any:
-    """An ``openai.OpenAI`` client with bounded retries (the SDK's own backoff and Retry-After)."""
+    """An ``openai.OpenAI`` client with bounded retries (the SDK's own backoff and Retry-After).
+
+    The URL is always passed: left out, the SDK would take ``$OPENAI_BASE_URL`` and could send
+    the OpenAI key wherever that variable points.
+    """
     from openai import OpenAI
 
-    return OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout_s)
+    url = base_url or OPENAI_API_URL
+    return OpenAI(base_url=url, api_key=api_key, max_retries=max_retries, timeout=timeout_s)
 
 
-def describe_api_error(exc: Exception, base_url: str | None, api_key_env: str, secret: str) -> str:
+def describe_api_error(exc: Exception, base_url: str | None, api_key_env: str | None, secret: str) -> str:
     """One line for an SDK error, with the key scrubbed (servers may echo part of it)."""
     import openai
 
     where = base_url or "api.openai.com"
+    if isinstance(exc, openai.AuthenticationError) and api_key_env is None:
+        return f"{where} wants an API key (HTTP 401): name the variable holding it in endpoint.api_key_env"
     if isinstance(exc, openai.AuthenticationError):
         return f"{where} rejected the API key from ${api_key_env} (HTTP 401)"
     if isinstance(exc, openai.PermissionDeniedError):
@@ -151,7 +186,7 @@ def predict_endpoint(
     api: str = "chat",
     max_new_tokens: int = 100,
     temperature: float = 0.0,
-    api_key_env: str = "OPENAI_API_KEY",
+    api_key_env: str | None = None,
     max_concurrency: int = 8,
     max_retries: int = 5,
     out_path: str | Path,
@@ -166,6 +201,7 @@ def predict_endpoint(
     if api not in ("chat", "completions"):
         raise TunebenchError(f"endpoint api must be 'chat' or 'completions', got '{api}'")
     out = Path(out_path)
+    api_key_env = key_env_for(api_key_env, base_url)
     key = read_api_key(api_key_env, base_url)
     done = load_done(out) if resume else {}
     if not resume:
@@ -212,7 +248,7 @@ def _run_requests(
     todo: list[Example],
     out: Path,
     done: dict[str, dict[str, Any]],
-    api_key_env: str,
+    api_key_env: str | None,
     base_url: str | None,
     key: str,
     model: str,
