@@ -15,7 +15,7 @@ from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import evaluate_stage
 from tunebench.report import write_report
 from tunebench.report.build import fmt_metric, fmt_p
-from tunebench.report.stats import holm, mcnemar_exact
+from tunebench.report.stats import holm, mcnemar_exact, paired_permutation_test
 from tunebench.rundir import RunDir
 from tunebench.tasks import TASKS, get_task
 
@@ -195,7 +195,13 @@ def test_cli_report_one_line_error(tmp_path: Path) -> None:
 def test_mcnemar_exact_and_holm() -> None:
     # b=0, c=6: p = 2 * 0.5**6
     test = mcnemar_exact([True] * 6 + [True] * 4, [False] * 6 + [True] * 4)
-    assert test == {"n": 10, "only_first": 6, "only_second": 0, "p_value": pytest.approx(2 / 64)}
+    assert test == {
+        "test": "mcnemar_exact",
+        "n": 10,
+        "only_first": 6,
+        "only_second": 0,
+        "p_value": pytest.approx(2 / 64),
+    }
     # unknown verdicts are left out; no disagreement gives p = 1
     assert mcnemar_exact([True, None], [True, False])["p_value"] == 1.0
     assert mcnemar_exact([True, None], [True, False])["n"] == 1
@@ -357,3 +363,45 @@ def test_the_report_names_no_task() -> None:
         if re.search(rf"\b({names})\b", line, re.IGNORECASE)
     ]
     assert found == []
+
+
+def test_continuous_scores_get_a_paired_permutation_test_and_every_metric_a_ci(tmp_path: Path) -> None:
+    folder = make_custom_runs(tmp_path / "runs", n=20, metrics=["exact_match", "token_f1"])
+    md = (write_report(folder, tmp_path / "out") / "report.md").read_text(encoding="utf-8")
+    for row in table_rows(md, "### custom (test)")[2:]:
+        metrics = read_json(folder / f"{row[0]}-custom/eval/test/metrics.json")
+        for cell, name in zip(row[2:], ("exact_match", "token_f1"), strict=True):
+            value, ci = parse_metric(cell)
+            assert ci is not None and ci[0] <= value <= ci[1]
+            assert ci == pytest.approx(metrics[f"{name}_ci95"], abs=5e-5)
+    assert "paired sign-flip permutation test" in md
+    header, _, *rows = table_rows(md, "### custom (test): token_f1\n")
+    assert header == [
+        "system A",
+        "system B",
+        "n",
+        "mean A",
+        "mean B",
+        "mean A − B",
+        "p",
+        "p (Holm)",
+        "significant",
+    ]
+    scores = {
+        s: {r["id"]: r["token_f1"] for r in read_jsonl(folder / f"{s}-custom/eval/test/per_example.jsonl")}
+        for s in ("oracle", "sloppy")
+    }
+    assert not all(isinstance(v, bool) for v in scores["sloppy"].values())
+    ids = sorted(scores["oracle"])
+    expected = paired_permutation_test([scores["oracle"][i] for i in ids], [scores["sloppy"][i] for i in ids])
+    row = next(r for r in rows if r[:2] == ["oracle", "sloppy"])
+    assert row[2:7] == [
+        "20",
+        fmt_metric(expected["mean_first"]),
+        fmt_metric(expected["mean_second"]),
+        f"{expected['mean_difference']:+.4f}",
+        fmt_p(expected["p_value"]),
+    ]
+    assert expected["mean_difference"] > 0.2 and expected["p_value"] < 0.05  # 16 of 20 answers are off
+    # exact_match stays a McNemar table beside it
+    assert table_rows(md, "### custom (test): exact_match\n")[0][3] == "b (only A right)"

@@ -68,9 +68,10 @@ def make_run(
         "runs_dir": str(root),
         "provider": SYSTEMS.get(system, "local"),
         "task": {"name": task, "max_eval_examples": n + skip_ids},
-        "training": {"max_steps": 3},
         **(extra or {}),
     }
+    if data["provider"] == "local":  # only a LoRA run's config has a training section
+        data.setdefault("training", {"max_steps": 3})
     cfg = validate_experiment(data)
     run = open_run(cfg)
     examples = get_task(cfg.task).splits()["test"][skip_ids:]
@@ -145,13 +146,15 @@ def custom_prediction(system: str, gold: str, i: int) -> str:
     return gold
 
 
-def make_custom_run(root: Path, system: str, n: int) -> RunDir:
+def make_custom_run(root: Path, system: str, n: int, metrics: list[str] | None = None) -> RunDir:
     """One scored custom-task run ``<root>/<system>-custom`` (provider base: nothing trained)."""
     data_root = local_data_dir(None)
     assert data_root is not None, "set TUNEBENCH_DATA_DIR to the data folder"
     csv = str(data_root / "viggo" / "test.csv")
     task = {"name": "custom", "train_file": csv, "test_file": csv, "prompt_template": "{ref}\n",
             "target_field": "mr", "max_eval_examples": n}  # fmt: skip
+    if metrics:
+        task["metrics"] = metrics
     cfg = validate_experiment(
         {"name": f"{system}-custom", "runs_dir": str(root), "provider": "base", "task": task}
     )
@@ -167,7 +170,9 @@ def make_custom_run(root: Path, system: str, n: int) -> RunDir:
     return run
 
 
-def make_custom_runs(root: Path, n: int = 20, systems: tuple[str, ...] = CUSTOM_SYSTEMS) -> Path:
+def make_custom_runs(
+    root: Path, n: int = 20, systems: tuple[str, ...] = CUSTOM_SYSTEMS, metrics: list[str] | None = None
+) -> Path:
     for system in systems:
-        make_custom_run(root, system, n)
+        make_custom_run(root, system, n, metrics)
     return root

@@ -10,7 +10,15 @@ from tunebench.providers import get_provider
 from tunebench.report import plots
 from tunebench.report.collect import RunInfo, StudyData
 from tunebench.report.doc import Block, Code, Heading, Image, Para, Table
-from tunebench.report.stats import holm, mcnemar_exact
+from tunebench.report.stats import (
+    PERMUTATION_RESAMPLES,
+    PERMUTATION_SEED,
+    holm,
+    is_binary,
+    mcnemar_exact,
+    paired_permutation_test,
+    scores_of,
+)
 from tunebench.tasks.base import ErrorBreakdown, binary_verdicts
 
 
@@ -141,25 +149,31 @@ def significance_section(data: StudyData) -> list[Block]:
         why = (
             "Nothing to pair: each task has one system."
             if single
-            else "No two systems of a task have per-example right/wrong verdicts on the same examples."
+            else "No two systems of a task have per-example scores on the same examples."
         )
         return [Heading("Paired significance"), Para(why, note=True)]
     return [
         Heading("Paired significance"),
         Para(
-            "McNemar's exact test on the per-example verdicts (per_example.jsonl) of each pair of "
-            "systems on the same examples: b = only the first system right, c = only the second; "
-            "two-sided p = min(1, 2·P(X ≤ min(b, c))), X ~ Binomial(b + c, ½). Examples without a "
-            "verdict in either run are left out. Holm's correction over the pairs of each table; "
-            f"significant at α = {data.alpha}.",
+            "Each pair of systems on the same examples, from their per-example scores "
+            "(per_example.jsonl). Right/wrong verdicts: McNemar's exact test, b = only the first "
+            "system right, c = only the second; two-sided p = min(1, 2·P(X ≤ min(b, c))), "
+            "X ~ Binomial(b + c, ½). Continuous scores (F1 and the like): a paired sign-flip "
+            f"permutation test of the mean difference ({PERMUTATION_RESAMPLES:,} resamples, seed "
+            f"{PERMUTATION_SEED}). Examples without a score in either run are left out. Holm's "
+            f"correction over the pairs of each table; significant at α = {data.alpha}.",
             note=True,
         ),
         *tables,
     ]
 
 
+BINARY_HEADER = ["system A", "system B", "n", "b (only A right)", "c (only B right)"]
+CONTINUOUS_HEADER = ["system A", "system B", "n", "mean A", "mean B", "mean A − B"]
+
+
 def significance_tables(data: StudyData) -> list[Block]:
-    """A heading and a McNemar table per task, split and paired verdict that has pairs to test."""
+    """A heading and a table per task, split and paired score that has pairs to test."""
     blocks: list[Block] = []
     for task in data.tasks:
         runs = data.runs_of(task)
@@ -167,48 +181,52 @@ def significance_tables(data: StudyData) -> list[Block]:
             continue
         for split in data.splits_of(task):
             for metric, key in runs[0].task_def.paired_verdicts().items():
-                table_rows = pair_tests(runs, split, key)
-                if not table_rows:
+                tests, binary = pair_tests(runs, split, key)
+                if not tests:
                     continue
-                adjusted = holm([t["p_value"] for t in table_rows])
+                adjusted = holm([t["p_value"] for t in tests])
                 rows = [
-                    [
-                        t["first"],
-                        t["second"],
-                        str(t["n"]),
-                        str(t["only_first"]),
-                        str(t["only_second"]),
-                        fmt_p(t["p_value"]),
-                        fmt_p(adj),
-                        "yes" if adj < data.alpha else "no",
-                    ]
-                    for t, adj in zip(table_rows, adjusted, strict=True)
-                ]
+                    [t["first"], t["second"], str(t["n"]), *pair_cells(t, binary), fmt_p(t["p_value"]),
+                     fmt_p(adj), "yes" if adj < data.alpha else "no"]
+                    for t, adj in zip(tests, adjusted, strict=True)
+                ]  # fmt: skip
+                header = [*(BINARY_HEADER if binary else CONTINUOUS_HEADER), "p", "p (Holm)", "significant"]
                 blocks.append(Heading(f"{task} ({split}): {metric}", 3))
-                header = [
-                    "system A",
-                    "system B",
-                    "n",
-                    "b (only A right)",
-                    "c (only B right)",
-                    "p",
-                    "p (Holm)",
-                    "significant",
-                ]
-                blocks.append(Table(header, rows, numeric={2, 3, 4, 5, 6}))
+                blocks.append(Table(header, rows, numeric=set(range(2, len(header) - 1))))
     return blocks
 
 
-def pair_tests(runs: list[RunInfo], split: str, key: str) -> list[dict[str, Any]]:
+def pair_cells(test: dict[str, Any], binary: bool) -> list[str]:
+    """McNemar's discordant counts, or the permutation test's means and mean difference."""
+    if binary:
+        return [str(test["only_first"]), str(test["only_second"])]
+    return [
+        fmt_metric(test["mean_first"]),
+        fmt_metric(test["mean_second"]),
+        fmt_signed(test["mean_difference"]),
+    ]
+
+
+def fmt_signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
+def pair_tests(runs: list[RunInfo], split: str, key: str) -> tuple[list[dict[str, Any]], bool]:
+    """Every pair of runs with ``key`` scores on the same examples, tested; and whether the scores
+    are binary (McNemar) rather than continuous (permutation test) in every run of the table."""
+    scores = {r.system: scores_of(r.per_example[split], key) for r in runs}
+    known = {system: s for system, s in scores.items() if s is not None}
+    binary = all(is_binary(list(s.values())) for s in known.values())
     out = []
     for a, b in combinations(runs, 2):
-        va, vb = verdicts(a, split, key), verdicts(b, split, key)
-        if va is None or vb is None or set(va) != set(vb):
+        sa, sb = known.get(a.system), known.get(b.system)
+        if sa is None or sb is None or set(sa) != set(sb):
             continue  # paired tests need the same examples (validation splits may differ by design)
-        ids = sorted(va)
-        test = mcnemar_exact([va[i] for i in ids], [vb.get(i) for i in ids])
+        ids = sorted(sa)
+        first, second = [sa[i] for i in ids], [sb[i] for i in ids]
+        test = mcnemar_exact(first, second) if binary else paired_permutation_test(first, second)
         out.append({"first": a.system, "second": b.system, **test})
-    return out
+    return out, binary
 
 
 def hardware(run: RunInfo) -> str:

@@ -203,8 +203,10 @@ class Task(ABC):
         return self.headline_metrics()
 
     def paired_verdicts(self) -> dict[str, str]:
-        """metric -> the ``per_example.jsonl`` key holding its per-example verdict, for paired
-        tests (McNemar) between systems. Only keys whose values are True/False/None are tested."""
+        """metric -> the ``per_example.jsonl`` key holding its per-example score, for paired tests
+        between systems: McNemar where the values are True/False (or 0/1), a paired permutation
+        test where they are numbers; None is an example left out, and a key holding text is not
+        tested."""
         return {"exact_match": "exact_match"}
 
     def verdict_key(self, per_example: list[dict[str, Any]]) -> str | None:
