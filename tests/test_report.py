@@ -14,7 +14,7 @@ from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import evaluate_stage
 from tunebench.report import write_report
-from tunebench.report.build import fmt_metric, fmt_p
+from tunebench.report.build import fmt_metric, fmt_p, short
 from tunebench.report.stats import holm, mcnemar_exact, paired_permutation_test
 from tunebench.rundir import RunDir
 from tunebench.tasks import TASKS, get_task
@@ -338,8 +338,14 @@ def test_custom_task_report_has_paired_tests_and_an_error_breakdown(
         "oracle": ["exact_match", "0", "0", "0", "0", "0"],
         "sloppy": ["exact_match", "4", "4", "4", "4", "16"],
     }
-    wrong = table_rows(md, "### custom (test): sloppy, wrong by exact_match")[2:]
-    golds = {r["id"]: r["gold"] for r in read_jsonl(custom_runs / "sloppy-custom/predictions/test.jsonl")}
+    header, _, *wrong = table_rows(md, "### custom (test): sloppy, wrong by exact_match")
+    rows = {r["id"]: r for r in read_jsonl(custom_runs / "sloppy-custom/predictions/test.jsonl")}
+    golds = {id_: r["gold"] for id_, r in rows.items()}
+    # the task names no input field this file has: the prompt (here the sentence) is the input
+    assert header[1] == "prompt"
+    assert [r[1] for r in wrong] == [short(rows[r[0]]["prompt"].strip()) for r in wrong] and all(
+        r[1] for r in wrong
+    )
     assert [r[0] for r in wrong] == [f"custom-test-{i:05d}" for i in (1, 2, 3, 4, 6)]
     assert wrong[0][2] == "" and wrong[1][2] == custom_prediction("sloppy", golds[wrong[1][0]], 2)
 
@@ -405,3 +411,32 @@ def test_continuous_scores_get_a_paired_permutation_test_and_every_metric_a_ci(t
     assert expected["mean_difference"] > 0.2 and expected["p_value"] < 0.05  # 16 of 20 answers are off
     # exact_match stays a McNemar table beside it
     assert table_rows(md, "### custom (test): exact_match\n")[0][3] == "b (only A right)"
+
+
+def test_a_single_run_directory_is_a_report(runs: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = copy_runs(runs, tmp_path / "r", ["perturbed-viggo"]) / "perturbed-viggo"
+    result = subprocess.run(
+        [sys.executable, "-m", "tunebench", "report", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    md = (folder / "report" / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# tunebench report: perturbed-viggo\n")
+    metrics = read_json(folder / "eval/test/metrics.json")
+    row = table_rows(md, "### viggo (test)")[2]
+    assert row[:2] == ["perturbed", str(metrics["n"])]
+    assert parse_metric(row[2])[0] == pytest.approx(metrics["exact_match"], abs=5e-5)
+    assert "*Nothing to pair: each task has one system.*" in md and empty_sections(md) == []
+
+
+def test_no_training_cost_draws_no_cost_chart(custom_runs: Path, tmp_path: Path) -> None:
+    out = write_report(custom_runs, tmp_path / "out")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert not (out / "training_cost.png").exists() and "training_cost.png" not in md
+    section = md.split("## Training cost and time\n", 1)[1].split("\n## ", 1)[0]
+    assert "No training-cost chart: no system of this report has a training cost above $0." in section

@@ -19,7 +19,7 @@ from tunebench.report.stats import (
     paired_permutation_test,
     scores_of,
 )
-from tunebench.tasks.base import ErrorBreakdown, binary_verdicts
+from tunebench.tasks.base import ErrorBreakdown, Task, binary_verdicts
 
 
 # --- formatting: one function per kind of number, so tests can parse them back -------------
@@ -327,6 +327,9 @@ def cost_section(data: StudyData) -> list[Block]:
         by_system = {r.system: (r.cost or {}).get("training_cost_usd") for r in runs}
         for s in data.systems:
             series[s].append(by_system.get(s))
+    if not any(v for values in series.values() for v in values):
+        why = "No training-cost chart: no system of this report has a training cost above $0."
+        return [*blocks, Para(why, note=True)]
     png = plots.grouped_bars("Training cost (measured)", "USD", groups, series)
     blocks.append(Image("training_cost.png", "training cost by task and system", png))
     return blocks
@@ -519,13 +522,21 @@ def wrong_tables(data: StudyData) -> list[Block]:
             if not wrong:
                 blocks.append(Para("None.", note=True))
                 continue
-            field = next((f for f in run.task_def.input_fields if f in wrong[0]), None)
             rows = [
-                [p["id"], short(p.get(field, "")) if field else "", short(p["prediction"]), short(p["gold"])]
+                [p["id"], short(example_input(run.task_def, p)[1]), short(p["prediction"]), short(p["gold"])]
                 for p in wrong
             ]
-            blocks.append(Table(["id", field or "input", "prediction", "gold"], rows))
+            blocks.append(Table(["id", example_input(run.task_def, wrong[0])[0], "prediction", "gold"], rows))
     return blocks
+
+
+def example_input(task: Task, row: dict[str, Any]) -> tuple[str, str]:
+    """(label, text) of what the model was asked: the first of the task's ``input_fields`` the
+    prediction row holds, else the prompt itself."""
+    field = next((f for f in task.input_fields if row.get(f) not in (None, "")), None)
+    if field is None:
+        return "prompt", str(row.get("prompt") or "")
+    return field, str(row[field])
 
 
 def provenance_section(data: StudyData) -> list[Block]:
