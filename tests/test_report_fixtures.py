@@ -10,7 +10,8 @@ Three systems per task on the first N test examples of the real datasets:
 
 A custom task (the real ViGGO test CSV read as the user's own file: ``ref`` -> ``mr``) has
 ``oracle`` and ``sloppy`` (gold on every fifth row; the others empty, truncated, over-long or
-upper-cased, in turn) and ``halfway`` (the first half of the gold on odd rows).
+upper-cased, in turn) and ``halfway`` (the first half of the gold on odd rows); ``unbroken``
+(odd rows: the gold without spaces, eight times over) is there for layout tests.
 
 Predictions go through :func:`tunebench.pipeline.evaluate_stage` (the real scorers). Wall times,
 throughputs and token counts in the manifests and summaries are fixture inputs (not
@@ -143,6 +144,8 @@ def custom_prediction(system: str, gold: str, i: int) -> str:
         return [gold, "", gold[: len(gold) // 2], " ".join([gold] * 3), gold.upper()][i % 5]
     if system == "halfway" and i % 2:
         return gold[: len(gold) // 2]
+    if system == "unbroken" and i % 2:  # one long word: a table must wrap it, not widen
+        return "".join(gold.split()) * 8
     return gold
 
 

@@ -9,7 +9,7 @@ from tunebench.config import OpenAIConfig
 from tunebench.providers import get_provider
 from tunebench.report import plots
 from tunebench.report.collect import RunInfo, StudyData
-from tunebench.report.doc import Block, Code, Heading, Image, Para, Table
+from tunebench.report.doc import Block, Code, Comparison, Heading, Image, Para, Table
 from tunebench.report.stats import (
     PERMUTATION_RESAMPLES,
     PERMUTATION_SEED,
@@ -71,6 +71,7 @@ def build_blocks(data: StudyData) -> list[Block]:
         curves_section,
         errors_section,
         wrong_section,
+        comparison_section,
         provenance_section,
     ):
         blocks += section(data)
@@ -528,6 +529,51 @@ def wrong_tables(data: StudyData) -> list[Block]:
             ]
             blocks.append(Table(["id", example_input(run.task_def, wrong[0])[0], "prediction", "gold"], rows))
     return blocks
+
+
+# Long inputs (a custom task's whole prompt) and outputs are cut in the comparison table.
+COMPARISON_INPUT_CHARS = 600
+COMPARISON_OUTPUT_CHARS = 1000
+
+
+def comparison_section(data: StudyData) -> list[Block]:
+    """Per task (its first split): every example's input, gold and each system's output."""
+    blocks: list[Block] = [Heading("Per-example comparison")]
+    for task in data.tasks:
+        splits = data.splits_of(task)
+        if splits:
+            blocks += [Heading(f"{task} ({splits[0]})", 3), comparison(data.runs_of(task), splits[0])]
+    if len(blocks) == 1:
+        return []
+    return blocks
+
+
+def comparison(runs: list[RunInfo], split: str) -> Comparison:
+    """Examples in the first run's order; each output marked right or wrong by its run's verdict."""
+    by_run = [{p["id"]: p for p in run.predictions[split]} for run in runs]
+    judged = []
+    for run in runs:
+        key = run.task_def.verdict_key(run.per_example[split])
+        judged.append((verdicts(run, split, key) if key else None) or {})
+    order = [p["id"] for p in runs[0].predictions[split]]
+    label = example_input(runs[0].task_def, runs[0].predictions[split][0])[0] if order else "input"
+    rows, disagree, marks = [], [], []
+    for id_ in order:
+        first = by_run[0][id_]
+        outputs = [str(rows_of.get(id_, {}).get("prediction") or "") for rows_of in by_run]
+        rows.append(
+            [id_, short(example_input(runs[0].task_def, first)[1], COMPARISON_INPUT_CHARS),
+             short(first["gold"], COMPARISON_OUTPUT_CHARS), *(short(o, COMPARISON_OUTPUT_CHARS) for o in outputs)]
+        )  # fmt: skip
+        disagree.append(len({" ".join(o.split()) for o in outputs}) > 1)
+        marks.append([None, None, None, *(v.get(id_) for v in judged)])
+    systems = [run.system for run in runs]
+    pointer = (
+        f"{len(rows)} examples ({sum(disagree)} where the systems' outputs differ, whitespace aside): "
+        "each input, gold and output of " + ", ".join(systems) + " side by side, with a search box and a "
+        "filter, in report.html."
+    )
+    return Comparison(["id", label, "gold", *systems], rows, disagree, marks, pointer)
 
 
 def example_input(task: Task, row: dict[str, Any]) -> tuple[str, str]:
