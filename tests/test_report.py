@@ -357,6 +357,13 @@ def test_a_section_without_content_says_why_in_one_line(custom_runs: Path, tmp_p
         "*Nothing to pair: each task has one system.*"
     )
     assert empty_sections(md) == []
+    # the one system is the best: its 16 wrong answers by kind, none put on the benchmark
+    categories, blame, examples = tables_after(md, "### custom (test): remaining errors of sloppy")
+    assert [(r[0], r[1], r[2]) for r in categories[1:]] == [
+        (kind, "model", "4") for kind in ("empty", "truncated", "over-long", "other")
+    ]
+    assert dict((r[0], r[1]) for r in blame[1:]) == {"model": "16", "benchmark": "0", "all wrong": "16"}
+    assert [r[1] for r in examples[1:4]] == [f"custom-test-{i:05d}" for i in (1, 6, 11)]  # the empty ones
 
 
 def test_the_report_names_no_task() -> None:
@@ -440,3 +447,69 @@ def test_no_training_cost_draws_no_cost_chart(custom_runs: Path, tmp_path: Path)
     assert not (out / "training_cost.png").exists() and "training_cost.png" not in md
     section = md.split("## Training cost and time\n", 1)[1].split("\n## ", 1)[0]
     assert "No training-cost chart: no system of this report has a training cost above $0." in section
+
+
+def tables_after(markdown: str, heading: str) -> list[list[list[str]]]:
+    """Every table (header row first, rule row dropped) between ``heading`` and the next heading."""
+    section = markdown.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+    tables, current = [], []
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        elif current:
+            tables.append([current[0], *current[2:]])
+            current = []
+    return tables
+
+
+def test_error_analysis_classifies_the_best_systems_remaining_errors(runs: Path, tmp_path: Path) -> None:
+    from tunebench.evaluation import viggo_errors
+    from tunebench.evaluation.sql import errors as sql_errors
+    from tunebench.tasks.sql import spider_databases
+
+    folder = copy_runs(runs, tmp_path / "r", ["gpt-sql", "perturbed-sql", "perturbed-viggo"])
+    md = (write_report(folder, tmp_path / "out") / "report.md").read_text(encoding="utf-8")
+    # sql: gpt (wrong on every third example) beats perturbed (every other) by execution accuracy
+    assert "### sql (test): remaining errors of perturbed" not in md
+    heading = "### sql (test): remaining errors of gpt"
+    categories, blame, examples = tables_after(md, heading)
+    verdicts = {
+        r["id"]: r["execution_match"] for r in read_jsonl(folder / "gpt-sql/eval/test/per_example.jsonl")
+    }
+    expected = sql_errors.analyze(
+        read_jsonl(folder / "gpt-sql/predictions/test.jsonl"), spider_databases(), verdicts
+    )
+    assert [(r[0], int(r[2])) for r in categories[1:]] == [
+        (name, entry["count"]) for name, entry in expected["categories"].items()
+    ]
+    assert {r[0]: r[1] for r in categories[1:]}["schema_differs"] == "benchmark"
+    # its 4 wrong answers are the syntax errors (SELEC), which sqlglot cannot parse
+    assert dict((r[0], r[1]) for r in blame[1:]) == {"model": "4", "benchmark": "0", "all wrong": "4"}
+    assert {r[0] for r in examples[1:]} == {"unclassified"} and len(
+        examples
+    ) == 1 + 3  # three examples at most
+    assert (
+        md.split(heading, 1)[1]
+        .split("\n\n", 2)[1]
+        .startswith(
+            "*gpt has the best execution_accuracy on test (0.6667). 4 of its 12 scored examples are wrong"
+        )
+    )
+    # viggo: perturbed alone; its six wrong answers, by construction: a wrong dialogue act on rows
+    # 3 and 9, a dropped last slot on 1 and 7, an altered name on 5 and 11
+    heading = "### viggo (test): remaining errors of perturbed"
+    categories, blame, examples = tables_after(md, heading)
+    counts = {r[0]: int(r[2]) for r in categories[1:]}
+    assert counts == {
+        "gold_inconsistent": 0, "wrong_dialogue_act": 2, "missing_slot": 2, "extra_slot": 0,
+        "wrong_slot_value": 2, "list_order": 0, "unclassified": 0,
+    }  # fmt: skip
+    expected = viggo_errors.analyze(read_jsonl(folder / "perturbed-viggo/predictions/test.jsonl"))
+    assert counts == {name: entry["count"] for name, entry in expected["categories"].items()}
+    assert dict((r[0], r[1]) for r in blame[1:]) == {"model": "6", "benchmark": "0", "all wrong": "6"}
+    shown = {(r[0], r[1]) for r in examples[1:]}
+    assert shown == {(c, e["id"]) for c, entry in expected["categories"].items() for e in entry["examples"]}
+    sentences = {
+        r["id"]: r["sentence"] for r in read_jsonl(folder / "perturbed-viggo/predictions/test.jsonl")
+    }
+    assert all(r[2] == short(sentences[r[1]]) for r in examples[1:])  # the input column is the sentence

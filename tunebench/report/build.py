@@ -474,9 +474,76 @@ def errors_section(data: StudyData) -> list[Block]:
             continue
         for breakdown in runs[0].task_def.error_breakdown(splits[0], runs):
             blocks += breakdown_blocks(f"{task} ({splits[0]})", breakdown)
+        blocks += remaining_errors(task, runs, splits[0])
     if not blocks:
         return [Heading("Error analysis"), Para("No task of this report breaks its errors down.", note=True)]
     return [Heading("Error analysis"), *blocks]
+
+
+def best_run(runs: list[RunInfo], split: str) -> tuple[RunInfo, str, float] | None:
+    """The run with the best headline metric on ``split`` (the first of equals), with the metric."""
+    best = None
+    for run in runs:
+        name, value = run.task_def.headline_metric(run.metrics[split])
+        if value is not None and (best is None or value > best[2]):
+            best = (run, name, value)
+    return best
+
+
+def remaining_errors(task: str, runs: list[RunInfo], split: str) -> list[Block]:
+    """The best system's wrong predictions, classified by its task: categories with counts and
+    examples, and how many are the model's and how many the benchmark's."""
+    best = best_run(runs, split)
+    if best is None:
+        return []
+    run, metric, value = best
+    analysis = run.task_def.error_analysis(split, run)
+    if analysis is None:
+        return []
+    blocks: list[Block] = [Heading(f"{task} ({split}): remaining errors of {run.system}", 3)]
+    said = f"{run.system} has the best {metric} on {split} ({value:.4f})."
+    if analysis.empty:
+        return [*blocks, Para(f"{said} {analysis.empty}", note=True)]
+    blocks.append(
+        Para(
+            f"{said} {analysis.wrong} of its {analysis.scored} scored examples are wrong by "
+            f"{analysis.wrong_by}, each in the first category that applies. Benchmark categories "
+            "blame the example (its gold or its schema), not the model; unclassified errors count as "
+            "the model's.",
+            note=True,
+        )
+    )
+
+    def share(count: int) -> str:
+        return f"{count / analysis.wrong:.1%}" if analysis.wrong else "–"
+
+    rows = [
+        [c.name, "benchmark" if c.benchmark else "model", str(c.count), share(c.count)]
+        for c in analysis.categories
+    ]
+    blocks.append(Table(["category", "blamed on", "wrong", "share"], rows, numeric={2, 3}))
+    split_rows = [
+        ["model", str(analysis.model), share(analysis.model)],
+        ["benchmark", str(analysis.benchmark), share(analysis.benchmark)],
+        ["all wrong", str(analysis.wrong), share(analysis.wrong)],
+    ]
+    blocks.append(Table(["blamed on", "wrong", "share"], split_rows, numeric={1, 2}))
+    examples = [
+        [
+            c.name,
+            e.id,
+            short(e.input),
+            short(e.prediction),
+            short(e.gold),
+            short("; ".join(e.differences) or "–"),
+        ]
+        for c in analysis.categories
+        for e in c.examples
+    ]
+    if examples:
+        blocks.append(Para("Up to three examples of each category:", note=True))
+        blocks.append(Table(["category", "id", "input", "prediction", "gold", "differences"], examples))
+    return blocks
 
 
 def breakdown_blocks(where: str, breakdown: ErrorBreakdown) -> list[Block]:
