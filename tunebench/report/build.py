@@ -598,7 +598,7 @@ def wrong_tables(data: StudyData) -> list[Block]:
     return blocks
 
 
-# Long inputs (a custom task's whole prompt) and outputs are cut in the comparison table.
+# Long inputs (a whole prompt, where a task names no input field) and outputs are cut in the comparison.
 COMPARISON_INPUT_CHARS = 600
 COMPARISON_OUTPUT_CHARS = 1000
 
