@@ -27,6 +27,7 @@ SECTIONS = [
     "## Loss curves",
     "## Error analysis",
     "## Wrong predictions",
+    "## Per-example comparison",
     "## What produced this report",
 ]
 IMAGES = ["accuracy.png", "training_cost.png", "break_even.png", "loss_sql.png", "loss_viggo.png"]
@@ -78,6 +79,17 @@ def test_report_sections_and_numbers_equal_metrics_files(runs: Path, tmp_path: P
     perturbed = read_json(runs / "perturbed-sql/eval/test/metrics.json")
     assert oracle["execution_accuracy"] == 1.0 and perturbed["execution_accuracy"] < 1.0
     assert "McNemar's exact test" in md
+    # report.md points to the comparison in report.html; it holds no copy of the table
+    outputs = {
+        s: read_jsonl(runs / f"{s}-sql/predictions/test.jsonl") for s in ("gpt", "oracle", "perturbed")
+    }
+    differ = sum(len({outputs[s][i]["prediction"] for s in outputs}) > 1 for i in range(12))
+    comparison = md.split("## Per-example comparison\n", 1)[1].split("\n## ", 1)[0]
+    assert (
+        f"*12 examples ({differ} where the systems' outputs differ, whitespace aside): each input"
+        in comparison
+    )
+    assert "|" not in comparison and 0 < differ < 12
     sig = table_rows(md, "### sql (test): execution_accuracy")[2:]
     pair = next(r for r in sig if r[:2] == ["oracle", "perturbed"])
     verdicts = {

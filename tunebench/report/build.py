@@ -635,10 +635,12 @@ def comparison(runs: list[RunInfo], split: str) -> Comparison:
         disagree.append(len({" ".join(o.split()) for o in outputs}) > 1)
         marks.append([None, None, None, *(v.get(id_) for v in judged)])
     systems = [run.system for run in runs]
+    differ = (
+        f" ({sum(disagree)} where the systems' outputs differ, whitespace aside)" if len(runs) > 1 else ""
+    )
     pointer = (
-        f"{len(rows)} examples ({sum(disagree)} where the systems' outputs differ, whitespace aside): "
-        "each input, gold and output of " + ", ".join(systems) + " side by side, with a search box and a "
-        "filter, in report.html."
+        f"{len(rows)} examples{differ}: each input, gold and output of {', '.join(systems)} side by side, "
+        "with a search box and a filter, in report.html."
     )
     return Comparison(["id", label, "gold", *systems], rows, disagree, marks, pointer)
 
