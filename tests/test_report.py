@@ -14,8 +14,8 @@ from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl, write_jsonl
 from tunebench.pipeline import evaluate_stage
 from tunebench.report import write_report
-from tunebench.report.build import fmt_metric, fmt_p
-from tunebench.report.stats import holm, mcnemar_exact
+from tunebench.report.build import fmt_metric, fmt_p, short
+from tunebench.report.stats import holm, mcnemar_exact, paired_permutation_test
 from tunebench.rundir import RunDir
 from tunebench.tasks import TASKS, get_task
 
@@ -27,6 +27,7 @@ SECTIONS = [
     "## Loss curves",
     "## Error analysis",
     "## Wrong predictions",
+    "## Per-example comparison",
     "## What produced this report",
 ]
 IMAGES = ["accuracy.png", "training_cost.png", "break_even.png", "loss_sql.png", "loss_viggo.png"]
@@ -78,6 +79,17 @@ def test_report_sections_and_numbers_equal_metrics_files(runs: Path, tmp_path: P
     perturbed = read_json(runs / "perturbed-sql/eval/test/metrics.json")
     assert oracle["execution_accuracy"] == 1.0 and perturbed["execution_accuracy"] < 1.0
     assert "McNemar's exact test" in md
+    # report.md points to the comparison in report.html; it holds no copy of the table
+    outputs = {
+        s: read_jsonl(runs / f"{s}-sql/predictions/test.jsonl") for s in ("gpt", "oracle", "perturbed")
+    }
+    differ = sum(len({outputs[s][i]["prediction"] for s in outputs}) > 1 for i in range(12))
+    comparison = md.split("## Per-example comparison\n", 1)[1].split("\n## ", 1)[0]
+    assert (
+        f"*12 examples ({differ} where the systems' outputs differ, whitespace aside): each input"
+        in comparison
+    )
+    assert "|" not in comparison and 0 < differ < 12
     sig = table_rows(md, "### sql (test): execution_accuracy")[2:]
     pair = next(r for r in sig if r[:2] == ["oracle", "perturbed"])
     verdicts = {
@@ -195,7 +207,13 @@ def test_cli_report_one_line_error(tmp_path: Path) -> None:
 def test_mcnemar_exact_and_holm() -> None:
     # b=0, c=6: p = 2 * 0.5**6
     test = mcnemar_exact([True] * 6 + [True] * 4, [False] * 6 + [True] * 4)
-    assert test == {"n": 10, "only_first": 6, "only_second": 0, "p_value": pytest.approx(2 / 64)}
+    assert test == {
+        "test": "mcnemar_exact",
+        "n": 10,
+        "only_first": 6,
+        "only_second": 0,
+        "p_value": pytest.approx(2 / 64),
+    }
     # unknown verdicts are left out; no disagreement gives p = 1
     assert mcnemar_exact([True, None], [True, False])["p_value"] == 1.0
     assert mcnemar_exact([True, None], [True, False])["n"] == 1
@@ -332,8 +350,14 @@ def test_custom_task_report_has_paired_tests_and_an_error_breakdown(
         "oracle": ["exact_match", "0", "0", "0", "0", "0"],
         "sloppy": ["exact_match", "4", "4", "4", "4", "16"],
     }
-    wrong = table_rows(md, "### custom (test): sloppy, wrong by exact_match")[2:]
-    golds = {r["id"]: r["gold"] for r in read_jsonl(custom_runs / "sloppy-custom/predictions/test.jsonl")}
+    header, _, *wrong = table_rows(md, "### custom (test): sloppy, wrong by exact_match")
+    rows = {r["id"]: r for r in read_jsonl(custom_runs / "sloppy-custom/predictions/test.jsonl")}
+    golds = {id_: r["gold"] for id_, r in rows.items()}
+    # the task names no input field this file has: the prompt (here the sentence) is the input
+    assert header[1] == "prompt"
+    assert [r[1] for r in wrong] == [short(rows[r[0]]["prompt"].strip()) for r in wrong] and all(
+        r[1] for r in wrong
+    )
     assert [r[0] for r in wrong] == [f"custom-test-{i:05d}" for i in (1, 2, 3, 4, 6)]
     assert wrong[0][2] == "" and wrong[1][2] == custom_prediction("sloppy", golds[wrong[1][0]], 2)
 
@@ -345,6 +369,13 @@ def test_a_section_without_content_says_why_in_one_line(custom_runs: Path, tmp_p
         "*Nothing to pair: each task has one system.*"
     )
     assert empty_sections(md) == []
+    # the one system is the best: its 16 wrong answers by kind, none put on the benchmark
+    categories, blame, examples = tables_after(md, "### custom (test): remaining errors of sloppy")
+    assert [(r[0], r[1], r[2]) for r in categories[1:]] == [
+        (kind, "model", "4") for kind in ("empty", "truncated", "over-long", "other")
+    ]
+    assert dict((r[0], r[1]) for r in blame[1:]) == {"model": "16", "benchmark": "0", "all wrong": "16"}
+    assert [r[1] for r in examples[1:4]] == [f"custom-test-{i:05d}" for i in (1, 6, 11)]  # the empty ones
 
 
 def test_the_report_names_no_task() -> None:
@@ -357,3 +388,140 @@ def test_the_report_names_no_task() -> None:
         if re.search(rf"\b({names})\b", line, re.IGNORECASE)
     ]
     assert found == []
+
+
+def test_continuous_scores_get_a_paired_permutation_test_and_every_metric_a_ci(tmp_path: Path) -> None:
+    folder = make_custom_runs(tmp_path / "runs", n=20, metrics=["exact_match", "token_f1"])
+    md = (write_report(folder, tmp_path / "out") / "report.md").read_text(encoding="utf-8")
+    for row in table_rows(md, "### custom (test)")[2:]:
+        metrics = read_json(folder / f"{row[0]}-custom/eval/test/metrics.json")
+        for cell, name in zip(row[2:], ("exact_match", "token_f1"), strict=True):
+            value, ci = parse_metric(cell)
+            assert ci is not None and ci[0] <= value <= ci[1]
+            assert ci == pytest.approx(metrics[f"{name}_ci95"], abs=5e-5)
+    assert "paired sign-flip permutation test" in md
+    header, _, *rows = table_rows(md, "### custom (test): token_f1\n")
+    assert header == [
+        "system A",
+        "system B",
+        "n",
+        "mean A",
+        "mean B",
+        "mean A − B",
+        "p",
+        "p (Holm)",
+        "significant",
+    ]
+    scores = {
+        s: {r["id"]: r["token_f1"] for r in read_jsonl(folder / f"{s}-custom/eval/test/per_example.jsonl")}
+        for s in ("oracle", "sloppy")
+    }
+    assert not all(isinstance(v, bool) for v in scores["sloppy"].values())
+    ids = sorted(scores["oracle"])
+    expected = paired_permutation_test([scores["oracle"][i] for i in ids], [scores["sloppy"][i] for i in ids])
+    row = next(r for r in rows if r[:2] == ["oracle", "sloppy"])
+    assert row[2:7] == [
+        "20",
+        fmt_metric(expected["mean_first"]),
+        fmt_metric(expected["mean_second"]),
+        f"{expected['mean_difference']:+.4f}",
+        fmt_p(expected["p_value"]),
+    ]
+    assert expected["mean_difference"] > 0.2 and expected["p_value"] < 0.05  # 16 of 20 answers are off
+    # exact_match stays a McNemar table beside it
+    assert table_rows(md, "### custom (test): exact_match\n")[0][3] == "b (only A right)"
+
+
+def test_a_single_run_directory_is_a_report(runs: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = copy_runs(runs, tmp_path / "r", ["perturbed-viggo"]) / "perturbed-viggo"
+    result = subprocess.run(
+        [sys.executable, "-m", "tunebench", "report", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    md = (folder / "report" / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# tunebench report: perturbed-viggo\n")
+    metrics = read_json(folder / "eval/test/metrics.json")
+    row = table_rows(md, "### viggo (test)")[2]
+    assert row[:2] == ["perturbed", str(metrics["n"])]
+    assert parse_metric(row[2])[0] == pytest.approx(metrics["exact_match"], abs=5e-5)
+    assert "*Nothing to pair: each task has one system.*" in md and empty_sections(md) == []
+
+
+def test_no_training_cost_draws_no_cost_chart(custom_runs: Path, tmp_path: Path) -> None:
+    out = write_report(custom_runs, tmp_path / "out")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert not (out / "training_cost.png").exists() and "training_cost.png" not in md
+    section = md.split("## Training cost and time\n", 1)[1].split("\n## ", 1)[0]
+    assert "No training-cost chart: no system of this report has a training cost above $0." in section
+
+
+def tables_after(markdown: str, heading: str) -> list[list[list[str]]]:
+    """Every table (header row first, rule row dropped) between ``heading`` and the next heading."""
+    section = markdown.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+    tables, current = [], []
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        elif current:
+            tables.append([current[0], *current[2:]])
+            current = []
+    return tables
+
+
+def test_error_analysis_classifies_the_best_systems_remaining_errors(runs: Path, tmp_path: Path) -> None:
+    from tunebench.evaluation import viggo_errors
+    from tunebench.evaluation.sql import errors as sql_errors
+    from tunebench.tasks.sql import spider_databases
+
+    folder = copy_runs(runs, tmp_path / "r", ["gpt-sql", "perturbed-sql", "perturbed-viggo"])
+    md = (write_report(folder, tmp_path / "out") / "report.md").read_text(encoding="utf-8")
+    # sql: gpt (wrong on every third example) beats perturbed (every other) by execution accuracy
+    assert "### sql (test): remaining errors of perturbed" not in md
+    heading = "### sql (test): remaining errors of gpt"
+    categories, blame, examples = tables_after(md, heading)
+    verdicts = {
+        r["id"]: r["execution_match"] for r in read_jsonl(folder / "gpt-sql/eval/test/per_example.jsonl")
+    }
+    expected = sql_errors.analyze(
+        read_jsonl(folder / "gpt-sql/predictions/test.jsonl"), spider_databases(), verdicts
+    )
+    assert [(r[0], int(r[2])) for r in categories[1:]] == [
+        (name, entry["count"]) for name, entry in expected["categories"].items()
+    ]
+    assert {r[0]: r[1] for r in categories[1:]}["schema_differs"] == "benchmark"
+    # its 4 wrong answers are the syntax errors (SELEC), which sqlglot cannot parse
+    assert dict((r[0], r[1]) for r in blame[1:]) == {"model": "4", "benchmark": "0", "all wrong": "4"}
+    assert {r[0] for r in examples[1:]} == {"unclassified"} and len(
+        examples
+    ) == 1 + 3  # three examples at most
+    assert (
+        md.split(heading, 1)[1]
+        .split("\n\n", 2)[1]
+        .startswith(
+            "*gpt has the best execution_accuracy on test (0.6667). 4 of its 12 scored examples are wrong"
+        )
+    )
+    # viggo: perturbed alone; its six wrong answers, by construction: a wrong dialogue act on rows
+    # 3 and 9, a dropped last slot on 1 and 7, an altered name on 5 and 11
+    heading = "### viggo (test): remaining errors of perturbed"
+    categories, blame, examples = tables_after(md, heading)
+    counts = {r[0]: int(r[2]) for r in categories[1:]}
+    assert counts == {
+        "gold_inconsistent": 0, "wrong_dialogue_act": 2, "missing_slot": 2, "extra_slot": 0,
+        "wrong_slot_value": 2, "list_order": 0, "unclassified": 0,
+    }  # fmt: skip
+    expected = viggo_errors.analyze(read_jsonl(folder / "perturbed-viggo/predictions/test.jsonl"))
+    assert counts == {name: entry["count"] for name, entry in expected["categories"].items()}
+    assert dict((r[0], r[1]) for r in blame[1:]) == {"model": "6", "benchmark": "0", "all wrong": "6"}
+    shown = {(r[0], r[1]) for r in examples[1:]}
+    assert shown == {(c, e["id"]) for c, entry in expected["categories"].items() for e in entry["examples"]}
+    sentences = {
+        r["id"]: r["sentence"] for r in read_jsonl(folder / "perturbed-viggo/predictions/test.jsonl")
+    }
+    assert all(r[2] == short(sentences[r[1]]) for r in examples[1:])  # the input column is the sentence

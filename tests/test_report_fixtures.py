@@ -10,7 +10,8 @@ Three systems per task on the first N test examples of the real datasets:
 
 A custom task (the real ViGGO test CSV read as the user's own file: ``ref`` -> ``mr``) has
 ``oracle`` and ``sloppy`` (gold on every fifth row; the others empty, truncated, over-long or
-upper-cased, in turn) and ``halfway`` (the first half of the gold on odd rows).
+upper-cased, in turn) and ``halfway`` (the first half of the gold on odd rows); ``unbroken``
+(odd rows: the gold without spaces, eight times over) is there for layout tests.
 
 Predictions go through :func:`tunebench.pipeline.evaluate_stage` (the real scorers). Wall times,
 throughputs and token counts in the manifests and summaries are fixture inputs (not
@@ -143,16 +144,20 @@ def custom_prediction(system: str, gold: str, i: int) -> str:
         return [gold, "", gold[: len(gold) // 2], " ".join([gold] * 3), gold.upper()][i % 5]
     if system == "halfway" and i % 2:
         return gold[: len(gold) // 2]
+    if system == "unbroken" and i % 2:  # one long word: a table must wrap it, not widen
+        return "".join(gold.split()) * 8
     return gold
 
 
-def make_custom_run(root: Path, system: str, n: int) -> RunDir:
+def make_custom_run(root: Path, system: str, n: int, metrics: list[str] | None = None) -> RunDir:
     """One scored custom-task run ``<root>/<system>-custom`` (provider base: nothing trained)."""
     data_root = local_data_dir(None)
     assert data_root is not None, "set TUNEBENCH_DATA_DIR to the data folder"
     csv = str(data_root / "viggo" / "test.csv")
     task = {"name": "custom", "train_file": csv, "test_file": csv, "prompt_template": "{ref}\n",
             "target_field": "mr", "max_eval_examples": n}  # fmt: skip
+    if metrics:
+        task["metrics"] = metrics
     cfg = validate_experiment(
         {"name": f"{system}-custom", "runs_dir": str(root), "provider": "base", "task": task}
     )
@@ -168,7 +173,9 @@ def make_custom_run(root: Path, system: str, n: int) -> RunDir:
     return run
 
 
-def make_custom_runs(root: Path, n: int = 20, systems: tuple[str, ...] = CUSTOM_SYSTEMS) -> Path:
+def make_custom_runs(
+    root: Path, n: int = 20, systems: tuple[str, ...] = CUSTOM_SYSTEMS, metrics: list[str] | None = None
+) -> Path:
     for system in systems:
-        make_custom_run(root, system, n)
+        make_custom_run(root, system, n, metrics)
     return root

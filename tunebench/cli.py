@@ -433,7 +433,9 @@ def cost_line(cost: dict[str, Any]) -> str:
 
 @app.command()
 def report(
-    source: Annotated[Path, typer.Argument(help="A study config (YAML) or a folder of run directories.")],
+    source: Annotated[
+        Path, typer.Argument(help="A study config (YAML), a folder of run directories, or one run directory.")
+    ],
     out: Annotated[Path | None, typer.Option(help="Output folder (default: the study's report dir).")] = None,
 ) -> None:
     """Write report.md and a self-contained report.html comparing systems and tasks."""

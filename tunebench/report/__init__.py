@@ -1,9 +1,13 @@
 """The comparison report: ``report.md`` + a self-contained ``report.html`` + PNG figures.
 
 Sections: results (tasks x systems, 95% bootstrap CIs from the scorers), paired significance
-(McNemar's exact test on per-example verdicts), training cost and time, deployment break-even,
-loss curves, accuracy and cost charts, error analysis (each task's own breakdown of its errors),
-wrong predictions beside the gold, and what produced it (configs, versions, hardware, commit).
+(McNemar's exact test on per-example verdicts, a paired permutation test on continuous scores),
+training cost and time, deployment break-even, loss curves, accuracy and cost charts, error
+analysis (each task's own breakdown of its errors, and the best system's remaining errors
+classified, the model's apart from the benchmark's), wrong predictions beside the gold, a
+per-example comparison of every system (report.html: searchable and filterable), and what
+produced it (configs, versions, hardware, commit). The source is a study YAML, a folder of run
+directories or one run directory.
 Every number is read from the run directories' files and printed with a fixed format, so the
 report can be checked against them.
 """

@@ -9,9 +9,17 @@ from tunebench.config import OpenAIConfig
 from tunebench.providers import get_provider
 from tunebench.report import plots
 from tunebench.report.collect import RunInfo, StudyData
-from tunebench.report.doc import Block, Code, Heading, Image, Para, Table
-from tunebench.report.stats import holm, mcnemar_exact
-from tunebench.tasks.base import ErrorBreakdown, binary_verdicts
+from tunebench.report.doc import Block, Code, Comparison, Heading, Image, Para, Table
+from tunebench.report.stats import (
+    PERMUTATION_RESAMPLES,
+    PERMUTATION_SEED,
+    holm,
+    is_binary,
+    mcnemar_exact,
+    paired_permutation_test,
+    scores_of,
+)
+from tunebench.tasks.base import ErrorBreakdown, Task, binary_verdicts
 
 
 # --- formatting: one function per kind of number, so tests can parse them back -------------
@@ -63,6 +71,7 @@ def build_blocks(data: StudyData) -> list[Block]:
         curves_section,
         errors_section,
         wrong_section,
+        comparison_section,
         provenance_section,
     ):
         blocks += section(data)
@@ -141,25 +150,31 @@ def significance_section(data: StudyData) -> list[Block]:
         why = (
             "Nothing to pair: each task has one system."
             if single
-            else "No two systems of a task have per-example right/wrong verdicts on the same examples."
+            else "No two systems of a task have per-example scores on the same examples."
         )
         return [Heading("Paired significance"), Para(why, note=True)]
     return [
         Heading("Paired significance"),
         Para(
-            "McNemar's exact test on the per-example verdicts (per_example.jsonl) of each pair of "
-            "systems on the same examples: b = only the first system right, c = only the second; "
-            "two-sided p = min(1, 2·P(X ≤ min(b, c))), X ~ Binomial(b + c, ½). Examples without a "
-            "verdict in either run are left out. Holm's correction over the pairs of each table; "
-            f"significant at α = {data.alpha}.",
+            "Each pair of systems on the same examples, from their per-example scores "
+            "(per_example.jsonl). Right/wrong verdicts: McNemar's exact test, b = only the first "
+            "system right, c = only the second; two-sided p = min(1, 2·P(X ≤ min(b, c))), "
+            "X ~ Binomial(b + c, ½). Continuous scores (F1 and the like): a paired sign-flip "
+            f"permutation test of the mean difference ({PERMUTATION_RESAMPLES:,} resamples, seed "
+            f"{PERMUTATION_SEED}). Examples without a score in either run are left out. Holm's "
+            f"correction over the pairs of each table; significant at α = {data.alpha}.",
             note=True,
         ),
         *tables,
     ]
 
 
+BINARY_HEADER = ["system A", "system B", "n", "b (only A right)", "c (only B right)"]
+CONTINUOUS_HEADER = ["system A", "system B", "n", "mean A", "mean B", "mean A − B"]
+
+
 def significance_tables(data: StudyData) -> list[Block]:
-    """A heading and a McNemar table per task, split and paired verdict that has pairs to test."""
+    """A heading and a table per task, split and paired score that has pairs to test."""
     blocks: list[Block] = []
     for task in data.tasks:
         runs = data.runs_of(task)
@@ -167,48 +182,52 @@ def significance_tables(data: StudyData) -> list[Block]:
             continue
         for split in data.splits_of(task):
             for metric, key in runs[0].task_def.paired_verdicts().items():
-                table_rows = pair_tests(runs, split, key)
-                if not table_rows:
+                tests, binary = pair_tests(runs, split, key)
+                if not tests:
                     continue
-                adjusted = holm([t["p_value"] for t in table_rows])
+                adjusted = holm([t["p_value"] for t in tests])
                 rows = [
-                    [
-                        t["first"],
-                        t["second"],
-                        str(t["n"]),
-                        str(t["only_first"]),
-                        str(t["only_second"]),
-                        fmt_p(t["p_value"]),
-                        fmt_p(adj),
-                        "yes" if adj < data.alpha else "no",
-                    ]
-                    for t, adj in zip(table_rows, adjusted, strict=True)
-                ]
+                    [t["first"], t["second"], str(t["n"]), *pair_cells(t, binary), fmt_p(t["p_value"]),
+                     fmt_p(adj), "yes" if adj < data.alpha else "no"]
+                    for t, adj in zip(tests, adjusted, strict=True)
+                ]  # fmt: skip
+                header = [*(BINARY_HEADER if binary else CONTINUOUS_HEADER), "p", "p (Holm)", "significant"]
                 blocks.append(Heading(f"{task} ({split}): {metric}", 3))
-                header = [
-                    "system A",
-                    "system B",
-                    "n",
-                    "b (only A right)",
-                    "c (only B right)",
-                    "p",
-                    "p (Holm)",
-                    "significant",
-                ]
-                blocks.append(Table(header, rows, numeric={2, 3, 4, 5, 6}))
+                blocks.append(Table(header, rows, numeric=set(range(2, len(header) - 1))))
     return blocks
 
 
-def pair_tests(runs: list[RunInfo], split: str, key: str) -> list[dict[str, Any]]:
+def pair_cells(test: dict[str, Any], binary: bool) -> list[str]:
+    """McNemar's discordant counts, or the permutation test's means and mean difference."""
+    if binary:
+        return [str(test["only_first"]), str(test["only_second"])]
+    return [
+        fmt_metric(test["mean_first"]),
+        fmt_metric(test["mean_second"]),
+        fmt_signed(test["mean_difference"]),
+    ]
+
+
+def fmt_signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"
+
+
+def pair_tests(runs: list[RunInfo], split: str, key: str) -> tuple[list[dict[str, Any]], bool]:
+    """Every pair of runs with ``key`` scores on the same examples, tested; and whether the scores
+    are binary (McNemar) rather than continuous (permutation test) in every run of the table."""
+    scores = {r.system: scores_of(r.per_example[split], key) for r in runs}
+    known = {system: s for system, s in scores.items() if s is not None}
+    binary = all(is_binary(list(s.values())) for s in known.values())
     out = []
     for a, b in combinations(runs, 2):
-        va, vb = verdicts(a, split, key), verdicts(b, split, key)
-        if va is None or vb is None or set(va) != set(vb):
+        sa, sb = known.get(a.system), known.get(b.system)
+        if sa is None or sb is None or set(sa) != set(sb):
             continue  # paired tests need the same examples (validation splits may differ by design)
-        ids = sorted(va)
-        test = mcnemar_exact([va[i] for i in ids], [vb.get(i) for i in ids])
+        ids = sorted(sa)
+        first, second = [sa[i] for i in ids], [sb[i] for i in ids]
+        test = mcnemar_exact(first, second) if binary else paired_permutation_test(first, second)
         out.append({"first": a.system, "second": b.system, **test})
-    return out
+    return out, binary
 
 
 def hardware(run: RunInfo) -> str:
@@ -309,6 +328,9 @@ def cost_section(data: StudyData) -> list[Block]:
         by_system = {r.system: (r.cost or {}).get("training_cost_usd") for r in runs}
         for s in data.systems:
             series[s].append(by_system.get(s))
+    if not any(v for values in series.values() for v in values):
+        why = "No training-cost chart: no system of this report has a training cost above $0."
+        return [*blocks, Para(why, note=True)]
     png = plots.grouped_bars("Training cost (measured)", "USD", groups, series)
     blocks.append(Image("training_cost.png", "training cost by task and system", png))
     return blocks
@@ -452,9 +474,76 @@ def errors_section(data: StudyData) -> list[Block]:
             continue
         for breakdown in runs[0].task_def.error_breakdown(splits[0], runs):
             blocks += breakdown_blocks(f"{task} ({splits[0]})", breakdown)
+        blocks += remaining_errors(task, runs, splits[0])
     if not blocks:
         return [Heading("Error analysis"), Para("No task of this report breaks its errors down.", note=True)]
     return [Heading("Error analysis"), *blocks]
+
+
+def best_run(runs: list[RunInfo], split: str) -> tuple[RunInfo, str, float] | None:
+    """The run with the best headline metric on ``split`` (the first of equals), with the metric."""
+    best = None
+    for run in runs:
+        name, value = run.task_def.headline_metric(run.metrics[split])
+        if value is not None and (best is None or value > best[2]):
+            best = (run, name, value)
+    return best
+
+
+def remaining_errors(task: str, runs: list[RunInfo], split: str) -> list[Block]:
+    """The best system's wrong predictions, classified by its task: categories with counts and
+    examples, and how many are the model's and how many the benchmark's."""
+    best = best_run(runs, split)
+    if best is None:
+        return []
+    run, metric, value = best
+    analysis = run.task_def.error_analysis(split, run)
+    if analysis is None:
+        return []
+    blocks: list[Block] = [Heading(f"{task} ({split}): remaining errors of {run.system}", 3)]
+    said = f"{run.system} has the best {metric} on {split} ({value:.4f})."
+    if analysis.empty:
+        return [*blocks, Para(f"{said} {analysis.empty}", note=True)]
+    blocks.append(
+        Para(
+            f"{said} {analysis.wrong} of its {analysis.scored} scored examples are wrong by "
+            f"{analysis.wrong_by}, each in the first category that applies. Benchmark categories "
+            "blame the example (its gold or its schema), not the model; unclassified errors count as "
+            "the model's.",
+            note=True,
+        )
+    )
+
+    def share(count: int) -> str:
+        return f"{count / analysis.wrong:.1%}" if analysis.wrong else "–"
+
+    rows = [
+        [c.name, "benchmark" if c.benchmark else "model", str(c.count), share(c.count)]
+        for c in analysis.categories
+    ]
+    blocks.append(Table(["category", "blamed on", "wrong", "share"], rows, numeric={2, 3}))
+    split_rows = [
+        ["model", str(analysis.model), share(analysis.model)],
+        ["benchmark", str(analysis.benchmark), share(analysis.benchmark)],
+        ["all wrong", str(analysis.wrong), share(analysis.wrong)],
+    ]
+    blocks.append(Table(["blamed on", "wrong", "share"], split_rows, numeric={1, 2}))
+    examples = [
+        [
+            c.name,
+            e.id,
+            short(e.input),
+            short(e.prediction),
+            short(e.gold),
+            short("; ".join(e.differences) or "–"),
+        ]
+        for c in analysis.categories
+        for e in c.examples
+    ]
+    if examples:
+        blocks.append(Para("Up to three examples of each category:", note=True))
+        blocks.append(Table(["category", "id", "input", "prediction", "gold", "differences"], examples))
+    return blocks
 
 
 def breakdown_blocks(where: str, breakdown: ErrorBreakdown) -> list[Block]:
@@ -501,13 +590,68 @@ def wrong_tables(data: StudyData) -> list[Block]:
             if not wrong:
                 blocks.append(Para("None.", note=True))
                 continue
-            field = next((f for f in run.task_def.input_fields if f in wrong[0]), None)
             rows = [
-                [p["id"], short(p.get(field, "")) if field else "", short(p["prediction"]), short(p["gold"])]
+                [p["id"], short(example_input(run.task_def, p)[1]), short(p["prediction"]), short(p["gold"])]
                 for p in wrong
             ]
-            blocks.append(Table(["id", field or "input", "prediction", "gold"], rows))
+            blocks.append(Table(["id", example_input(run.task_def, wrong[0])[0], "prediction", "gold"], rows))
     return blocks
+
+
+# Long inputs (a whole prompt, where a task names no input field) and outputs are cut in the comparison.
+COMPARISON_INPUT_CHARS = 600
+COMPARISON_OUTPUT_CHARS = 1000
+
+
+def comparison_section(data: StudyData) -> list[Block]:
+    """Per task (its first split): every example's input, gold and each system's output."""
+    blocks: list[Block] = [Heading("Per-example comparison")]
+    for task in data.tasks:
+        splits = data.splits_of(task)
+        if splits:
+            blocks += [Heading(f"{task} ({splits[0]})", 3), comparison(data.runs_of(task), splits[0])]
+    if len(blocks) == 1:
+        return []
+    return blocks
+
+
+def comparison(runs: list[RunInfo], split: str) -> Comparison:
+    """Examples in the first run's order; each output marked right or wrong by its run's verdict."""
+    by_run = [{p["id"]: p for p in run.predictions[split]} for run in runs]
+    judged = []
+    for run in runs:
+        key = run.task_def.verdict_key(run.per_example[split])
+        judged.append((verdicts(run, split, key) if key else None) or {})
+    order = [p["id"] for p in runs[0].predictions[split]]
+    label = example_input(runs[0].task_def, runs[0].predictions[split][0])[0] if order else "input"
+    rows, disagree, marks = [], [], []
+    for id_ in order:
+        first = by_run[0][id_]
+        outputs = [str(rows_of.get(id_, {}).get("prediction") or "") for rows_of in by_run]
+        rows.append(
+            [id_, short(example_input(runs[0].task_def, first)[1], COMPARISON_INPUT_CHARS),
+             short(first["gold"], COMPARISON_OUTPUT_CHARS), *(short(o, COMPARISON_OUTPUT_CHARS) for o in outputs)]
+        )  # fmt: skip
+        disagree.append(len({" ".join(o.split()) for o in outputs}) > 1)
+        marks.append([None, None, None, *(v.get(id_) for v in judged)])
+    systems = [run.system for run in runs]
+    differ = (
+        f" ({sum(disagree)} where the systems' outputs differ, whitespace aside)" if len(runs) > 1 else ""
+    )
+    pointer = (
+        f"{len(rows)} examples{differ}: each input, gold and output of {', '.join(systems)} side by side, "
+        "with a search box and a filter, in report.html."
+    )
+    return Comparison(["id", label, "gold", *systems], rows, disagree, marks, pointer)
+
+
+def example_input(task: Task, row: dict[str, Any]) -> tuple[str, str]:
+    """(label, text) of what the model was asked: the first of the task's ``input_fields`` the
+    prediction row holds, else the prompt itself."""
+    field = next((f for f in task.input_fields if row.get(f) not in (None, "")), None)
+    if field is None:
+        return "prompt", str(row.get("prompt") or "")
+    return field, str(row[field])
 
 
 def provenance_section(data: StudyData) -> list[Block]:

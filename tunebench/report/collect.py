@@ -1,7 +1,7 @@
 """Gather what a report needs from run directories, and refuse inputs that cannot be compared.
 
 The source is a study YAML (its cells name the run directories, and its ensembles' members from
-elsewhere join as rows of their own) or a folder of run directories (its ``study.json``, written by ``tunebench run STUDY.yaml``, gives the system and
+elsewhere join as rows of their own), one run directory, or a folder of run directories (its ``study.json``, written by ``tunebench run STUDY.yaml``, gives the system and
 task labels; without one they are derived from each run's config). Refused, with one line
 naming the run: a study cell without a run directory, a run without predictions or scores for
 a split, and two systems of one task evaluated on different examples or golds. In a folder
@@ -90,6 +90,8 @@ def collect(source: str | Path) -> StudyData:
     path = Path(source)
     if path.is_file():
         data = _from_study(path)
+    elif path.is_dir() and RunDir(path).config_path.is_file():
+        data = _from_run(path)
     elif path.is_dir():
         data = _from_folder(path)
     else:
@@ -123,6 +125,21 @@ def _from_study(path: Path) -> StudyData:
         reference=study.reference,
         wrong_examples=study.wrong_examples,
         default_out=study.resolved_report_dir(),
+    )
+
+
+def _from_run(folder: Path) -> StudyData:
+    """One run directory: a report of its one system (and of the members it voted over)."""
+    run = RunDir(folder)
+    config = run.load_config()
+    runs = [load_run(run, system_label(config), config.task.name, None)]
+    return StudyData(
+        title=config.name,
+        description=None,
+        source=folder,
+        study_text=None,
+        runs=[*outside_members(runs), *runs],
+        default_out=folder / "report",
     )
 
 
@@ -240,10 +257,22 @@ def load_run(run: RunDir, system: str, task: str, description: str | None) -> Ru
                 f"system '{system}', task '{task}': predictions for '{split}' are not scored "
                 f"({metrics_path} missing; run `tunebench run` again)"
             )
-        info.predictions[split] = read_jsonl(predictions, required=("id", "prediction", "gold"))
+        info.predictions[split] = with_prompts(
+            run, split, read_jsonl(predictions, required=("id", "prediction", "gold"))
+        )
         info.metrics[split] = read_json(metrics_path)
         info.per_example[split] = per_example(info, split)
     return info
+
+
+def with_prompts(run: RunDir, split: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Prediction rows with the prompt each answered, from the run's prepared split where a
+    provider's rows leave it out (the report shows it when a task names no input field)."""
+    prepared = run.prepared(split)
+    if all("prompt" in r for r in rows) or not prepared.is_file():
+        return rows
+    prompts = {r["id"]: r.get("prompt") for r in read_jsonl(prepared, required=("id",))}
+    return [r if "prompt" in r else {**r, "prompt": prompts.get(r["id"])} for r in rows]
 
 
 # What a re-score may change in metrics.json without changing a verdict: where and how fast.

@@ -16,13 +16,45 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#1a1a1a;line-height:1.45}
 table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}
-th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:left;vertical-align:top}
+th,td{border:1px solid #ccc;padding:0.25em 0.6em;text-align:left;vertical-align:top;
+overflow-wrap:anywhere;word-break:break-word}
 th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:0.85em}
 pre{background:#f6f6f6;padding:0.7em;overflow-x:auto;white-space:pre-wrap}
 img{max-width:100%;height:auto}
 .note{color:#555;font-size:0.9em}
+.compare-controls{display:flex;gap:1em;align-items:center;flex-wrap:wrap}
+.compare-controls input[type=search]{min-width:20em;padding:0.2em 0.4em}
+.compare-count{color:#555;font-size:0.9em}
+.compare-table td:first-child{overflow-wrap:normal;word-break:normal}
+td.right{background:#eef8ee}
+td.wrong{background:#fbeaea}
+"""
+
+# Filters the rows of every per-example comparison: the search box keeps rows whose text
+# contains the query (case-insensitive), the checkbox keeps rows where the systems disagree.
+COMPARE_SCRIPT = """
+document.querySelectorAll('.compare').forEach(function (box) {
+  var search = box.querySelector('.compare-search');
+  var only = box.querySelector('.compare-disagree');
+  var count = box.querySelector('.compare-count');
+  var rows = Array.prototype.slice.call(box.querySelectorAll('tbody tr'));
+  function update() {
+    var query = search.value.trim().toLowerCase();
+    var shown = 0;
+    rows.forEach(function (row) {
+      var show = (!only.checked || row.dataset.disagree === '1') &&
+        (!query || row.textContent.toLowerCase().indexOf(query) >= 0);
+      row.hidden = !show;
+      if (show) shown += 1;
+    });
+    count.textContent = shown + ' of ' + rows.length + ' examples shown';
+  }
+  search.addEventListener('input', update);
+  only.addEventListener('change', update);
+  update();
+});
 """
 
 
@@ -58,7 +90,21 @@ class Code:
     summary: str | None = None  # collapsible in HTML when set
 
 
-Block = Heading | Para | Table | Image | Code
+@dataclass
+class Comparison:
+    """Examples side by side (input, gold, every system's output), filterable in HTML by a search
+    box and by "systems disagree"; report.md carries ``pointer`` instead."""
+
+    header: list[str]
+    rows: list[list[str]]
+    #: Per row: the systems' outputs differ.
+    disagree: list[bool]
+    #: Per row, per cell: True (right), False (wrong) or None (no verdict / not an output).
+    marks: list[list[bool | None]]
+    pointer: str
+
+
+Block = Heading | Para | Table | Image | Code | Comparison
 
 
 def _md_cell(text: str) -> str:
@@ -83,6 +129,8 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append("\n".join(lines))
         elif isinstance(block, Image):
             out.append(f"![{block.alt}]({block.filename})")
+        elif isinstance(block, Comparison):
+            out.append(f"*{block.pointer}*")
         elif isinstance(block, Code):
             text = f"```\n{block.text.rstrip()}\n```"
             out.append(f"**{block.summary}**\n\n{text}" if block.summary else text)
@@ -118,6 +166,8 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif isinstance(block, Image):
             data = base64.b64encode(block.png).decode("ascii")
             body.append(f'<p><img alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}"></p>')
+        elif isinstance(block, Comparison):
+            body.append(_comparison_html(block))
         elif isinstance(block, Code):
             pre = f"<pre>{html.escape(block.text.rstrip())}</pre>"
             if block.summary:
@@ -130,8 +180,34 @@ def to_html(blocks: list[Block], title: str) -> str:
         '<link rel="icon" href="data:,">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n<body>\n"
         + "\n".join(body)
+        + (f"\n<script>{COMPARE_SCRIPT}</script>" if any(isinstance(b, Comparison) for b in blocks) else "")
         + "\n</body></html>\n"
     )
+
+
+def _comparison_html(block: Comparison) -> str:
+    """The comparison table with its search box, its "systems disagree" filter and a row count."""
+    controls = (
+        '<p class="compare-controls">'
+        '<input type="search" class="compare-search" placeholder="Search inputs, golds and outputs" '
+        'aria-label="Search examples">'
+        '<label><input type="checkbox" class="compare-disagree"> only where systems disagree</label>'
+        f'<span class="compare-count">{len(block.rows)} of {len(block.rows)} examples shown</span></p>'
+    )
+    legend = (
+        '<p class="note">Outputs shaded green are right and red wrong by their system\'s per-example '
+        "verdict; systems disagree where their outputs differ (whitespace aside).</p>"
+    )
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+    marks = {True: ' class="right"', False: ' class="wrong"', None: ""}
+    rows = "".join(
+        f'<tr data-disagree="{int(disagree)}">'
+        + "".join(f"<td{marks[m]}>{html.escape(c)}</td>" for c, m in zip(row, row_marks, strict=True))
+        + "</tr>"
+        for row, disagree, row_marks in zip(block.rows, block.disagree, block.marks, strict=True)
+    )
+    table = f'<table class="compare-table"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+    return f'<div class="compare">{legend}{controls}{table}</div>'
 
 
 def write(blocks: list[Block], title: str, out: Path) -> None:

@@ -101,6 +101,73 @@ class ErrorBreakdown:
     empty: str | None = None
 
 
+@dataclass(frozen=True)
+class ErrorExample:
+    """One classified wrong prediction, as the report shows it."""
+
+    id: str
+    input: str
+    prediction: str
+    gold: str
+    differences: list[str]
+
+
+@dataclass(frozen=True)
+class ErrorCategory:
+    """How many wrong predictions fall in one category, and a few of them."""
+
+    name: str
+    count: int
+    #: The example, not the model, is at fault (the gold or the benchmark's schema is wrong).
+    benchmark: bool
+    examples: list[ErrorExample]
+
+
+@dataclass(frozen=True)
+class ErrorAnalysis:
+    """One run's remaining errors, each in one category, and how many are the model's and how
+    many the benchmark's (unclassified errors count as the model's)."""
+
+    #: The per-example verdict that makes a prediction wrong.
+    wrong_by: str
+    #: Examples with a verdict.
+    scored: int
+    wrong: int
+    categories: list[ErrorCategory]
+    model: int
+    benchmark: int
+    #: Said instead of the tables when the errors could not be classified here.
+    empty: str | None = None
+
+    @classmethod
+    def from_summary(
+        cls, summary: dict[str, Any], benchmark: Sequence[str], wrong_by: str, input_field: str
+    ) -> ErrorAnalysis:
+        """From :func:`tunebench.evaluation.common.summarize_errors`' result."""
+        categories = [
+            ErrorCategory(
+                name,
+                entry["count"],
+                name in benchmark,
+                [
+                    ErrorExample(
+                        str(e["id"]),
+                        str(e.get(input_field) or ""),
+                        str(e.get("prediction") or ""),
+                        str(e.get("gold") or ""),
+                        [str(d) for d in e.get("differences") or []],
+                    )
+                    for e in entry["examples"]
+                ],
+            )
+            for name, entry in summary["categories"].items()
+        ]
+        split = summary["split"]
+        return cls(
+            wrong_by, summary["scored"], summary["wrong"], categories, split["model"], split["benchmark"]
+        )
+
+
 class Task(ABC):
     """Base class of the built-in and custom tasks."""
 
@@ -214,8 +281,10 @@ class Task(ABC):
         return self.headline_metrics()
 
     def paired_verdicts(self) -> dict[str, str]:
-        """metric -> the ``per_example.jsonl`` key holding its per-example verdict, for paired
-        tests (McNemar) between systems. Only keys whose values are True/False/None are tested."""
+        """metric -> the ``per_example.jsonl`` key holding its per-example score, for paired tests
+        between systems: McNemar where the values are True/False (or 0/1), a paired permutation
+        test where they are numbers; None is an example left out, and a key holding text is not
+        tested."""
         return {"exact_match": "exact_match"}
 
     def verdict_key(self, per_example: list[dict[str, Any]]) -> str | None:
@@ -232,6 +301,11 @@ class Task(ABC):
         """How the systems' answers on ``split`` went wrong, as titled tables (one row per run
         in the order given); none by default."""
         return []
+
+    def error_analysis(self, split: str, run: ScoredRun) -> ErrorAnalysis | None:
+        """``run``'s wrong predictions on ``split``, each classified (a report shows those of the
+        best system); None: this task does not classify its errors."""
+        return None
 
 
 FENCE = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)

@@ -23,7 +23,10 @@ from tunebench.data.sources import read_rows
 from tunebench.errors import TunebenchError
 from tunebench.tasks.base import (
     BreakdownTable,
+    ErrorAnalysis,
     ErrorBreakdown,
+    ErrorCategory,
+    ErrorExample,
     Example,
     ScoredRun,
     Task,
@@ -146,6 +149,35 @@ class CustomTask(Task):
                 f"{', '.join(self.headline_metrics())} are scores.",
             )
         ]
+
+    def error_analysis(self, split: str, run: ScoredRun) -> ErrorAnalysis | None:
+        """Wrong answers (by the first binary verdict) by how they differ from the gold (none is
+        put on the benchmark: a user's own data has no known faults)."""
+        key = self.verdict_key(run.per_example[split])
+        verdicts = binary_verdicts(run.per_example[split], key) if key else None
+        if key is None or verdicts is None:
+            why = f"{', '.join(self.headline_metrics())} give no per-example right/wrong verdict."
+            return ErrorAnalysis("–", 0, 0, [], 0, 0, empty=f"Not classified: {why}")
+        wrong = [p for p in run.predictions[split] if verdicts.get(p["id"]) is False]
+        by_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in WRONG_KINDS}
+        for p in wrong:
+            by_kind[wrong_kind(str(p["prediction"]), str(p["gold"]))].append(p)
+        categories = [
+            ErrorCategory(
+                kind,
+                len(rows),
+                False,
+                [
+                    ErrorExample(
+                        p["id"], str(p.get("prompt") or ""), str(p["prediction"]), str(p["gold"]), []
+                    )
+                    for p in rows[:3]
+                ],
+            )
+            for kind, rows in by_kind.items()
+        ]
+        scored = sum(1 for v in verdicts.values() if v is not None)
+        return ErrorAnalysis(key, scored, len(wrong), categories, len(wrong), 0)
 
     def _examples(self, split: str, path: str) -> list[Example]:
         if self.format == "chat":

@@ -19,11 +19,13 @@ from tunebench.data.sources import load_hub, read_rows
 from tunebench.errors import TunebenchError
 from tunebench.tasks.base import (
     BreakdownTable,
+    ErrorAnalysis,
     ErrorBreakdown,
     Example,
     ScoredRun,
     Task,
     VoteSelection,
+    binary_verdicts,
     check_fields,
     make_ids,
     number,
@@ -106,6 +108,19 @@ class SqlTask(Task):
                 empty="No failures recorded.",
             )
         ]
+
+    def error_analysis(self, split: str, run: ScoredRun) -> ErrorAnalysis | None:
+        """Wrong by execution on the real database, classified by clause differences (sqlglot) and
+        by whether the gold or the context schema is at fault (:mod:`tunebench.evaluation.sql.errors`)."""
+        from tunebench.evaluation.sql.errors import BENCHMARK_CATEGORIES, analyze
+
+        verdicts = binary_verdicts(run.per_example[split], "execution_match")
+        db_dir = self.db_dir()
+        if verdicts is None or db_dir is None:
+            why = "no real-database verdicts" if verdicts is None else "the Spider databases are not here"
+            return ErrorAnalysis("execution_match", 0, 0, [], 0, 0, empty=f"Not classified: {why}.")
+        summary = analyze(run.predictions[split], db_dir, verdicts)
+        return ErrorAnalysis.from_summary(summary, BENCHMARK_CATEGORIES, "execution_match", "question")
 
     # --- data -------------------------------------------------------------------------
     def _raw(self, which: str) -> tuple[list[dict[str, Any]], str]:

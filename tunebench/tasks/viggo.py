@@ -14,6 +14,7 @@ from tunebench.data.paths import local_data_dir
 from tunebench.data.sources import load_hub, read_rows
 from tunebench.tasks.base import (
     BreakdownTable,
+    ErrorAnalysis,
     ErrorBreakdown,
     Example,
     ScoredRun,
@@ -102,6 +103,13 @@ class ViggoTask(Task):
             "scorable examples, from metrics.json per_attribute.",
         )
         return [ErrorBreakdown("errors by kind", [by_kind, attributes])]
+
+    def error_analysis(self, split: str, run: ScoredRun) -> ErrorAnalysis | None:
+        """Wrong by exact match, classified slot by slot (:mod:`tunebench.evaluation.viggo_errors`)."""
+        from tunebench.evaluation.viggo_errors import BENCHMARK_CATEGORIES, analyze
+
+        summary = analyze(run.predictions[split])
+        return ErrorAnalysis.from_summary(summary, BENCHMARK_CATEGORIES, "exact_match", "sentence")
 
     def _raw(self, split: str) -> tuple[list[dict[str, Any]], str]:
         root = None if self.config.hub_id else local_data_dir(self.config.data_dir)
