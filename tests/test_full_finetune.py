@@ -259,3 +259,39 @@ def test_a_study_takes_full_finetuning_as_a_system(tmp_path) -> None:
     cells = {cell.config.name: cell.config for cell in expand(load_study(path), None, str(path))}
     assert cells["full-sql"].training.method == "full" and cells["lora-sql"].training.method == "lora"
     assert cells["full-sql"].training.learning_rate == 2e-5
+
+
+def test_estimate_sizes_full_finetuning(tmp_path) -> None:
+    from tunebench import sizing
+    from tunebench.estimate import estimate
+
+    rows = {}
+    for method in ("lora", "full"):
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(
+            f"name: {method}\nmodel: {{name: qwen2.5-coder-1.5b}}\ntask: {{name: sql, max_train_examples: 64}}\n"
+            f"training: {{method: {method}, max_steps: 10, batch_size: 32}}\n",
+            encoding="utf-8",
+        )
+        (rows[method],) = estimate(path, gpu="H100")
+    lora, full = rows["lora"], rows["full"]
+    arch = sizing.resolve_architecture("qwen2.5-coder-1.5b")
+    counts = sizing.parameter_counts(arch)
+    parts = full["memory_parts_gib"]
+    assert full["trainable_params"] == counts["total"] and full["method"] == "full"
+    # 16 bytes a parameter: float32 weights (4) + gradients and two AdamW moments (12)
+    assert parts["weights"] + parts["gradients_optimizer"] == pytest.approx(
+        16 * counts["total"] / 2**30, rel=1e-3
+    )
+    assert parts["weight_casts"] == pytest.approx(
+        2 * (counts["linear"] + arch.vocab * arch.hidden) / 2**30, rel=1e-3
+    )
+    # the same decoder's activations, less what LoRA's adapted layers keep (dropout mask, bf16 input)
+    assert (
+        0.7 * lora["memory_parts_gib"]["activations"]
+        < parts["activations"]
+        < lora["memory_parts_gib"]["activations"]
+    )
+    assert full["peak_memory_gib"] > 24 and full["peak_memory_gib"] > lora["peak_memory_gib"] + 20
+    assert full["peak_memory_with_checkpointing_gib"] < full["peak_memory_without_checkpointing_gib"]
+    assert full["train_tokens_per_s"] < lora["train_tokens_per_s"]  # weight gradients of every matmul
