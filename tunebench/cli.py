@@ -453,7 +453,8 @@ def export(
         str, typer.Option(help="auto (bfloat16 with CUDA, else float32), float32, bfloat16 or float16.")
     ] = "auto",
 ) -> None:
-    """Merge the run's LoRA adapter into the base model: one folder any HF server can load."""
+    """Merge the run's LoRA adapter into the base model (or write the fully fine-tuned model):
+    one folder any HF server can load."""
     from tunebench.providers import provider_of
     from tunebench.rundir import RunDir
 

@@ -1,8 +1,9 @@
 """``tunebench estimate``: what each cell of an experiment or a study will need and cost, from
 its config and data alone (no weights, nothing trained, nothing written).
 
-Local cells: parameters, trainable LoRA parameters, peak memory by part and whether it fits the
-card, training tokens (the prepared train split x the steps the config asks for: an upper bound
+Local cells: parameters, trainable parameters (LoRA's, or all with ``training.method: full``),
+peak memory by part (:func:`tunebench.sizing.full_memory_parts` for full fine-tuning) and whether
+it fits the card, training tokens (the prepared train split x the steps the config asks for: an upper bound
 when early stopping ends sooner), tokens/s, time and $ from :mod:`tunebench.sizing`, and a rough
 prediction time. OpenAI cells: the same estimate as ``tunebench openai estimate``.
 
@@ -171,16 +172,23 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         "price_per_hour": per_hour,
         "price_date": price.date if price else None,
     }
-    memory = sizing.memory_parts(arch, setup)
-    without_ckpt = sizing.memory_parts(arch, _with(setup, gradient_checkpointing=False))
-    with_ckpt = sizing.memory_parts(arch, _with(setup, gradient_checkpointing=True))
+    full = tc.method == "full" and "training" in cfg.own_sections
+    memory_of = sizing.full_memory_parts if full else sizing.memory_parts
+    memory = memory_of(arch, setup)
+    without_ckpt = memory_of(arch, _with(setup, gradient_checkpointing=False))
+    with_ckpt = memory_of(arch, _with(setup, gradient_checkpointing=True))
     if "training" in cfg.own_sections:
         speed = sizing.throughput(arch, setup, card)
+        lora_trainable = sizing.lora_parameters(arch, setup.r, setup.targets)
+        if full:  # the LoRA speed model at full fine-tuning's FLOPs (see full_training_speed)
+            speed = full_training_speed(arch, setup, speed, lora_trainable)
+            row["speed_note"] = "LoRA speed model scaled to full fine-tuning's FLOPs per token"
         steps = training_steps(cfg, len(train))
         train_tokens = round(steps * step_tokens)
         seconds = train_tokens / speed["tokens_per_s"]
         row.update(
-            trainable_params=sizing.lora_parameters(arch, setup.r, setup.targets),
+            method=tc.method,
+            trainable_params=counts["total"] if full else lora_trainable,
             peak_memory_gib=round(memory["total"], 2),
             memory_parts_gib={k: round(v, 3) for k, v in memory.items()},
             peak_memory_without_checkpointing_gib=round(without_ckpt["total"], 2),
@@ -208,6 +216,22 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         )
     row.update(predict_row(cfg, arch, card, splits, per_hour))
     return row
+
+
+def full_training_speed(
+    arch: sizing.Architecture, setup: sizing.Setup, lora_speed: dict[str, Any], lora_trainable: int
+) -> dict[str, Any]:
+    """Tokens/s of full fine-tuning: the LoRA estimate slowed by the ratio of FLOPs per token
+    (weight gradients of every matmul: 6N instead of 4N, the output head included), at the same
+    MFU. Not calibrated on full-fine-tuning runs; the optimizer step over every weight is left
+    out, so it is an optimistic figure for short steps."""
+    lora = sizing.flops_per_token(arch, lora_trainable, setup.context, setup.labeled_fraction)
+    counts = sizing.parameter_counts(arch)
+    body = counts["linear"] + counts["other"]
+    full = sizing.flops_per_token(arch, 0, setup.context, setup.labeled_fraction) + 2.0 * (
+        body + arch.vocab * arch.hidden * setup.labeled_fraction
+    )
+    return {**lora_speed, "tokens_per_s": lora_speed["tokens_per_s"] * lora / full}
 
 
 def _with(setup: sizing.Setup, **changes: Any) -> sizing.Setup:

@@ -6,7 +6,8 @@
       config.yaml            resolved experiment config
       manifest.json          versions, host, git commit, and one record per finished stage
       prepared/<split>.jsonl rendered prompts and targets (+ stats.json)
-      adapter/               LoRA adapter (safetensors)          [training]
+      adapter/               LoRA adapter (safetensors)          [training, method lora]
+      model/                 every trained weight (safetensors)  [training, method full]
       checkpoints/step-N/    resumable training state            [training]
       metrics.jsonl          loss curve: one row per train/validation log
       train_summary.json     steps, tokens, wall time, GPU, peak memory, best validation loss
@@ -146,6 +147,10 @@ def without_retired_keys(data: Any) -> Any:
     return data
 
 
+#: The folder training writes, by ``training.method`` (in the run and in each checkpoint).
+TRAINED_FOLDER = {"lora": "adapter", "full": "model"}
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of one run directory."""
@@ -166,6 +171,16 @@ class RunDir:
     @property
     def adapter_dir(self) -> Path:
         return self.root / "adapter"
+
+    @property
+    def model_dir(self) -> Path:
+        """The fully fine-tuned weights (``training.method: full``)."""
+        return self.root / TRAINED_FOLDER["full"]
+
+    def trained_dir(self, method: str) -> Path:
+        """What training produced: ``adapter/`` (LoRA) or ``model/`` (full fine-tuning); the
+        same name inside each ``checkpoints/step-N/``."""
+        return self.root / TRAINED_FOLDER[method]
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -363,6 +363,32 @@ def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = Non
     return parts
 
 
+def full_memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = None) -> dict[str, float]:
+    """:func:`memory_parts` of full fine-tuning (``training.method: full``): every weight trains.
+
+    ``weights``: the float32 master copy (4 bytes a parameter); ``gradients_optimizer``: float32
+    gradients and AdamW's two moments (12 bytes a parameter; 16 with the weights);
+    ``weight_casts``: the bf16 copies of the matmul weights (decoder linears and the output
+    head) that autocast makes in the forward pass and keeps for the backward (2 bytes each).
+    Activations and the loss are LoRA's with no adapted layer (same decoder, same tokens).
+    """
+    parts = memory_parts(arch, replace(setup, targets=(), quantization="none"), cal)
+    counts = parameter_counts(arch)
+    parts.pop("adapter_optimizer")
+    parts.update(
+        weights=4.0 * counts["total"] / GIB,
+        gradients_optimizer=12.0 * counts["total"] / GIB,
+        weight_casts=2.0 * (counts["linear"] + arch.vocab * arch.hidden) / GIB,
+    )
+    for derived in ("allocated", "overhead", "total"):
+        parts.pop(derived)
+    allocated = sum(parts.values())
+    parts["allocated"] = allocated
+    parts["overhead"] = CUDA_CONTEXT_GIB + ALLOCATOR_SLACK * allocated
+    parts["total"] = allocated + parts["overhead"]
+    return parts
+
+
 # --- throughput -----------------------------------------------------------------------------
 def efficiency(arch: Architecture, setup: Setup, cal: Calibration) -> float:
     """Share of peak FLOP/s the GPU sustains on this model's training matmuls."""

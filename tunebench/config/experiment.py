@@ -229,6 +229,17 @@ class LoraConfig(Strict):
 class TrainingConfig(Strict):
     """Optimisation. Defaults: the study's recipe, with early stopping on a held-out split."""
 
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="What is trained. `lora`: a LoRA adapter over the frozen base (the `lora` "
+        "section; small checkpoints, fits large models). `full`: every weight of the model, kept "
+        "in float32 as the master copy with bf16 autocast compute and float32 AdamW moments on a "
+        "GPU (float32 on CPU): about 16 bytes a parameter plus activations (a 1.5B model needs "
+        "~24 GB before activations), checkpoints and the run's `model/` folder hold the whole "
+        "model. Use it when LoRA's accuracy has stopped improving and the memory is there; the "
+        "`lora` section is ignored, model.quantization must be none, and a lower learning rate "
+        "than LoRA's (e.g. 1e-5 to 5e-5) is the usual start.",
+    )
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate (study: 3e-4).")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Decay after warm-up (the study used linear via HF defaults)."
@@ -547,7 +558,7 @@ class ExperimentBase(Strict):
 
 
 class LocalExperiment(ExperimentBase):
-    """``provider: local``: LoRA fine-tuning here."""
+    """``provider: local``: fine-tuning here (LoRA, or every weight with ``training.method: full``)."""
 
     execution_vote: ClassVar[bool] = True
     ensemble_member: ClassVar[bool] = True
@@ -559,6 +570,15 @@ class LocalExperiment(ExperimentBase):
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _full_needs_dense_weights(self) -> LocalExperiment:
+        if self.training.method == "full" and self.model.quantization != "none":
+            raise ValueError(
+                f"training.method full trains every weight: model.quantization must be none "
+                f"(not {self.model.quantization}); 8/4-bit weights suit training.method lora"
+            )
+        return self
 
     @property
     def sampling_seed(self) -> int:

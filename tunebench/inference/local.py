@@ -1,4 +1,5 @@
-"""Local backend: batched ``transformers`` generation with a base model and an optional LoRA adapter.
+"""Local backend: batched ``transformers`` generation with a base model and an optional LoRA
+adapter, or a fully fine-tuned model's weights (``training.method: full``) loaded over the base.
 
 What makes it fast (and why each choice is here):
 
@@ -88,6 +89,27 @@ def require_adapter(adapter_dir: Path) -> None:
         )
 
 
+def require_trained(folder: Path) -> None:
+    """A one-line error unless ``folder`` holds a LoRA adapter or full-model weights."""
+    from tunebench.models.weights import WEIGHTS_FILE, is_full_model
+
+    if not (is_full_model(folder) or (folder / "adapter_config.json").is_file()):
+        raise TunebenchError(
+            f"{folder}: no trained weights (adapter_config.json or {WEIGHTS_FILE}); run `tunebench train` first"
+        )
+
+
+def apply_trained(model: Any, folder: Path, merge: bool) -> Any:
+    """What training produced, on ``model``: full-model weights copied in (``model/``) or a LoRA
+    adapter loaded (``adapter/``, merged when ``merge``)."""
+    from tunebench.models.weights import is_full_model, load_weights
+
+    if is_full_model(folder) and not (folder / "adapter_config.json").is_file():
+        load_weights(model, folder)
+        return model
+    return apply_adapter(model, folder, merge)
+
+
 def apply_adapter(model: Any, adapter_dir: Path, merge: bool) -> Any:
     """Load a peft LoRA adapter onto ``model``; a mismatch becomes a one-line TunebenchError."""
     from peft import PeftModel
@@ -133,11 +155,12 @@ def load_generator(
     long_prompts: str = "truncate_left",
     cache_implementation: str = "dynamic",
 ) -> LocalGenerator:
-    """Base model (+ LoRA adapter, merged or not) ready for batched generation."""
+    """Base model (+ LoRA adapter, merged or not, or a full fine-tune's weights) ready for
+    batched generation."""
     device = device or default_device()
     model, tokenizer = load_base_model(model_cfg, device)
     if adapter_dir is not None:
-        model = apply_adapter(model, Path(adapter_dir), merge)
+        model = apply_trained(model, Path(adapter_dir), merge)
     model.eval()
     return LocalGenerator(
         model, tokenizer, device=device, long_prompts=long_prompts, cache_implementation=cache_implementation

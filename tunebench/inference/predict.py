@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config import ExperimentConfig
-from tunebench.errors import TunebenchError
 from tunebench.inference.prompts import model_prompts
 from tunebench.inference.resume import (
     append_rows,
@@ -40,15 +39,15 @@ def predict_local(
     single_process: bool = False,
     few_shot: bool = False,
 ) -> Path:
-    """Batched generation with the base model, plus the LoRA adapter in ``adapter`` when given
-    (``few_shot``: k training examples before each prompt, ``generation.few_shot``).
+    """Batched generation with the base model, plus what training produced in ``adapter`` when
+    given: a LoRA adapter, or a full fine-tune's ``model/`` folder (``few_shot``: k training examples before each prompt, ``generation.few_shot``).
 
     ``generator``: an already loaded :class:`~tunebench.inference.local.LocalGenerator` for this
     config (the benchmark reuses one across batch sizes); by default it is loaded here.
     ``single_process``: this process does every example even when launched as one of several
     (the main process's own work after distributed training, e.g. choosing a checkpoint).
     """
-    from tunebench.inference.local import load_generator
+    from tunebench.inference.local import load_generator, require_trained
 
     final = run.predictions(split)
     shard = Shard() if single_process else Shard.from_env()
@@ -59,10 +58,8 @@ def predict_local(
     resumed = len(done)
     gen = config.generation
     start_load = time.perf_counter()
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise TunebenchError(
-            f"{adapter}: no LoRA adapter; run `tunebench train` first (or use provider: base)"
-        )
+    if adapter is not None:
+        require_trained(adapter)
     if generator is None:
         generator = load_generator(
             config.model,

@@ -422,7 +422,8 @@ def create_app(
     generator: LocalGenerator | None = None,
     limits: Limits = Limits(),
 ) -> FastAPI:
-    """The FastAPI app serving ``run_dir`` (provider local: base + adapter; base: the base model)."""
+    """The FastAPI app serving ``run_dir`` (provider local: base + adapter, or the fully
+    fine-tuned model; base: the base model)."""
     run = RunDir(Path(run_dir))
     config = run.load_config()
     if config.provider not in ("local", "base"):
@@ -430,7 +431,8 @@ def create_app(
     task = get_task(config.task)
     gen = config.generation
     if generator is None:
-        adapter = run.adapter_dir if config.provider == "local" else None
+        method = getattr(getattr(config, "training", None), "method", "lora")
+        adapter = run.trained_dir(method) if config.provider == "local" else None
         generator = load_generator(
             config.model,
             adapter,

@@ -1,4 +1,5 @@
-"""Choose the run's adapter by the task metric on the validation split, not by its loss.
+"""Choose the run's adapter (or full model) by the task metric on the validation split, not by
+its loss.
 
 With ``training.select_checkpoint_by: validation_metric`` the loop keeps the
 ``checkpoints_to_compare`` checkpoints with the lowest validation loss. Afterwards each of them
@@ -27,11 +28,16 @@ import torch
 from tunebench.config import ExperimentConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import atomic_write, iter_jsonl, read_json, write_json
-from tunebench.rundir import RunDir
+from tunebench.rundir import TRAINED_FOLDER, RunDir
 from tunebench.training import checkpoint as ckpt
 
 STAGE = "choose"
 RECORD = "checkpoint_choice.json"  # in the run directory
+
+
+def trained_folder(config: ExperimentConfig) -> str:
+    """``adapter`` (LoRA) or ``model`` (full fine-tuning): the folder each candidate predicts with."""
+    return TRAINED_FOLDER[config.training.method]  # type: ignore[union-attr]
 
 
 def candidate_dir(run: RunDir, step: int) -> RunDir:
@@ -91,14 +97,15 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
     from tunebench.tasks.base import load_prepared
 
     task = get_task(config.task)
-    source = run.checkpoints_dir / f"step-{step}" / "adapter"
+    folder = trained_folder(config)
+    source = run.checkpoints_dir / f"step-{step}" / folder
     scratch = candidate_dir(run, step)
-    origin = {"adapter": adapter_identity(source)}
+    origin = {folder: adapter_identity(source)}
     marker = scratch.root / "source.json"
     if not marker.is_file() or read_json(marker) != json.loads(json.dumps(origin)):
         shutil.rmtree(scratch.root, ignore_errors=True)
         scratch.write_config(config)
-        ckpt.publish_adapter(source, scratch.adapter_dir)
+        ckpt.publish_adapter(source, scratch.root / folder)
         scratch.prepared("validation").parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.prepared("validation"), scratch.prepared("validation"))
         write_json(marker, origin)
@@ -114,7 +121,7 @@ def score_checkpoint(config: ExperimentConfig, run: RunDir, step: int) -> dict[s
                 "validation",
                 task,
                 examples,
-                adapter=scratch.adapter_dir,
+                adapter=scratch.root / folder,
                 single_process=True,
             )
         finally:
@@ -158,7 +165,8 @@ def choose_checkpoint(config: ExperimentConfig, run: RunDir) -> dict[str, Any] |
     wall = time.perf_counter() - started  # this call: loading, predicting, scoring (≈0 read back)
     chosen = pick(candidates)
     # every time: a rerun of `tunebench train` on a finished run republishes the best-loss one
-    ckpt.publish_adapter(run.checkpoints_dir / f"step-{chosen['step']}" / "adapter", run.adapter_dir)
+    folder = trained_folder(config)
+    ckpt.publish_adapter(run.checkpoints_dir / f"step-{chosen['step']}" / folder, run.root / folder)
     record = {"chosen_step": chosen["step"], "metric": chosen["metric"], "candidates": candidates}
     write_json(run.root / RECORD, record)
     if run.train_summary.is_file():
@@ -196,7 +204,7 @@ def reuse_chosen_predictions(config: ExperimentConfig, run: RunDir, split: str) 
     same = (
         comparable(scratch.load_config()) == comparable(config)  # operational keys may differ
         and _same_file(scratch.prepared("validation"), run.prepared("validation"))
-        and _same_folder(scratch.adapter_dir, run.adapter_dir)
+        and _same_folder(scratch.root / trained_folder(config), run.root / trained_folder(config))
     )
     if not same:
         return False

@@ -1,4 +1,6 @@
-"""``tunebench export RUN_DIR``: the base model with the run's LoRA adapter merged in.
+"""``tunebench export RUN_DIR``: the base model with the run's LoRA adapter merged in, or the
+fully fine-tuned model itself (``training.method: full``: its trained weights over the base's
+config and tokenizer).
 
 The result is a plain transformers folder (``config.json``, safetensors weights, tokenizer,
 ``generation_config.json``) that anything serving Hugging Face models loads with no peft
@@ -29,26 +31,32 @@ MARKER = "tunebench_export.json"
 def export_merged(
     config: ExperimentConfig, run: RunDir, out: Path | None = None, dtype: str = "auto"
 ) -> Path:
-    """Write base + adapter, merged, to ``out`` (default ``RUN/merged``) atomically; returns it.
+    """Write base + adapter, merged (or the full fine-tune's weights), to ``out`` (default
+    ``RUN/merged``) atomically; returns it.
 
     ``dtype``: ``auto`` keeps the dtype the model trains in on this machine (bfloat16 with CUDA,
     float32 without), or ``float32`` / ``bfloat16`` / ``float16``.
     """
-    from tunebench.inference.local import apply_adapter, require_adapter
+    from tunebench.inference.local import apply_trained, require_adapter, require_trained
     from tunebench.models import id_list, load_model, training_eos_id
 
     if config.model.quantization != "none":
         raise TunebenchError(
             "model.quantization: merging into 8/4-bit weights is not supported; export in bf16"
         )
-    require_adapter(run.adapter_dir)  # before minutes of loading
+    method = config.training.method  # type: ignore[union-attr]  # the local provider's config
+    trained = run.trained_dir(method)
+    if method == "lora":  # before minutes of loading
+        require_adapter(trained)
+    else:
+        require_trained(trained)
     target = (out or run.root / "merged").resolve()
     if target.exists() and not (target / MARKER).is_file():
         # only an earlier export is ever replaced: --out must not wipe an unrelated folder
         raise TunebenchError(f"{target}: exists and is not a tunebench export; choose another --out")
     final_dtype = _dtype(dtype)
     model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}), device="cpu")
-    merged = apply_adapter(model, run.adapter_dir, merge=True).to(final_dtype)
+    merged = apply_trained(model, trained, merge=True).to(final_dtype)
     eos = training_eos_id(tokenizer, merged.generation_config)
     stop = id_list(merged.generation_config.eos_token_id)
     if eos not in stop:
@@ -57,13 +65,18 @@ def export_merged(
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_json(tmp / MARKER, {"run": str(run.root.resolve()), "adapter": str(run.adapter_dir.resolve())})
+    write_json(tmp / MARKER, {"run": str(run.root.resolve()), method_key(method): str(trained.resolve())})
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     run.record_stage("export", path=str(target), dtype=str(final_dtype).removeprefix("torch."), bytes=size)
     return target
+
+
+def method_key(method: str) -> str:
+    """The export marker's key for what was exported (``adapter`` kept for LoRA runs)."""
+    return "adapter" if method == "lora" else "model"
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -1,9 +1,11 @@
-"""``provider: local``: LoRA-fine-tune the base model here, then predict with the adapter.
+"""``provider: local``: fine-tune the base model here (a LoRA adapter, or every weight with
+``training.method: full``), then predict with what was trained.
 
 Training runs :func:`tunebench.training.train` (on one process or several, one per GPU); this
-module records what it returns (``train_summary.json``, ``adapter/``, the manifest's ``train``
-stage), then chooses the checkpoint by the task metric when the config asks for it
-(:mod:`.choose`). The run can be served and exported (the adapter merged into the base).
+module records what it returns (``train_summary.json``, ``adapter/`` or ``model/``, the
+manifest's ``train`` stage), then chooses the checkpoint by the task metric when the config
+asks for it (:mod:`.choose`). The run can be served and exported (the adapter merged into the
+base, or the fully trained model).
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ def main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def record_training(run: RunDir, summary: dict[str, Any]) -> None:
-    """Publish the best checkpoint's adapter as ``adapter/``, write ``train_summary.json`` and
-    record the ``train`` stage."""
+def trained_dir(config: ExperimentConfig, run: RunDir) -> Path:
+    """The run's ``adapter/`` (LoRA) or ``model/`` (full fine-tuning)."""
+    return run.trained_dir(config.training.method)  # type: ignore[union-attr]
+
+
+def record_training(config: ExperimentConfig, run: RunDir, summary: dict[str, Any]) -> None:
+    """Publish the best checkpoint's adapter (or model) in the run, write
+    ``train_summary.json`` and record the ``train`` stage."""
+    target = trained_dir(config, run)
     best = run.checkpoints_dir / f"step-{summary['best_step']}"
-    ckpt.publish_adapter(best / "adapter", run.adapter_dir)
+    ckpt.publish_adapter(best / target.name, target)
     write_json(run.train_summary, summary)
     run.record_stage(
         "train",
@@ -58,7 +66,7 @@ class LocalProvider(Provider):
 
         summary = train(config, run, resume=resume)
         if main_process():  # once, after every process has finished training
-            record_training(run, summary)
+            record_training(config, run, summary)
             choose.choose_checkpoint(config, run)
         return summary
 
@@ -69,7 +77,7 @@ class LocalProvider(Provider):
         from tunebench.inference.predict import predict_local
 
         task, examples = self.task_and_examples(config, run, split)
-        return predict_local(config, run, split, task, examples, adapter=run.adapter_dir)
+        return predict_local(config, run, split, task, examples, adapter=trained_dir(config, run))
 
     def reuse_predictions(self, config: ExperimentConfig, run: RunDir, split: str) -> bool:
         if config.training.select_checkpoint_by != "validation_metric":

@@ -1,5 +1,6 @@
-"""Build a training run from its config: the model with its adapter, the optimizer, the
-learning-rate schedule and the tokenized data, restored from the latest checkpoint on resume.
+"""Build a training run from its config: the model with what it trains (a LoRA adapter, or
+every weight: :mod:`.method`), the optimizer, the learning-rate schedule and the tokenized
+data, restored from the latest checkpoint on resume.
 
 :func:`build` is the only place that turns configuration into objects; :mod:`.loop` then only
 runs steps over what it returns.
@@ -25,7 +26,8 @@ from tunebench.tasks.base import load_prepared
 from tunebench.training import checkpoint as ckpt
 from tunebench.training import fsdp
 from tunebench.training.data import TokenizedExample, TokenizeStats, tokenize_examples
-from tunebench.training.lora import LossModel, apply_lora, causal_lm, liger_loss_fn, load_base
+from tunebench.training.lora import LossModel, causal_lm, liger_loss_fn, load_base
+from tunebench.training.method import Method, training_method
 from tunebench.training.mfu import model_flops_per_token
 
 
@@ -51,7 +53,8 @@ class TrainState:
 class Built:
     """What one training run works on."""
 
-    model: Any  # the peft model (adapter + frozen base)
+    model: Any  # the peft model (adapter + frozen base), or the causal LM itself (method full)
+    method: Method
     loss_model: torch.nn.Module  # what DDP/FSDP wraps and the loop calls
     bare_loss_model: torch.nn.Module  # the same without a DDP wrapper
     optimizer: torch.optim.Optimizer
@@ -102,7 +105,8 @@ def build(config: ExperimentConfig, run: RunDir, acc: Any, resume: bool, say: An
     base, tokenizer, eos_id, pad_id = load_base(config, device)
     if tc.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_lora(base, config.lora, tc.seed)
+    method = training_method(tc.method)
+    model = method.prepare(base, config)
     # the compute dtype the config asks for, not the first parameter's: a k-bit base keeps its
     # embeddings and norms in float32 (peft's preparation) but computes in bfloat16
     dtype = resolve_dtype(config.model.dtype, device)
@@ -124,7 +128,7 @@ def build(config: ExperimentConfig, run: RunDir, acc: Any, resume: bool, say: An
     fused_loss = liger_loss_fn() if tc.liger and device.type == "cuda" else None
     if tc.compile:
         compile_layers(causal_lm(model), eager_rounding=tc.compile_eager_rounding)
-    resume_from = restore_adapter(model, run, resume, main, say)  # before FSDP would shard it
+    resume_from = restore_weights(method, model, run, resume, main, say)  # before FSDP shards it
     acc.wait_for_everyone()
     loss_model = LossModel(model, fused_loss)
     if sharded:
@@ -155,6 +159,7 @@ def build(config: ExperimentConfig, run: RunDir, acc: Any, resume: bool, say: An
     labeled = train_stats.labeled_tokens / max(1, train_stats.tokens)
     return Built(
         model=model,
+        method=method,
         loss_model=wrapped,
         bare_loss_model=bare,
         optimizer=optimizer,
@@ -171,16 +176,20 @@ def build(config: ExperimentConfig, run: RunDir, acc: Any, resume: bool, say: An
     )
 
 
-def restore_adapter(model: Any, run: RunDir, resume: bool, main: bool, say: Any) -> Path | None:
-    """Load the adapter of the latest checkpoint (resume; its log rows after that step are
-    dropped) or clear a previous attempt. Returns the checkpoint resumed from."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+def restore_weights(
+    method: Method, model: Any, run: RunDir, resume: bool, main: bool, say: Any
+) -> Path | None:
+    """Load the trained weights of the latest checkpoint (resume; its log rows after that step
+    are dropped) or clear a previous attempt. Returns the checkpoint resumed from."""
     root = run.checkpoints_dir
     latest = ckpt.latest_checkpoint(root) if resume else None
     if latest is not None:
-        set_peft_model_state_dict(model, load_file(str(latest / "adapter" / "adapter_model.safetensors")))
+        if not (latest / method.folder).is_dir():
+            raise TunebenchError(
+                f"{latest}: holds no {method.folder}/ (trained with another training.method?); "
+                "rerun with --no-resume to start over"
+            )
+        method.restore(model, latest / method.folder)
         step = ckpt.load_state(latest)["step"]
         if main:
             say(f"resuming from {latest} (step {step})")

@@ -1,6 +1,7 @@
 """Resumable training state: ``checkpoints/step-N/``, written atomically.
 
-A checkpoint holds the adapter (peft, safetensors), the optimizer state (full tensors keyed by
+A checkpoint holds the trained weights (``adapter/``: the peft LoRA adapter, or ``model/``: every
+weight with ``training.method: full``; safetensors), the optimizer state (full tensors keyed by
 parameter name, through ``torch.distributed.checkpoint``, so it loads under DDP or FSDP and on
 any process count), the scheduler state, the RNG states (python, numpy, torch, CUDA) and
 ``state.json`` (global step, tokens seen, wall time, early-stopping state, best loss/step,
@@ -18,6 +19,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,23 +123,23 @@ def load_optimizer_state(
 def save_checkpoint(
     root: Path,
     step: int,
-    model: Any,
+    write_weights: Callable[[Path], None],
     optimizer_state: dict[str, Any],
     scheduler: Any,
     state: dict[str, Any],
     rng: dict[str, Any],
-    adapter_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``root/step-<step>/`` atomically (temp folder + rename); returns its path.
 
-    ``adapter_state``: the LoRA weights gathered in full (FSDP); None reads them from ``model``.
+    ``write_weights(folder)``: writes the trained weights (adapter or model) into the new
+    checkpoint folder (:meth:`tunebench.training.method.LoraMethod.write` and its kin).
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=adapter_state)
+    write_weights(tmp)
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng, tmp / "rng.pt")
@@ -175,7 +177,8 @@ def prune(root: Path, keep: set[int]) -> None:
 
 
 def publish_adapter(source: Path, target: Path) -> None:
-    """Copy a checkpoint's adapter to ``run/adapter`` atomically (copy beside it, then rename)."""
+    """Copy a checkpoint's trained folder (``adapter/`` or ``model/``) into the run atomically
+    (copy beside it, then rename)."""
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)

@@ -1,4 +1,5 @@
-"""The LoRA training loop: one function, :func:`train`, for 1 or N processes.
+"""The training loop (LoRA or full fine-tuning, :mod:`.method`): one function, :func:`train`,
+for 1 or N processes.
 
 Why our own loop rather than ``transformers.Trainer``: the study's comparison needs (1) a loss
 that is exactly "sum of token losses / labeled tokens in the whole optimizer step", whatever
@@ -11,7 +12,9 @@ accelerate (DDP/FSDP), peft and ``transformers.get_scheduler``; :mod:`.build` ma
 runs on and :mod:`.log` reports it.
 
 Precision: on GPU the frozen base is bfloat16 and runs under bf16 autocast, the LoRA weights
-and AdamW states are float32 (see :func:`.lora.apply_lora`); on CPU everything is float32.
+and AdamW states are float32 (see :func:`.lora.apply_lora`); with ``training.method: full``
+every weight is a float32 master under the same bf16 autocast (:mod:`.method`); on CPU
+everything is float32.
 
 Known hazard (why packing is the default): bf16 + SDPA with *padded* batches gave non-finite
 gradients on the SQL set on an H100 from step ~26, while fp32 or eager attention did not. With
@@ -36,6 +39,7 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -316,18 +320,15 @@ class Trainer:
         # so under DDP only it copies its (full, identical) optimizer state
         if self.fsdp or self.main:
             optimizer_state = ckpt.optimizer_state(b.bare_loss_model, b.optimizer)
-        adapter_state = fsdp.full_adapter_state(b.model) if self.fsdp else None
+            weights = b.method.gathered_state(b.model, self.fsdp)
         if self.main:
             root = self.run.checkpoints_dir
+
+            def write_weights(folder: Path) -> None:
+                b.method.write(b.model, weights, folder / b.method.folder)
+
             ckpt.save_checkpoint(
-                root,
-                s.step,
-                b.model,
-                optimizer_state,
-                b.scheduler,
-                s.as_dict(),
-                ckpt.rng_state(),
-                adapter_state=adapter_state,
+                root, s.step, write_weights, optimizer_state, b.scheduler, s.as_dict(), ckpt.rng_state()
             )
             keep = {s.step, s.best_step or s.step}
             if self.tc.select_checkpoint_by == "validation_metric":  # the candidates of the choice
@@ -372,7 +373,7 @@ def profiler_scope(name: str) -> contextlib.AbstractContextManager[Any]:
 
 
 def train(config: ExperimentConfig, run: RunDir, resume: bool = True) -> dict[str, Any]:
-    """LoRA-fine-tune ``config.model`` on the run's prepared train split; returns the summary
+    """Fine-tune ``config.model`` on the run's prepared train split; returns the summary
     (the caller records it: :func:`finish_training`).
 
     Writes ``metrics.jsonl`` and ``checkpoints/step-N/`` (the latest, the best, and with

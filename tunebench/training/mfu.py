@@ -38,17 +38,19 @@ def flops_per_token(
     context: float = 0.0,
     lm_head_params: int = 0,
     lm_head_fraction: float = 1.0,
+    lm_head_trained: bool = False,
 ) -> float:
     """Training FLOPs per token: 4·N_frozen + 6·N_trainable + 12·L·d·T + 4·V·d·f.
 
-    ``n_frozen`` excludes the embedding and lm_head matrices; ``lm_head_params`` (V·d, frozen)
-    is charged for the fraction ``lm_head_fraction`` of tokens whose logits are computed.
+    ``n_frozen`` and ``n_trainable`` exclude the embedding and lm_head matrices;
+    ``lm_head_params`` (V·d) is charged for the fraction ``lm_head_fraction`` of tokens whose
+    logits are computed, 6·V·d·f when it trains (full fine-tuning: weight gradients too).
     """
     return (
         4.0 * n_frozen
         + 6.0 * n_trainable
         + 12.0 * n_layers * d_model * context
-        + 4.0 * lm_head_params * lm_head_fraction
+        + (6.0 if lm_head_trained else 4.0) * lm_head_params * lm_head_fraction
     )
 
 
@@ -104,9 +106,16 @@ def model_flops_per_token(model: object, context: float, lm_head_fraction: float
     embed = model.get_input_embeddings().weight  # type: ignore[attr-defined]
     head = model.get_output_embeddings().weight  # type: ignore[attr-defined]
     tied = embed.data_ptr() == head.data_ptr()
-    # Parameters outside the transformer body: the embedding (a lookup) and the lm_head.
-    frozen -= embed.numel() + (0 if tied else head.numel())
+    # Parameters outside the transformer body: the embedding (a lookup) and the lm_head, out of
+    # whichever count holds them (trainable with full fine-tuning)
+    outside = embed.numel() + (0 if tied else head.numel())
+    if embed.requires_grad:
+        trainable -= outside
+    else:
+        frozen -= outside
     config = model.config  # type: ignore[attr-defined]
     layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     width = int(getattr(config, "hidden_size", 0) or 0)
-    return flops_per_token(frozen, trainable, layers, width, context, head.numel(), lm_head_fraction)
+    return flops_per_token(
+        frozen, trainable, layers, width, context, head.numel(), lm_head_fraction, head.requires_grad
+    )
