@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tunebench.config import ExperimentConfig
 from tunebench.data.prepare import prepare
+
+from tunebench.config import validate_experiment
 from tunebench.inference import predict
 from tunebench.inference.endpoint import OPENAI_API_URL, key_env_for, make_client
 from tunebench.pipeline import open_run
@@ -67,7 +67,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadingHTTPServer]:
 def headers_sent(tmp_path: Path, server: ThreadingHTTPServer, **endpoint: Any) -> set[str]:
     """Predict 3 ViGGO examples through the recorder with this ``endpoint`` config; the headers it got."""
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    config = ExperimentConfig.model_validate(
+    config = validate_experiment(
         {
             "name": "secrets",
             "runs_dir": str(tmp_path),

@@ -289,7 +289,10 @@ def test_study_members_are_checked_when_the_study_expands(tmp_path: Path) -> Non
     ).replace("{name: a, provider: base}", "{name: a, provider: base, tasks: [sql]}")
     path.write_text(shared, encoding="utf-8")
     cells = {c.name: c.config for c in expand(load_study(path))}
-    assert not hasattr(cells["a-sql"], "ensemble") and cells["both-sql"].ensemble.members == ["a-sql", "b-sql"]  # type: ignore[union-attr]
+    assert not hasattr(cells["a-sql"], "ensemble") and cells["both-sql"].ensemble.members == [
+        "a-sql",
+        "b-sql",
+    ]  # type: ignore[union-attr]
 
 
 def test_trained_members_on_viggo_vote_by_majority_and_add_up_their_training(

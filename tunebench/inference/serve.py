@@ -426,13 +426,13 @@ def create_app(
     fine-tuned model; base: the base model)."""
     run = RunDir(Path(run_dir))
     config = run.load_config()
-    if config.provider not in ("local", "base"):
+    if "model" not in config.own_sections:  # an API or a vote: no weights of ours
         raise TunebenchError(f"{run.config_path}: provider '{config.provider}' has no local model to serve")
     task = get_task(config.task)
     gen = config.generation
     if generator is None:
-        method = getattr(getattr(config, "training", None), "method", "lora")
-        adapter = run.trained_dir(method) if config.provider == "local" else None
+        training = getattr(config, "training", None)  # a run that trains serves what it trained
+        adapter = run.trained_dir(training.method) if training is not None else None
         generator = load_generator(
             config.model,
             adapter,
