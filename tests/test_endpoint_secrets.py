@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tunebench.data.prepare import prepare
 
 from tunebench.config import validate_experiment
 from tunebench.inference import predict
 from tunebench.inference.endpoint import OPENAI_API_URL, key_env_for, make_client
 from tunebench.pipeline import open_run
+from tunebench.pipeline.prepare import prepare
 
 OPENAI_SECRET = "sk-openai-secret-never-elsewhere-1234"
 ENDPOINT_SECRET = "endpoint-secret-5678"

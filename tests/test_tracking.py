@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tunebench.config import ExperimentConfig
+from tunebench.config import ExperimentConfig, validate_experiment
 from tunebench.errors import TunebenchError
 from tunebench.io import iter_jsonl, read_json
 from tunebench.pipeline import run_experiment
@@ -33,7 +33,7 @@ PROJECT = "tracking-test"
 
 
 def tiny_config(runs: Path, model: Path, name: str, **tracking: Any) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(
+    return validate_experiment(
         {
             "name": name,
             "runs_dir": str(runs),
