@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from tunebench.config import validate_experiment
-from tunebench.inference import predict
 from tunebench.inference.endpoint import OPENAI_API_URL, key_env_for, make_client
 from tunebench.pipeline import open_run
+from tunebench.pipeline import predict_stage as predict
 from tunebench.pipeline.prepare import prepare
 
 OPENAI_SECRET = "sk-openai-secret-never-elsewhere-1234"

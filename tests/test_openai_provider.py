@@ -17,9 +17,17 @@ from tests.openai_emulator import Emulator
 from tunebench.config import validate_experiment
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json, read_jsonl
-from tunebench.pipeline import evaluate_stage, open_run, predict_stage
+from tunebench.pipeline import ensure_prepared, evaluate_stage, predict_stage
+from tunebench.pipeline import open_run as open_new_run
 from tunebench.providers.openai import FAULT_ENV, InjectedFault, state_path, train_openai
 from tunebench.tasks.base import load_prepared
+
+
+def open_run(cfg: Any) -> Any:
+    """The run directory, prepared, as `tunebench run` hands it to the provider."""
+    run = open_new_run(cfg)
+    ensure_prepared(cfg, run)
+    return run
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ variable for another endpoint, and an endpoint that names no variable is sent no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -24,7 +25,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tunebench.errors import TunebenchError
-from tunebench.io import append_jsonl, jsonl_lines, write_jsonl
+from tunebench.inference.resume import append_rows, load_partial, partial_paths
+from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
 from tunebench.tasks.base import Example, Task
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
@@ -113,23 +115,13 @@ def _message(exc: Any) -> str:
 
 
 def partial_path(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + ".partial")
+    """Where finished rows wait until the whole split is done (the shared resume format)."""
+    return partial_paths(out_path)[0]
 
 
-def load_done(out_path: Path) -> dict[str, dict[str, Any]]:
-    """Rows already predicted (final file and partial log); a torn last line is ignored."""
-    done: dict[str, dict[str, Any]] = {}
-    for path in (out_path, partial_path(out_path)):
-        if not path.is_file():
-            continue
-        for line in jsonl_lines(path.read_text(encoding="utf-8")):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash: predicted again
-            if isinstance(row, dict) and "id" in row:
-                done[str(row["id"])] = row
-    return done
+def request_fingerprint(**options: Any) -> str:
+    """What the answers depend on: another model, server or decoding setting starts over."""
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def request_one(
@@ -196,16 +188,25 @@ def predict_endpoint(
     """Predict ``examples`` through the endpoint into ``out_path``; returns timing and token usage.
 
     A request that still fails after the SDK's retries stops the run with a one-line
-    :class:`TunebenchError`; rows finished so far stay in ``<out>.partial`` and a rerun resumes.
+    :class:`TunebenchError`; rows finished so far stay in the partial file (:mod:`.resume`) and a
+    rerun with the same model, server and decoding settings resumes from them.
     """
     if api not in ("chat", "completions"):
         raise TunebenchError(f"endpoint api must be 'chat' or 'completions', got '{api}'")
     out = Path(out_path)
     api_key_env = key_env_for(api_key_env, base_url)
     key = read_api_key(api_key_env, base_url)
-    done = load_done(out) if resume else {}
+    partial, meta = partial_paths(out)
+    key_of_run = request_fingerprint(
+        base_url=base_url, model=model, api=api, max_new_tokens=max_new_tokens, temperature=temperature
+    )
     if not resume:
-        partial_path(out).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    done, _ = load_partial(partial, meta, key_of_run)
+    if resume and out.is_file() and meta.is_file() and read_json(meta).get("fingerprint") == key_of_run:
+        # an earlier finished request run of the same settings (a split grown since, say)
+        done = {**{str(r["id"]): r for r in read_jsonl(out, required=("id",), allow_empty=True)}, **done}
+    write_json(meta, {"fingerprint": key_of_run, "generation_s": 0.0})
     todo = [ex for ex in examples if ex.id not in done]
     client = make_client(base_url, key, max_retries, timeout_s)
     start = time.perf_counter()
@@ -227,7 +228,7 @@ def predict_endpoint(
     wall = time.perf_counter() - start
     rows = [done[ex.id] for ex in examples]
     write_jsonl(out, rows)
-    partial_path(out).unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)  # the fingerprint stays beside the file for the next rerun
     return {
         "wall_time_s": round(wall, 3),
         "n": len(rows),
@@ -261,6 +262,11 @@ def _run_requests(
     if not todo:
         return
     log = partial_path(out)
+
+    def keep(row: dict[str, Any]) -> None:
+        done[row["id"]] = row
+        append_rows(log, [row])
+
     pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="endpoint")
     options = {"model": model, "api": api, "max_new_tokens": max_new_tokens, "temperature": temperature}
     pending: set[Future[dict[str, Any]]] = set()
@@ -278,9 +284,7 @@ def _run_requests(
                 if error is not None:
                     failure = failure or error
                     continue
-                row = future.result()
-                done[row["id"]] = row
-                append_jsonl(log, row)
+                keep(future.result())
             if failure is not None:
                 break
             for example in queue:
@@ -293,9 +297,7 @@ def _run_requests(
         pool.shutdown(wait=True, cancel_futures=True)
         for future in pending:  # requests already in flight when another one failed: keep them
             if future.done() and not future.cancelled() and future.exception() is None:
-                row = future.result()
-                done[row["id"]] = row
-                append_jsonl(log, row)
+                keep(future.result())
     if failure is not None:
         reason = describe_api_error(failure, base_url, api_key_env, key)  # type: ignore[arg-type]
         kept = len(done)
