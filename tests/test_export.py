@@ -10,7 +10,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from tests import test_inference_support as support
-from tunebench.config import validate_experiment
+from tunebench.config import PROVIDER_SECTIONS, validate_experiment
 from tunebench.io import read_jsonl
 from tunebench.pipeline import open_run
 from tunebench.pipeline import predict_stage as predict
@@ -58,7 +58,7 @@ def test_merged_export_predicts_what_base_plus_adapter_predicts(
     # the merged folder as a base model, with no adapter: the same greedy predictions
     merged_config = validate_experiment(
         {
-            **config.model_dump(),
+            **{k: v for k, v in config.model_dump().items() if k not in PROVIDER_SECTIONS},
             "name": "merged-as-base",
             "provider": "base",
             "model": {"name": str(merged_dir)},
@@ -84,4 +84,4 @@ def test_export_needs_a_trained_adapter(tmp_path: Path, lively_model_dir: Path) 
     assert not (run.root / "merged").exists()
     _config, base_run = support.make_run(tmp_path, lively_model_dir, name="zero-shot", provider="base", n=2)
     refused = tunebench("export", str(base_run.root))
-    assert refused.returncode == 2 and "provider base has no LoRA adapter" in refused.stderr
+    assert refused.returncode == 2 and "provider base has no trained weights to export" in refused.stderr

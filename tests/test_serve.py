@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from tests import test_inference_support as support
-from tunebench.config import validate_experiment
+from tunebench.config import PROVIDER_SECTIONS, validate_experiment
 from tunebench.inference.serve import create_app
 from tunebench.io import read_jsonl
 from tunebench.pipeline import open_run
@@ -116,7 +116,7 @@ def test_endpoint_backend_against_the_server(served: Any, local_rows: list[dict]
     for api in ("chat", "completions"):
         config = validate_experiment(
             {
-                **served.config.model_dump(mode="json"),
+                **{k: v for k, v in served.config.model_dump(mode="json").items() if k not in PROVIDER_SECTIONS},
                 "name": f"via-{api}",
                 "provider": "endpoint",
                 "endpoint": {"base_url": served.url, "model": NAME, "api": api, "max_concurrency": 4},
