@@ -116,7 +116,11 @@ def test_endpoint_backend_against_the_server(served: Any, local_rows: list[dict]
     for api in ("chat", "completions"):
         config = validate_experiment(
             {
-                **{k: v for k, v in served.config.model_dump(mode="json").items() if k not in PROVIDER_SECTIONS},
+                **{
+                    k: v
+                    for k, v in served.config.model_dump(mode="json").items()
+                    if k not in PROVIDER_SECTIONS
+                },
                 "name": f"via-{api}",
                 "provider": "endpoint",
                 "endpoint": {"base_url": served.url, "model": NAME, "api": api, "max_concurrency": 4},
