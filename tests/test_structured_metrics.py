@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -359,3 +360,50 @@ def test_paired_permutation_test_identical_systems_and_unknowns() -> None:
 
 def test_holm_by_hand() -> None:
     assert significance.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_a_json_tasks_report_breaks_wrong_answers_down_by_field() -> None:
+    """The custom task's error breakdown for JSON answers: one count per kind, and the field
+    differences each system makes most often (hand-counted)."""
+    from dataclasses import dataclass, field
+
+    from tunebench.tasks.custom import json_breakdown
+
+    @dataclass
+    class Scored:  # what the report hands a task: a system's rows of a split
+        system: str
+        predictions: dict[str, list[dict[str, str]]]
+        metrics: dict[str, Any] = field(default_factory=dict)
+        per_example: dict[str, Any] = field(default_factory=dict)
+
+    gold = '{"a": 1, "b": [1, 2]}'
+    answers = [
+        "not json",
+        '{"a": 1}',
+        '{"a": 2, "b": [1, 2]}',
+        '{"a": 1, "b": [2, 1]}',
+        '{"a": 1.0, "b": [1, 2]}',
+        '{"a": 1, "b": [1, 2], "c": 3}',
+    ]
+    run = Scored(
+        "s", {"test": [{"id": str(i), "prediction": a, "gold": gold} for i, a in enumerate(answers)]}
+    )
+    (block,) = json_breakdown("test", [run])
+    kinds, fields = block.tables
+    assert kinds.header == [
+        "system",
+        "invalid_json",
+        "missing_field",
+        "wrong_value",
+        "extra_field",
+        "list_order",
+        "correct",
+    ]
+    assert kinds.rows == [["s", "1", "1", "1", "1", "1", "1"]]
+    assert sorted(tuple(r[1:]) for r in fields.rows) == [
+        ("extra_field $.c", "1"),
+        ("missing_field $.b[]", "1"),
+        ("wrong_value $.a", "1"),
+    ]
+    text_gold = Scored("t", {"test": [{"id": "0", "prediction": "x", "gold": "plain text"}]})
+    assert json_breakdown("test", [text_gold]) == []  # not a JSON task: no such block

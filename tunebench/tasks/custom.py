@@ -21,6 +21,7 @@ import jinja2
 
 from tunebench.data.sources import read_rows
 from tunebench.errors import TunebenchError
+from tunebench.evaluation import structured
 from tunebench.tasks.base import (
     BreakdownTable,
     ErrorAnalysis,
@@ -138,17 +139,16 @@ class CustomTask(Task):
         table = BreakdownTable(
             ["system", "wrong by", *WRONG_KINDS, "total"], rows, frozenset(range(2, len(WRONG_KINDS) + 3))
         )
-        return [
-            ErrorBreakdown(
-                "wrong answers by kind",
-                [table] if rows else [],
-                note="Wrong answers by the first metric with a per-example right/wrong verdict: empty "
-                "(nothing but whitespace), truncated (a strict prefix of the gold), over-long (more than "
-                "twice the gold's length), other. Examples without a verdict are left out.",
-                empty="No metric gives a per-example right/wrong verdict: "
-                f"{', '.join(self.headline_metrics())} are scores.",
-            )
-        ]
+        text = ErrorBreakdown(
+            "wrong answers by kind",
+            [table] if rows else [],
+            note="Wrong answers by the first metric with a per-example right/wrong verdict: empty "
+            "(nothing but whitespace), truncated (a strict prefix of the gold), over-long (more than "
+            "twice the gold's length), other. Examples without a verdict are left out.",
+            empty="No metric gives a per-example right/wrong verdict: "
+            f"{', '.join(self.headline_metrics())} are scores.",
+        )
+        return [text, *json_breakdown(split, runs)]
 
     def error_analysis(self, split: str, run: ScoredRun) -> ErrorAnalysis | None:
         """Wrong answers (by the first binary verdict) by how they differ from the gold (none is
@@ -252,3 +252,44 @@ def wrong_kind(prediction: str, gold: str) -> str:
     if len(prediction) > 2 * len(gold):
         return "over-long"
     return "other"
+
+
+def json_breakdown(split: str, runs: Sequence[ScoredRun]) -> list[ErrorBreakdown]:
+    """For answers that are JSON (every gold parses): each system's answers by what is wrong
+    (invalid JSON, a missing field, a wrong value, an extra field, only a list's order) and the
+    fields most often wrong (``structured.error_breakdown``)."""
+    if not runs or not all(_is_json(str(p["gold"])) for p in runs[0].predictions[split]):
+        return []
+    kinds = ("invalid_json", "missing_field", "wrong_value", "extra_field", "list_order", "correct")
+    by_kind, by_field = [], []
+    for run in runs:
+        rows = run.predictions[split]
+        found = structured.error_breakdown(
+            [str(r["prediction"]) for r in rows], [str(r["gold"]) for r in rows], "json"
+        )
+        by_kind.append([run.system, *(str(found["categories"].get(k, 0)) for k in kinds)])
+        by_field += [[run.system, field, str(count)] for field, count in list(found["fields"].items())[:5]]
+    tables = [BreakdownTable(["system", *kinds], by_kind, frozenset(range(1, len(kinds) + 1)))]
+    if by_field:
+        tables.append(
+            BreakdownTable(
+                ["system", "difference and field", "examples"],
+                by_field,
+                frozenset({2}),
+                note="The five field differences each system makes most often.",
+            )
+        )
+    note = (
+        "Each answer parsed and compared with the gold: invalid JSON, else the first of a missing "
+        "field, a wrong value, an extra field (paths from the root $: .key, [] for list items), "
+        "else only a list's order differs."
+    )
+    return [ErrorBreakdown("JSON answers by what is wrong", tables, note=note)]
+
+
+def _is_json(text: str) -> bool:
+    try:
+        structured.parse_json(text)
+    except ValueError:
+        return False
+    return True
