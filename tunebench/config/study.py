@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,7 @@ from tunebench.config.experiment import (
     PROVIDER_SECTIONS,
     ExperimentConfig,
     Strict,
+    TaskConfig,
     load_yaml,
     parse_model,
     set_dotted,
@@ -310,7 +312,7 @@ def expand(study: StudyConfig, overrides: dict[str, Any] | None = None, source: 
                     continue
                 data = _cell_data(study, system, task, point, overrides)
                 if "name" not in data.get("task", {}):  # a label that is no task, and no task.name
-                    known = "sql, viggo, custom"
+                    known = ", ".join(typing.get_args(TaskConfig.model_fields["name"].annotation))
                     raise TunebenchError(
                         f"{source}: task '{task.name}' is not a task ({known}); a task "
                         "with another label sets task.name"
@@ -363,7 +365,8 @@ def _cell_data(
     point: dict[str, Any],
     overrides: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    data: dict[str, Any] = {"task": {"name": task.name}} if task.name in ("sql", "viggo", "custom") else {}
+    known = typing.get_args(TaskConfig.model_fields["name"].annotation)
+    data: dict[str, Any] = {"task": {"name": task.name}} if task.name in known else {}
     for patch in (
         study.defaults.as_patch(),
         task.as_patch(),

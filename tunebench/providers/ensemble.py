@@ -208,7 +208,8 @@ def majority_row(row: dict[str, Any], task: Task) -> dict[str, Any]:
 
 
 def vote_rows(config: ExperimentConfig, task: Task, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    if config.task.name != "sql":
+    """The task's vote over the pooled candidates: by execution, or the most common answer."""
+    if task.vote_selection != "execution_vote":
         fewest = min((len(r["candidates"]) for r in rows), default=MAJORITY_MIN)
         if fewest < MAJORITY_MIN:
             raise TunebenchError(
@@ -269,7 +270,7 @@ def predict_ensemble(config: ExperimentConfig, run: RunDir, split: str, examples
         **summed,  # the members' generation time: the ensemble's
         predictions_per_s=round(len(voted) / wall, 3) if wall else None,
         vote_s=round(vote_s, 3),  # CPU work, not priced
-        selection="execution_vote" if config.task.name == "sql" else "majority",
+        selection=task.vote_selection,
         selection_changed=sum(1 for r in voted if r["selection"]["chosen"] != 0),
         prompt_tokens=sum(r["prompt_tokens"] for r in voted),
         completion_tokens=sum(r["completion_tokens"] for r in voted),
