@@ -19,7 +19,7 @@ examples of tunebench's order for step s). Then, at ``--profile-batch``:
   wait for the GPU, with the code line that asked for it.
 
 ``--code DIR`` imports tunebench from DIR (a copy of another commit's package, to compare two
-versions of the loop on the same machine in one sitting).
+versions of the loop back to back on the same machine).
 
 Usage (GPU):  python benchmarks/bench_step_scaling.py --model qwen2.5-coder-1.5b \\
                   --variant packed-compile-liger --batches 4,32,64,128,256

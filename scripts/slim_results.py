@@ -9,8 +9,7 @@ and the chosen checkpoint's predictions there, which are the cell's own
 candidates (its members' files hold them). The cell's own predictions keep their candidates (an
 ensemble votes over them) and every `selection` record stays.
 
-History: on 2026-12-06 (seventh sitting) the cells' own validation candidates were dropped too;
-they came back on 2026-12-06 from the sitting's archive when `results/qwen15-ensemble` needed them.
+The cells' own validation candidates are kept: an ensemble of those cells votes over them.
 """
 
 from __future__ import annotations

@@ -468,7 +468,7 @@ class Point:
     shared_gpu: bool = False
     relative_to: str | None = None
     """The source of a point measured beside this one in the same conditions: on a shared GPU
-    the speed ratio of the two is what this point tells (8-bit vs bf16 in one sitting)."""
+    the speed ratio of the two is what this point tells (8-bit vs bf16 measured back to back)."""
     memory_note: str | None = None
     speed_note: str | None = None
     """Why the recorded speed does not tell this configuration's speed (left out of the fit and

@@ -2,10 +2,10 @@
 # starts them; see scripts/gpu/README.md. Source env.sh first, and put your jobs in queue_a (more
 # queues: add a queue_X function and its name to `queues`). Never edit this file while its
 # queues run: bash reads a running script as it goes.
-#   bash scripts/gpu/sitting.sh "start"       launch the queues (setsid: they survive the shell;
+#   bash scripts/gpu/queue.sh "start"       launch the queues (setsid: they survive the shell;
 #                                             quote "start" so scripts/gpu/stop.sh's pattern
 #                                             cannot match the launching command itself)
-#   bash scripts/gpu/sitting.sh wait SECONDS  show progress until every queue ends or time is up,
+#   bash scripts/gpu/queue.sh wait SECONDS  show progress until every queue ends or time is up,
 #                                             then pack logs and results into $OUT
 # Queues write logs and JSON to keep/out/ (a job gets 13 minutes, so a hang cannot hold up the
 # rest); a queue's end leaves keep/out/<queue>.done holding its exit codes.
@@ -51,7 +51,7 @@ queue_a() {
 }
 
 start() {
-  echo "$(date +%T) sitting on $gpus GPUs at $(git rev-parse --short HEAD 2>/dev/null)" >>"$out/timeline.log"
+  echo "$(date +%T) queue on $gpus GPUs at $(git rev-parse --short HEAD 2>/dev/null)" >>"$out/timeline.log"
   queue_a &
   wait
 }
@@ -84,5 +84,5 @@ case "${1:-}" in
   start) start ;;
   wait) wait_for "${2:-500}" ;;
   pack) pack ;;
-  *) echo "usage: sitting.sh start | wait SECONDS | pack" >&2 ;;
+  *) echo "usage: queue.sh start | wait SECONDS | pack" >&2 ;;
 esac
