@@ -22,7 +22,7 @@ from tunebench.config.study import expand, load_study
 from tunebench.errors import TunebenchError
 from tunebench.evaluation import evaluate
 from tunebench.evaluation.sql import sandbox
-from tunebench.evaluation.sql.sandbox import limit_memory, open_readonly, run_query
+from tunebench.evaluation.sql.sandbox import open_readonly, run_query
 from tunebench.io import read_jsonl, write_jsonl
 
 GOLD = "SELECT count(*) FROM singer"
@@ -97,16 +97,22 @@ def test_hostile_query_fails_cleanly_within_the_timeout(
     assert run_query(singer_db, GOLD, 1.0, 10).rows == [(6,)]  # the connection is still usable
 
 
-def test_sqlite_heap_limit_fails_a_query_that_needs_more(singer_db: sqlite3.Connection) -> None:
-    # DISTINCT keeps every 9 MB blob in a temporary b-tree: in memory (temp_store), so under the cap
-    limit_memory(64 * 2**20)
-    try:
-        result = run_query(
-            singer_db, "SELECT DISTINCT randomblob(9000000) FROM singer a, singer b ORDER BY 1", 10.0, 100
-        )
-    finally:
-        limit_memory(sandbox.DEFAULT_MAX_MEMORY_BYTES)
-    assert (result.kind, result.error) == ("too_large", "over the SQLite memory limit")
+def test_sqlite_heap_limit_fails_a_query_that_needs_more(spider_db_dir: Path) -> None:
+    """In a process of its own: SQLite's heap limit is process-wide and PRAGMA hard_heap_limit
+    only ever lowers it, so a low limit set here would stay for every later test."""
+    code = f"""
+from tunebench.evaluation.sql.sandbox import limit_memory, open_readonly, run_query
+limit_memory(64 * 2**20)
+conn = open_readonly({str(spider_db_dir / "concert_singer" / "concert_singer.sqlite")!r})
+# DISTINCT keeps every 9 MB blob in a temporary b-tree: in memory (temp_store), so under the cap
+result = run_query(conn, "SELECT DISTINCT randomblob(9000000) FROM singer a, singer b ORDER BY 1", 10.0, 100)
+print(result.kind, "|", result.error)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "too_large | over the SQLite memory limit"
 
 
 def test_result_byte_cap_is_an_option(singer_db: sqlite3.Connection) -> None:

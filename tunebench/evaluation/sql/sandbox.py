@@ -145,7 +145,8 @@ def harden(conn: sqlite3.Connection) -> sqlite3.Connection:
 def limit_memory(max_bytes: int) -> None:
     """Cap SQLite's heap in this process (every connection together): a query that needs more
     fails with ``MemoryError`` instead of growing the process. Half of it is the soft limit, above
-    which SQLite frees cached pages first."""
+    which SQLite frees cached pages first. SQLite only ever lowers the hard limit: once set, a
+    larger value later in the same process has no effect."""
     conn = sqlite3.connect(":memory:")
     try:
         conn.execute(f"PRAGMA hard_heap_limit = {int(max_bytes)}")
