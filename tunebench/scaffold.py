@@ -82,6 +82,7 @@ def init_study(
     counter = token_counter(openai_model)
     longest = max(counter.count(ex.completion) for ex in [*splits["train"], *splits["test"]])
     text = study_yaml(
+        config_name=out.name,
         name=slug(data.stem),
         fmt=fmt,
         train=relative(train_path, folder),
@@ -151,6 +152,7 @@ def q(value: Any) -> str:
 
 def study_yaml(
     *,
+    config_name: str,
     name: str,
     fmt: str,
     train: str,
@@ -167,8 +169,8 @@ def study_yaml(
     return f"""\
 # Study written by `tunebench init`: the base model zero-shot, a LoRA fine-tune and an OpenAI
 # fine-tune on the same file, scored on the same test rows.
-#   tunebench run {{this file}} --cells 'base-*' --cells 'lora-*'   # free: this machine only
-#   tunebench run {{this file}} --yes                               # also the OpenAI job (billed)
+#   tunebench run {config_name} --cells 'base-*' --cells 'lora-*'   # free: this machine only
+#   tunebench run {config_name} --yes   # also the OpenAI job (billed)
 # Every key is described by `tunebench config`. Relative paths are read from this file's folder.
 name: {q(name)}
 tasks:
