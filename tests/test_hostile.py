@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.test_foundation import cli
 from tunebench.cli import parse_overrides
 from tunebench.config.study import expand, load_study
 from tunebench.errors import TunebenchError
@@ -33,18 +34,6 @@ ZEROBLOB = (
 )
 PRINTF = "SELECT length(printf('%.*c', 2000000000, 'x'))"
 SEPARATORS = "a\u2028b\u0085c\u2029d"  # valid raw inside a JSON string; str.splitlines splits on them
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
 
 
 def predictions_file(path: Path, rows: list[dict[str, Any]]) -> Path:

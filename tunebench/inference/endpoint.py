@@ -14,8 +14,6 @@ variable for another endpoint, and an endpoint that names no variable is sent no
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -25,7 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from tunebench.errors import TunebenchError
-from tunebench.inference.resume import append_rows, load_partial, partial_paths
+from tunebench.inference.resume import append_rows, load_partial, partial_paths, payload_digest
 from tunebench.io import read_json, read_jsonl, write_json, write_jsonl
 from tunebench.tasks.base import Example, Task
 
@@ -121,7 +119,7 @@ def partial_path(out_path: Path) -> Path:
 
 def request_fingerprint(**options: Any) -> str:
     """What the answers depend on: another model, server or decoding setting starts over."""
-    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    return payload_digest(options)
 
 
 def request_one(

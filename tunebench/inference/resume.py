@@ -56,6 +56,11 @@ def fingerprint(config: ExperimentConfig, split: str, adapter_dir: Path | None) 
         "seed": config.sampling_seed,
         "adapter": adapter,
     }
+    return payload_digest(payload)
+
+
+def payload_digest(payload: dict[str, Any]) -> str:
+    """A short stable digest of a JSON-able mapping: what a partial file's rows depend on."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

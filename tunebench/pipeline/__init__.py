@@ -64,17 +64,18 @@ def open_run(config: ExperimentConfig, kind: str = "experiment") -> RunDir:
     if not run.config_path.is_file():
         run.write_config(config)
         return run
+    changed = differences_from_run(run, config)
+    if not changed:
+        return run
     stale = stale_stages(run, config)
     if stale is None:
-        changed = differences_from_run(run, config)
         shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
         raise TunebenchError(
             f"{run.root} holds a run with a different config ({shown}), which would invalidate its "
             f"training. A run directory keeps one training: {WAY_OUT[kind]}"
         )
-    if differences_from_run(run, config):
-        run.forget_stages(stale)
-        run.write_config(config)
+    run.forget_stages(stale)
+    run.write_config(config)
     return run
 
 
