@@ -158,6 +158,7 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         gradient_checkpointing=tc.gradient_checkpointing,
         fused_loss=tc.liger,
         compile=tc.compile,
+        optimizer=tc.optimizer,
     )
     price = card.price(
         {cfg.cost.gpu_type or card.key: cfg.cost.gpu_price_per_hour} if cfg.cost.gpu_price_per_hour else None

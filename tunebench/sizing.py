@@ -219,6 +219,8 @@ class Setup:
     """A fused linear + cross-entropy kernel (liger) that never holds the logits; False is the
     plain loss over the full vocabulary (logits, their float32 copy and gradient)."""
     compile: bool = False
+    optimizer: str = "adamw"
+    """``adamw``: float32 moments (8 bytes a trained parameter); ``adamw_8bit``: one byte each."""
     kbit_prepared: bool = True
     """8-/4-bit only: peft's k-bit preparation ran (tunebench's training path). It keeps the
     embeddings, norms and lm_head in float32, so the residual stream and norm outputs the
@@ -310,12 +312,18 @@ class Calibration:
     points: int = 0
 
 
+def moment_bytes(setup: Setup) -> float:
+    """Bytes of AdamW's two moments per trained parameter."""
+    return 2.0 if setup.optimizer == "adamw_8bit" else 8.0
+
+
 def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = None) -> dict[str, float]:
     """Peak GPU memory in GiB by part; ``allocated`` is what ``torch.cuda.max_memory_allocated``
     measures, ``total`` adds the CUDA context and allocator slack (what must fit the card).
 
     - ``weights``: :func:`weight_bytes` (packed 8-/4-bit linears, the rest bf16 or float32);
-    - ``adapter_optimizer``: LoRA weights, gradients and AdamW's two moments, float32 each;
+    - ``adapter_optimizer``: LoRA weights and gradients (float32) and AdamW's two moments
+      (:func:`moment_bytes`);
     - ``activations``: what the backward pass keeps per token and layer (SAVED_BYTES x the
       fitted scale; x ``kbit_activation`` after k-bit preparation); with checkpointing, each
       layer's input plus one layer being recomputed;
@@ -326,7 +334,7 @@ def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = Non
     kbit = setup.quantization != "none"
     prepared = kbit and setup.kbit_prepared
     weights = weight_bytes(arch, setup.quantization, setup.kbit_prepared)
-    adapter = 16.0 * lora_parameters(arch, setup.r, setup.targets)
+    adapter = (8.0 + moment_bytes(setup)) * lora_parameters(arch, setup.r, setup.targets)
     scale = cal.activation_scale
     scale *= cal.compile_activation if setup.compile else 1.0
     scale *= cal.kbit_activation if prepared else 1.0
@@ -367,7 +375,8 @@ def full_memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None 
     """:func:`memory_parts` of full fine-tuning (``training.method: full``): every weight trains.
 
     ``weights``: the float32 master copy (4 bytes a parameter); ``gradients_optimizer``: float32
-    gradients and AdamW's two moments (12 bytes a parameter; 16 with the weights);
+    gradients and AdamW's two moments (12 bytes a parameter, 16 with the weights; 6 and 10 with
+    ``adamw_8bit``);
     ``weight_casts``: the bf16 copies of the matmul weights (decoder linears and the output
     head) that autocast makes in the forward pass and keeps for the backward (2 bytes each).
     Activations and the loss are LoRA's with no adapted layer (same decoder, same tokens).
@@ -377,7 +386,7 @@ def full_memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None 
     parts.pop("adapter_optimizer")
     parts.update(
         weights=4.0 * counts["total"] / GIB,
-        gradients_optimizer=12.0 * counts["total"] / GIB,
+        gradients_optimizer=(4.0 + moment_bytes(setup)) * counts["total"] / GIB,
         weight_casts=2.0 * (counts["linear"] + arch.vocab * arch.hidden) / GIB,
     )
     for derived in ("allocated", "overhead", "total"):
@@ -464,6 +473,8 @@ class Point:
     compile: bool
     tokens_per_s: float | None
     peak_memory_gib: float | None
+    optimizer: str = "adamw"
+    """``adamw``: float32 moments (8 bytes a trained parameter); ``adamw_8bit``: one byte each."""
     kbit_prepared: bool = True
     shared_gpu: bool = False
     relative_to: str | None = None

@@ -275,6 +275,14 @@ class TrainingConfig(Strict):
         "completion", description="Loss on the target only (default) or prompt+target (the study's)."
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw",
+        description="`adamw`: torch's AdamW with float32 moments (8 bytes a trained parameter). "
+        "`adamw_8bit`: bitsandbytes' 8-bit AdamW, its two moments stored blockwise-quantized in "
+        "one byte each (2 bytes a trained parameter; tensors under 4096 elements stay float32). "
+        "Use it for `training.method: full` when the float32 moments do not fit (a 1.5B model "
+        "saves ~9 GB); LoRA's optimizer state is small either way. Needs bitsandbytes.",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     eval_every: int = Field(20, ge=1, description="Validation loss every N optimizer steps (study: 20).")
     early_stopping_patience: int | None = Field(

@@ -85,6 +85,21 @@ def fused_adamw(device_type: str, sharded: bool) -> bool:
     return device_type == "cuda" and not sharded
 
 
+def make_optimizer(tc: Any, params: list[torch.nn.Parameter], fused: bool) -> torch.optim.Optimizer:
+    """``training.optimizer``: torch's AdamW, or bitsandbytes' 8-bit AdamW (moments in a byte)."""
+    if tc.optimizer == "adamw_8bit":
+        try:
+            from bitsandbytes.optim import AdamW8bit
+        except ImportError as err:
+            raise TunebenchError(
+                "training.optimizer adamw_8bit needs bitsandbytes (pip install bitsandbytes)"
+            ) from err
+        return AdamW8bit(params, lr=tc.learning_rate, weight_decay=tc.weight_decay)
+    return torch.optim.AdamW(
+        params, lr=tc.learning_rate, weight_decay=tc.weight_decay, fused=True if fused else None
+    )
+
+
 def prepared_or_empty(run: RunDir, split: str) -> list[Any]:
     path = run.prepared(split)
     if not path.is_file() or not path.read_text(encoding="utf-8").strip():
@@ -134,12 +149,7 @@ def build(config: ExperimentConfig, run: RunDir, acc: Any, resume: bool, say: An
     if sharded:
         fsdp.shard(loss_model, list(causal_lm(model).get_decoder().layers), dtype)
     params = [p for p in loss_model.parameters() if p.requires_grad]  # FSDP: the local shards
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=tc.learning_rate,
-        weight_decay=tc.weight_decay,
-        fused=True if fused_adamw(device.type, sharded) else None,
-    )
+    optimizer = make_optimizer(tc, params, fused=fused_adamw(device.type, sharded))
     steps = total_steps(config, len(train_set))
     scheduler = get_scheduler(
         tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=steps

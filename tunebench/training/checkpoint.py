@@ -110,8 +110,9 @@ def load_optimizer_state(
     # the optimizer as built now decides fused or not (fused on a GPU, not on the CPU or under
     # FSDP): torch places each step counter by the checkpoint's flag (fused: on the parameter's
     # device), so a checkpoint moves between these layouts
-    fused = optimizer.param_groups[0].get("fused") if optimizer.param_groups else None
-    saved = {**saved, "param_groups": [{**g, "fused": fused} for g in saved.get("param_groups", [])]}
+    if optimizer.param_groups and "fused" in optimizer.param_groups[0]:  # torch's, not bitsandbytes'
+        fused = optimizer.param_groups[0]["fused"]
+        saved = {**saved, "param_groups": [{**g, "fused": fused} for g in saved.get("param_groups", [])]}
     params = [p for group in saved.get("param_groups", []) for p in group["params"]]
     if params and all(isinstance(p, int) for p in params):
         optimizer.load_state_dict(saved)

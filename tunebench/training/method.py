@@ -9,7 +9,9 @@ how a checkpoint's weights are restored, and :meth:`.loop.Trainer.save` asks it 
   16 bytes a parameter (weights 4, gradients 4, two moments 8) plus activations. bf16 weights
   would halve the weights but an AdamW step of ~1e-5 relative size is below bf16's 8-bit
   mantissa for most weights and is lost in rounding; keeping float32 masters avoids that with
-  no extra machinery (no Kahan sums, no 8-bit optimizer state), the simplest stable choice. On
+  no extra machinery (no Kahan sums), the simplest stable choice. ``training.optimizer:
+  adamw_8bit`` keeps the float32 masters but stores the moments in a byte each (10 bytes a
+  parameter instead of 16). On
   CPU everything is float32. Checkpoints and the run hold ``model/model.safetensors``
   (:mod:`tunebench.models.weights`).
 """
