@@ -141,7 +141,9 @@ def measure(
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     arch = shape(model_name)
+    built = time.perf_counter()
     model = build_model(arch, quant, device)
+    build_s = time.perf_counter() - built
     if grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -176,6 +178,7 @@ def measure(
 
         peak = gpu_card(gpu).bf16_tflops * 1e12
     return {
+        "build_s": build_s,
         "step_s": seconds,
         "tokens_per_s": tps,
         "flops_per_token": fpt,
@@ -211,7 +214,8 @@ def run_point(args: argparse.Namespace, model: str, quant: str, tokens: int, ckp
     if proc.returncode == 0 and lines:
         return {**base, "oom": False, **json.loads(lines[-1])}
     oom = "out of memory" in proc.stderr.lower() or "OutOfMemoryError" in proc.stderr
-    return {**base, "oom": oom, "error": None if oom else proc.stderr.strip().splitlines()[-1:]}
+    # the last lines say where it failed (building the model or a step) and how much was in use
+    return {**base, "oom": oom, "error": proc.stderr.strip().splitlines()[-3:]}
 
 
 def estimate_beside(point: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,10 @@ Variants (``--variants``, comma-separated):
                      its losses ran 0.7-4.2% below eager's on the H100). Until then the
                      rounding-emulating variant was packed-compile-liger-emulate
                      (TORCHINDUCTOR_EMULATE_PRECISION_CASTS=1, tree 06e264b)
+  lora-all-linear-r16, full, full-8bit-adamw, full-ckpt
+                     LoRA on all linear layers (r=16) against every weight trained
+                     (training.method full, float32 masters): with float32 AdamW moments,
+                     bitsandbytes' 8-bit AdamW, and float32 moments with gradient checkpointing
   packed-8bit, packed-4bit
                      the base model loaded 8-bit / 4-bit (NF4) through bitsandbytes, as the study
                      loaded Code Llama 34B (needs the bitsandbytes wheel)
@@ -68,6 +72,26 @@ ENGINE = {
     },
     "packed-8bit": {"model.quantization": "8bit"},
     "packed-4bit": {"model.quantization": "4bit"},
+    # full fine-tuning against the LoRA it competes with (all linear layers, r=16), liger on
+    "lora-all-linear-r16": {
+        "training.liger": True,
+        "lora.r": 16,
+        "lora.alpha": 32,
+        "lora.target_modules": "all-linear",
+    },
+    "full": {"training.method": "full", "training.learning_rate": 2e-5, "training.liger": True},
+    "full-8bit-adamw": {
+        "training.method": "full",
+        "training.learning_rate": 2e-5,
+        "training.liger": True,
+        "training.optimizer": "adamw_8bit",
+    },
+    "full-ckpt": {
+        "training.method": "full",
+        "training.learning_rate": 2e-5,
+        "training.liger": True,
+        "training.gradient_checkpointing": True,
+    },
 }
 HF = {"hf-b8": 8, "hf-b32": 32}
 
