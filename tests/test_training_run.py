@@ -284,6 +284,18 @@ def test_a_kbit_base_trains_its_adapter(tmp_path, tiny_model_dir, data_dir, kind
     weights = adapter(root)
     assert any(k.endswith("lora_B.weight") and w.abs().sum() > 0 for k, w in weights.items())
     assert summary["best_validation_loss"] == pytest.approx(dense["best_validation_loss"], rel=0.05)
+    # export merges the adapter into the unquantized base: W + (alpha / r) * B @ A
+    from tunebench.providers.export import export_merged
+    from tunebench.rundir import RunDir
+
+    cfg = load_experiment(tmp_path / f"{kind}.yaml")
+    merged = load_file(str(export_merged(cfg, RunDir(root)) / "model.safetensors"))
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj"
+    lora_a, lora_b = (weights[f"base_model.model.{name}.lora_{x}.weight"] for x in "AB")
+    scale = cfg.lora.alpha / cfg.lora.r
+    expected = base[f"{name}.weight"].float() + scale * lora_b.float() @ lora_a.float()
+    torch.testing.assert_close(merged[f"{name}.weight"].float(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_target_modules_fail_before_training(tmp_path, tiny_model_dir, data_dir) -> None:

@@ -40,10 +40,6 @@ def export_merged(
     from tunebench.inference.local import apply_trained, require_adapter, require_trained
     from tunebench.models import id_list, load_model, training_eos_id
 
-    if config.model.quantization != "none":
-        raise TunebenchError(
-            "model.quantization: merging into 8/4-bit weights is not supported; export in bf16"
-        )
     method = config.training.method  # type: ignore[union-attr]  # the local provider's config
     trained = run.trained_dir(method)
     if method == "lora":  # before minutes of loading
@@ -55,7 +51,11 @@ def export_merged(
         # only an earlier export is ever replaced: --out must not wipe an unrelated folder
         raise TunebenchError(f"{target}: exists and is not a tunebench export; choose another --out")
     final_dtype = _dtype(dtype)
-    model, tokenizer = load_model(config.model.model_copy(update={"dtype": "float32"}), device="cpu")
+    # An adapter trained over 8-/4-bit weights (QLoRA) merges into the unquantized base: the
+    # quantized weights are an approximation of it, and a merged 8-/4-bit layer cannot be saved
+    # as one plain weight anyway.
+    base = config.model.model_copy(update={"dtype": "float32", "quantization": "none"})
+    model, tokenizer = load_model(base, device="cpu")
     merged = apply_trained(model, trained, merge=True).to(final_dtype)
     eos = training_eos_id(tokenizer, merged.generation_config)
     stop = id_list(merged.generation_config.eos_token_id)
