@@ -1,7 +1,7 @@
 # Sourced at the start of every shell on an air-gapped GPU host (see scripts/gpu/README.md).
 # keep/ survives updates of the checkout because .git/info/exclude lists it; so must the study
 # runs that background jobs (queue.sh) write.
-for pattern in /keep/ adapter/ checkpoints/ tensorboard/ /results/qwen15-levers/ /results/qwen15-replicate/; do
+for pattern in /keep/ adapter/ checkpoints/ tensorboard/ /results/qwen15-levers/ /results/qwen15-replicate/ /results/qwen15-full/; do
   grep -qx "$pattern" .git/info/exclude 2>/dev/null || echo "$pattern" >> .git/info/exclude
 done
 mkdir -p keep/parts keep/site keep/cache

@@ -14,13 +14,15 @@ out=keep/out
 mkdir -p "$out"
 gpus=$(nvidia-smi -L | wc -l)
 py=python3
-queues=(a)
+queues=(a s)
+gpu_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1)
 
 job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NAME.log
   local name=$1 devices=$2
   shift 2
   echo "$(date +%T) start $name on GPU $devices" >>"$out/timeline.log"
-  CUDA_VISIBLE_DEVICES=$devices OUT="$out/$name" timeout 780 "$@" >"$out/$name.log" 2>&1
+  mkdir -p "$out/$name"
+  CUDA_VISIBLE_DEVICES=$devices OUT="$out/$name" timeout "${JOB_TIMEOUT:-780}" "$@" >"$out/$name.log" 2>&1
   local rc=$?
   echo "$(date +%T) end $name rc=$rc" >>"$out/timeline.log"
   echo "$name=$rc" >>"$out/$queue.done.partial"
@@ -29,35 +31,70 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# The queue as last used (one GPU, issue #10): how a step's time scales with its batch (the bound
-# on 2 GPUs' speed-up) and where the GPU waits, for the training loop at an older commit
-# (keep/old: its package, copied in as .stage/old) and at this tree. The model is
-# Qwen2.5-Coder-1.5B's architecture with random weights (keep/shape15: its config and tokenizer,
-# copied in as .stage/shape15): step times do not depend on the weights' values, so no model
-# weights are needed.
-model=keep/qwen15-rand
-scaling() {  # scaling NAME ARGS...: one bench_step_scaling.py run
-  local name=$1
-  shift
-  job "$name" 0 $py benchmarks/bench_step_scaling.py --model $model --batches 64,128 \
-    --steps 4 --warmup 2 --profile-batch 64 --label "$name" --out "$out/$name.json" "$@"
+# The queue as last used (issues #22 and #24, one GPU). Queue a, on timing: LoRA against full
+# fine-tuning on Qwen2.5-Coder-1.5B's architecture with random weights (keep/shape15), Code Llama
+# 34B's shape at 8-, 4-bit and bf16, then a 7B-class QLoRA run through the whole pipeline
+# (keep/shape7: Qwen2.5-Coder-7B's config beside the 1.5B tokenizer). Queue s, the study: once
+# the 1.5B GGUF's pieces are all staged it assembles the model and runs the full fine-tuning
+# cells, four at once where the GPU holds them (~29 GB each with checkpointing), else two lanes.
+pieces=18
+study=examples/study_full_gpu.yaml
+cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
+  JOB_TIMEOUT=1500 job "$1" 0 $py -m tunebench run $study --cells "$1"
 }
 queue_a() {
   queue=a
-  job make-model 0 $py scripts/gpu/random_model.py keep/shape15 $model
-  scaling new-compile-liger --variant packed-compile-liger
-  scaling old-compile-liger --code keep/old --variant packed-compile-liger
+  job make-1.5b 0 $py scripts/gpu/random_model.py keep/shape15 keep/qwen15-rand
+  job train-full-vs-lora-sql 0 $py benchmarks/bench_train.py --model keep/qwen15-rand --task sql \
+    --batch 32 --steps 12 --warmup 2 --variants lora-all-linear-r16,full,full-8bit-adamw,full-ckpt
+  cp "$out"/train-full-vs-lora-sql/train.json "$out"/train-full-vs-lora-sql.json 2>/dev/null
+  job train-full-vs-lora-viggo 0 $py benchmarks/bench_train.py --model keep/qwen15-rand --task viggo \
+    --batch 32 --steps 12 --warmup 2 --variants lora-all-linear-r16,full,full-8bit-adamw,full-ckpt
+  cp "$out"/train-full-vs-lora-viggo/train.json "$out"/train-full-vs-lora-viggo.json 2>/dev/null
+  until [ -d keep/site/bitsandbytes ]; do sleep 5; done
+  local quants=8bit,4bit
+  [ "$gpu_mib" -gt 120000 ] && quants=8bit,4bit,bf16
+  job scale-34b 0 $py benchmarks/bench_scale.py --models 34b --quant $quants --tokens 4096 --steps 3 \
+    --warmup 1 --compare-estimate --point-timeout 400 --out "$out/scale-34b.json"
+  job scale-34b-16k 0 $py benchmarks/bench_scale.py --models 34b --quant 8bit --tokens 16384 \
+    --grad-ckpt on --steps 3 --warmup 1 --compare-estimate --point-timeout 400 --out "$out/scale-34b-16k.json"
+  touch "$out/a.timing-done"
+  mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
+  job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
+  job qlora-7b 0 $py -m tunebench run scripts/gpu/qlora_7b.yaml
+  job qlora-7b-export 0 $py -m tunebench export keep/runs/qlora-7b --dtype bfloat16
+  du -sb keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* keep/runs/qlora-7b/merged \
+    >"$out/qlora-7b-sizes.txt" 2>&1
   done_marker a
+}
+queue_s() {
+  queue=s
+  until [ "$(ls keep/parts/qwen15-part_* 2>/dev/null | wc -l)" -ge $pieces ] || [ -f keep/qwen15.converted ]; do
+    sleep 3
+  done
+  job assemble 0 bash -c ". scripts/gpu/assemble.sh qwen15"
+  until [ -f "$out/a.timing-done" ]; do sleep 5; done  # timings alone on the GPU
+  if [ "$gpu_mib" -gt 120000 ]; then
+    cell full-sql & cell full-viggo & cell full-seed7-sql & cell full-seed7-viggo &
+    wait
+  else
+    until [ -f "$out/a.done" ]; do sleep 5; done
+    (cell full-sql; cell full-viggo) & (cell full-seed7-sql; cell full-seed7-viggo) &
+    wait
+  fi
+  done_marker s
 }
 
 start() {
-  echo "$(date +%T) queue on $gpus GPUs at $(git rev-parse --short HEAD 2>/dev/null)" >>"$out/timeline.log"
+  echo "$(date +%T) queue on $gpus GPUs ($gpu_mib MiB) at $(git rev-parse --short HEAD 2>/dev/null)" >>"$out/timeline.log"
   queue_a &
+  queue_s &
   wait
 }
 
-pack() {  # logs and JSON in one archive, to copy back
-  tar -czf "$OUT/out.tgz" "$out" 2>/dev/null
+pack() {  # logs, JSON and the study's run folders (no weights) in one archive, to copy back
+  tar -czf "$OUT/out.tgz" --exclude=model --exclude=checkpoints --exclude=adapter --exclude=merged \
+    "$out" results/qwen15-full/runs keep/runs 2>/dev/null
   ls -la "$OUT"
 }
 
