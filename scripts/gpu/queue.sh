@@ -73,7 +73,10 @@ queue_s() {
     sleep 3
   done
   job assemble 0 bash -c ". scripts/gpu/assemble.sh qwen15"
-  until [ -f "$out/a.timing-done" ]; do sleep 5; done  # timings alone on the GPU
+  # timings alone on the GPU, but the study waits for them at most 2 minutes after assembling
+  local waited=0
+  until [ -f "$out/a.timing-done" ] || [ $waited -ge 120 ]; do sleep 5; waited=$((waited + 5)); done
+  echo "$(date +%T) study starts (timings done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
   if [ "$gpu_mib" -gt 120000 ]; then
     cell full-sql & cell full-viggo & cell full-seed7-sql & cell full-seed7-viggo &
     wait
