@@ -81,7 +81,6 @@ queue_s() {
     cell full-sql & cell full-viggo & cell full-seed7-sql & cell full-seed7-viggo &
     wait
   else
-    until [ -f "$out/a.done" ]; do sleep 5; done
     (cell full-sql; cell full-viggo) & (cell full-seed7-sql; cell full-seed7-viggo) &
     wait
   fi
