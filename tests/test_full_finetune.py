@@ -165,7 +165,8 @@ def test_full_finetuning_matches_plain_pytorch(tmp_path, tiny_model_dir, data_di
 def test_full_resume_after_sigkill_matches_uninterrupted_run(
     tmp_path, tiny_model_dir, data_dir, optimizer
 ) -> None:
-    opts = {**FULL, "max_steps": 6, "optimizer": optimizer}
+    # three checkpoints kept for a choice: the resume must come from the latest
+    opts = {**FULL, "max_steps": 6, "optimizer": optimizer, "select_checkpoint_by": "validation_metric"}
     full, root_full = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "straight", **opts))
     path = write_config(tmp_path, tiny_model_dir, data_dir, "killed", **opts)
     proc = train_cli(path, **{FAULT_KILL_ENV: "5"})  # killed after step 5's update; last checkpoint 4
@@ -176,6 +177,10 @@ def test_full_resume_after_sigkill_matches_uninterrupted_run(
     assert resumed["steps"] == 6
     assert resumed["best_validation_loss"] == pytest.approx(full["best_validation_loss"], rel=1e-6)
     assert losses(root) == pytest.approx(losses(root_full), rel=1e-6)
+    # only the latest checkpoint keeps the optimizer state that a resume needs
+    kept = sorted(p.parent.name for p in (root_full / "checkpoints").glob("step-*/state.json"))
+    with_optimizer = sorted(p.parent.name for p in (root_full / "checkpoints").glob("step-*/optimizer.pt"))
+    assert len(kept) >= 2 and with_optimizer == ["step-6"], (kept, with_optimizer)
     a, b = step_weights(root, 6), step_weights(root_full, 6)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)

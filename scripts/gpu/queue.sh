@@ -36,11 +36,15 @@ wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 # 34B's shape at 8-, 4-bit and bf16, then a 7B-class QLoRA run through the whole pipeline
 # (keep/shape7: Qwen2.5-Coder-7B's config beside the 1.5B tokenizer). Queue s, the study: once
 # the 1.5B GGUF's pieces are all staged it assembles the model and runs the full fine-tuning
-# cells, four at once where the GPU holds them (~29 GB each with checkpointing), else two lanes.
+# cells, two at a time.
 pieces=18
 study=examples/study_full_gpu.yaml
 cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
   JOB_TIMEOUT=1500 job "$1" 0 $py -m tunebench run $study --cells "$1"
+  # its weights are not kept (6 GB of model, up to 21 GB of checkpoints): the disk is shared
+  local run=results/qwen15-full/runs/$1
+  du -sb $run/checkpoints/* $run/model >>"$out/cell-sizes.txt" 2>&1
+  rm -rf $run/checkpoints $run/model
 }
 queue_a() {
   queue=a
@@ -51,6 +55,7 @@ queue_a() {
   job train-full-vs-lora-viggo 0 $py benchmarks/bench_train.py --model keep/qwen15-rand --task viggo \
     --batch 32 --steps 12 --warmup 2 --variants lora-all-linear-r16,full,full-8bit-adamw,full-ckpt
   cp "$out"/train-full-vs-lora-viggo/train.json "$out"/train-full-vs-lora-viggo.json 2>/dev/null
+  rm -rf keep/qwen15-rand
   until [ -d keep/site/bitsandbytes ]; do sleep 5; done
   local quants=8bit,4bit
   [ "$gpu_mib" -gt 120000 ] && quants=8bit,4bit,bf16
@@ -62,9 +67,9 @@ queue_a() {
   mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
   job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
   job qlora-7b 0 $py -m tunebench run scripts/gpu/qlora_7b.yaml
-  job qlora-7b-export 0 $py -m tunebench export keep/runs/qlora-7b --dtype bfloat16
-  du -sb keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* keep/runs/qlora-7b/merged \
+  du -sb keep/qwen7-rand keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* \
     >"$out/qlora-7b-sizes.txt" 2>&1
+  rm -rf keep/qwen7-rand  # 15 GB; the merge of a 4-bit run's adapter is tested on CPU
   done_marker a
 }
 queue_s() {
@@ -77,13 +82,9 @@ queue_s() {
   local waited=0
   until [ -f "$out/a.timing-done" ] || [ $waited -ge 120 ]; do sleep 5; waited=$((waited + 5)); done
   echo "$(date +%T) study starts (timings done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
-  if [ "$gpu_mib" -gt 120000 ]; then
-    cell full-sql & cell full-viggo & cell full-seed7-sql & cell full-seed7-viggo &
-    wait
-  else
-    (cell full-sql; cell full-viggo) & (cell full-seed7-sql; cell full-seed7-viggo) &
-    wait
-  fi
+  # two cells at a time: each holds up to ~30 GB of checkpoints on a 64 GB disk
+  (cell full-sql; cell full-seed7-sql) & (cell full-viggo; cell full-seed7-viggo) &
+  wait
   done_marker s
 }
 

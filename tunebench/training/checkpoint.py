@@ -169,10 +169,18 @@ def load_checkpoint(
 
 
 def prune(root: Path, keep: set[int]) -> None:
-    """Delete every checkpoint whose step is not in ``keep`` (the latest and the best)."""
-    for step, folder in list_checkpoints(root):
+    """Delete every checkpoint whose step is not in ``keep`` (the latest, the best and the
+    candidates of the checkpoint choice), and the optimizer state of every kept one but the
+    latest: a run resumes only from its latest checkpoint, the others serve the choice and
+    publishing, which read weights alone. (AdamW's moments are twice the float32 weights of a
+    full fine-tune: 12 GB a checkpoint for a 1.5B model.)"""
+    found = list_checkpoints(root)
+    latest = found[-1][0] if found else None
+    for step, folder in found:
         if step not in keep:
             shutil.rmtree(folder, ignore_errors=True)
+        elif step != latest:
+            (folder / "optimizer.pt").unlink(missing_ok=True)
     for child in root.glob(".tmp-step-*"):  # leftovers of a killed save
         shutil.rmtree(child, ignore_errors=True)
 
