@@ -203,6 +203,9 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
             mfu=round(speed["mfu"], 4),
             train_seconds=round(seconds, 1),
             train_usd=round(seconds / 3600 * per_hour, 4) if per_hour is not None else None,
+            checkpoint_disk_gib=round(
+                checkpoint_disk_gib(tc, counts["total"] if full else lora_trainable), 2
+            ),
         )
     else:
         inference_weights = sizing.weight_bytes(arch, cfg.model.quantization) / sizing.GIB
@@ -217,6 +220,17 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         )
     row.update(predict_row(cfg, arch, card, splits, per_hour))
     return row
+
+
+def checkpoint_disk_gib(tc: Any, trainable: int) -> float:
+    """Peak disk a run's checkpoints and trained weights take (float32, 4 bytes a trained
+    parameter): the latest checkpoint with its optimizer state (AdamW's moments), the others
+    kept for the choice or as the best (weights only), the new latest written before the old
+    one is pruned, and the published ``adapter/`` or ``model/``."""
+    weights = 4.0 * trainable
+    moments = sizing.moment_bytes(sizing.Setup(optimizer=tc.optimizer)) * trainable
+    others = tc.checkpoints_to_compare if tc.select_checkpoint_by == "validation_metric" else 1
+    return (2 * (weights + moments) + others * weights + weights) / sizing.GIB
 
 
 def full_training_speed(
