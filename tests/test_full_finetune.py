@@ -382,3 +382,18 @@ def test_estimate_matches_the_measured_full_and_lora_steps(tmp_path, task) -> No
         speed = row["train_tokens_per_s"] / point["tokens_per_s"]
         assert abs(memory - 1) <= 0.10, (name, memory)
         assert abs(speed - 1) <= 0.20, (name, speed)
+
+
+def test_training_warns_when_checkpoints_may_not_fit_the_disk(tmp_path, capsys) -> None:
+    """A run whose checkpoints need more than the free disk is told before its first step,
+    with the settings that shrink the need; one that fits is not."""
+    from tunebench.rundir import RunDir
+    from tunebench.training.loop import warn_if_disk_is_short
+
+    config = validate_experiment({"name": "x", "training": {"method": "full"}})
+    run = RunDir(tmp_path)
+    warn_if_disk_is_short(config.training, run, trainable=1000)
+    assert "warning" not in capsys.readouterr().err
+    warn_if_disk_is_short(config.training, run, trainable=10**15)  # 32 PB of checkpoints
+    out = " ".join(capsys.readouterr().err.split())  # the console may wrap the line
+    assert "checkpoints may need up to 29802322.4 GiB" in out and "adamw_8bit" in out

@@ -223,14 +223,9 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
 
 
 def checkpoint_disk_gib(tc: Any, trainable: int) -> float:
-    """Peak disk a run's checkpoints and trained weights take (float32, 4 bytes a trained
-    parameter): the latest checkpoint with its optimizer state (AdamW's moments), the others
-    kept for the choice or as the best (weights only), the new latest written before the old
-    one is pruned, and the published ``adapter/`` or ``model/``."""
-    weights = 4.0 * trainable
-    moments = sizing.moment_bytes(sizing.Setup(optimizer=tc.optimizer)) * trainable
-    others = tc.checkpoints_to_compare if tc.select_checkpoint_by == "validation_metric" else 1
-    return (2 * (weights + moments) + others * weights + weights) / sizing.GIB
+    """:func:`tunebench.sizing.checkpoint_disk_bytes` for a training config, in GiB."""
+    others = sizing.kept_checkpoints(tc.select_checkpoint_by, tc.checkpoints_to_compare)
+    return sizing.checkpoint_disk_bytes(trainable, tc.optimizer, others) / sizing.GIB
 
 
 def full_training_speed(

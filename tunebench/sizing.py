@@ -317,6 +317,21 @@ def moment_bytes(setup: Setup) -> float:
     return 2.0 if setup.optimizer == "adamw_8bit" else 8.0
 
 
+def kept_checkpoints(select_checkpoint_by: str, checkpoints_to_compare: int) -> int:
+    """Checkpoints a run keeps beside its latest: the choice's candidates, or the best one."""
+    return checkpoints_to_compare if select_checkpoint_by == "validation_metric" else 1
+
+
+def checkpoint_disk_bytes(trainable: int, optimizer: str, others: int) -> float:
+    """Peak disk a run's checkpoints and trained weights take (float32, 4 bytes a trained
+    parameter): the latest checkpoint with its optimizer state, twice while a new one is written
+    before the old one is pruned; ``others`` kept checkpoints (the best, the choice's
+    candidates) with weights only; and the published ``adapter/`` or ``model/``."""
+    weights = 4.0 * trainable
+    moments = moment_bytes(Setup(optimizer=optimizer)) * trainable
+    return 2 * (weights + moments) + others * weights + weights
+
+
 def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = None) -> dict[str, float]:
     """Peak GPU memory in GiB by part; ``allocated`` is what ``torch.cuda.max_memory_allocated``
     measures, ``total`` adds the CUDA context and allocator slack (what must fit the card).

@@ -89,6 +89,24 @@ def accelerator() -> Any:
     return acc
 
 
+def warn_if_disk_is_short(tc: Any, run: RunDir, trainable: int) -> None:
+    """Say so before the first step when the run's checkpoints may not fit the free disk (a
+    full fine-tune of 1.5B keeps tens of GB), rather than failing at a save an hour in."""
+    import shutil
+
+    from tunebench.sizing import GIB, checkpoint_disk_bytes, kept_checkpoints
+
+    others = kept_checkpoints(tc.select_checkpoint_by, tc.checkpoints_to_compare)
+    need = checkpoint_disk_bytes(trainable, tc.optimizer, others)
+    free = shutil.disk_usage(run.root).free
+    if need > free:
+        say(
+            f"warning: this run's checkpoints may need up to {need / GIB:.1f} GiB on {run.root}, "
+            f"{free / GIB:.1f} GiB is free (training.checkpoints_to_compare, training.optimizer "
+            "adamw_8bit and a roomier runs_dir reduce the need or make room)"
+        )
+
+
 class Trainer:
     """One training run: :meth:`train_step`, :meth:`validation_loss` and :meth:`fit` over the
     objects :func:`.build.build` made."""
@@ -106,6 +124,8 @@ class Trainer:
             )
         self.b: Built = build(config, run, self.acc, resume, say)
         self.state: TrainState = self.b.state
+        if self.main:
+            warn_if_disk_is_short(self.tc, run, sum(p.numel() for p in self.b.params))
 
     def passes_everywhere(self, count: int) -> int:
         """FSDP: the most forward passes any process runs (each pass all-gathers, so all must
