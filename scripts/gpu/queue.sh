@@ -36,7 +36,7 @@ wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 # 34B's shape at 8-, 4-bit and bf16, then a 7B-class QLoRA run through the whole pipeline
 # (keep/shape7: Qwen2.5-Coder-7B's config beside the 1.5B tokenizer). Queue s, the study: once
 # the 1.5B GGUF's pieces are all staged it assembles the model and runs the full fine-tuning
-# cells, two at a time.
+# cells one after another.
 pieces=18
 study=examples/study_full_gpu.yaml
 cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
@@ -82,9 +82,12 @@ queue_s() {
   local waited=0
   until [ -f "$out/a.timing-done" ] || [ $waited -ge 120 ]; do sleep 5; waited=$((waited + 5)); done
   echo "$(date +%T) study starts (timings done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
-  # two cells at a time: each holds up to ~30 GB of checkpoints on a 64 GB disk
-  (cell full-sql; cell full-seed7-sql) & (cell full-viggo; cell full-seed7-viggo) &
-  wait
+  # one cell at a time: each needs up to 34.5 GiB of checkpoints (tunebench estimate), and the
+  # disk is 64 GB
+  cell full-sql
+  cell full-viggo
+  cell full-seed7-sql
+  cell full-seed7-viggo
   done_marker s
 }
 
