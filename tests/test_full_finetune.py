@@ -397,3 +397,25 @@ def test_training_warns_when_checkpoints_may_not_fit_the_disk(tmp_path, capsys) 
     warn_if_disk_is_short(config.training, run, trainable=10**15)  # 32 PB of checkpoints
     out = " ".join(capsys.readouterr().err.split())  # the console may wrap the line
     assert "checkpoints may need up to 29802322.4 GiB" in out and "adamw_8bit" in out
+
+
+@pytest.mark.slow
+def test_full_finetuning_under_fsdp_on_two_processes_equals_one(tmp_path, tiny_model_dir, data_dir) -> None:
+    """Every weight trained with FSDP over 2 gloo processes: the same losses and weights as one
+    process. The root's own trained weights (embeddings, final norm) are the ones a LoRA run
+    never trains: the checkpoint after a validation pass must map them to the optimizer's."""
+    opts = {**FULL, "max_steps": 4}
+    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "one", **opts))
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "two", **opts)
+    proc = train_cli(path, "--gpus", "2", "--set", "training.fsdp=true", OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "runs" / "two"
+    two = read_json(root / "train_summary.json")
+    assert two["processes"] == 2 and two["sharding"] == "fsdp"
+    assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
+    assert losses(root) == pytest.approx(losses(root_one), rel=1e-5)
+    assert losses(root, "validation") == pytest.approx(losses(root_one, "validation"), rel=1e-5)
+    a, b = step_weights(root, 4), step_weights(root_one, 4)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)

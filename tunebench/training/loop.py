@@ -338,6 +338,11 @@ class Trainer:
         s, b = self.state, self.b
         # FSDP: every process joins the gathers (collectives); the main process alone writes,
         # so under DDP only it copies its (full, identical) optimizer state
+        if self.fsdp:
+            # FSDP's root keeps its parameters unsharded after a forward with no backward (the
+            # validation pass); the optimizer holds the sharded ones, which the state dict maps
+            # by name. Trained root parameters (full fine-tuning: embeddings, final norm) need it.
+            b.bare_loss_model.reshard()  # type: ignore[operator]
         if self.fsdp or self.main:
             optimizer_state = ckpt.optimizer_state(b.bare_loss_model, b.optimizer)
             weights = b.method.gathered_state(b.model, self.fsdp)
