@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     from tests.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), data_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Converted presets for the whole session in a fresh folder ($TUNEBENCH_CACHE, never the
+    user's ~/.cache): a preset's GGUF is converted once, by whichever test first needs it, and
+    every later test and CLI process reads that conversion."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNEBENCH_CACHE", str(cache))
+        yield cache

@@ -216,6 +216,16 @@ def tunebench(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(scope="module")
+def exported(full_run, tmp_path_factory) -> Path:
+    """``tunebench export RUN --out DIR --dtype float32`` of the full run, once; tests only read it."""
+    _cfg, run = full_run
+    out = tmp_path_factory.mktemp("export") / "exported"
+    done = tunebench("export", str(run.root), "--out", str(out), "--dtype", "float32")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
 def test_a_full_run_publishes_its_best_model(full_run) -> None:
     _cfg, run = full_run
     summary = read_json(run.train_summary)
@@ -225,36 +235,31 @@ def test_a_full_run_publishes_its_best_model(full_run) -> None:
     assert published.keys() == best.keys() and all(torch.equal(published[k], best[k]) for k in best)
 
 
-def test_export_writes_the_trained_model(full_run, tmp_path) -> None:
+def test_export_writes_the_trained_model(full_run, exported) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _cfg, run = full_run
-    out = tmp_path / "exported"
-    done = tunebench("export", str(run.root), "--out", str(out), "--dtype", "float32")
-    assert done.returncode == 0, done.stderr[-2000:]
-    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32)
     trained = weights(run.model_dir)
     params = dict(loaded.named_parameters())
     assert params.keys() == trained.keys()
     assert all(torch.equal(params[k].detach(), trained[k]) for k in trained)
-    assert AutoTokenizer.from_pretrained(out)("SELECT")["input_ids"]
-    assert read_json(out / "tunebench_export.json")["model"] == str(run.model_dir.resolve())
+    assert AutoTokenizer.from_pretrained(exported)("SELECT")["input_ids"]
+    assert read_json(exported / "tunebench_export.json")["model"] == str(run.model_dir.resolve())
     assert run.manifest()["stages"]["export"]["dtype"] == "float32"
 
 
-def test_predict_uses_the_full_runs_model(full_run, tmp_path) -> None:
+def test_predict_uses_the_full_runs_model(full_run, exported) -> None:
     cfg, run = full_run
     predicted = read_jsonl(predict_stage(cfg, run, "test"))
     assert len(predicted) == 8 and all("prediction" in r for r in predicted)
     # the same greedy text as the exported model loaded as a plain base model
-    out = tmp_path / "as-base"
-    assert tunebench("export", str(run.root), "--out", str(out), "--dtype", "float32").returncode == 0
     base_cfg = validate_experiment(
         {
             **{k: v for k, v in cfg.model_dump().items() if k not in ("lora", "training")},
             "name": "exported-as-base",
             "provider": "base",
-            "model": {"name": str(out)},
+            "model": {"name": str(exported)},
         }
     )
     base_run = open_run(base_cfg)

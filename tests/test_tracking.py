@@ -1,7 +1,7 @@
 """Runs and studies in MLflow, W&B, TensorBoard and Trackio, read back through each library's
 own client or files.
 
-One tiny CPU experiment (20 LoRA steps of the tiny model on ViGGO, validation every 5 steps,
+One tiny CPU experiment (8 LoRA steps of the tiny model on ViGGO, validation every 2 steps,
 both splits scored) runs once through ``run_experiment`` with all four trackers; each test reads
 its tracker's copy back and compares it with the run directory's own files: the parameters,
 the loss curves (length and values), the final metrics with their CIs, and the cost. The study
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow  # the tiny experiment they share takes about a mi
 
 TRACKERS = ["mlflow", "wandb", "tensorboard", "trackio"]
 PROJECT = "tracking-test"
+STEPS, EVAL_EVERY = 8, 2  # the shared experiment: 8 training steps, 4 validation points
 
 
 def tiny_config(runs: Path, model: Path, name: str, **tracking: Any) -> ExperimentConfig:
@@ -41,9 +42,9 @@ def tiny_config(runs: Path, model: Path, name: str, **tracking: Any) -> Experime
             "task": {"name": "viggo", "max_train_examples": 32, "max_eval_examples": 8},
             "lora": {"dropout": 0.0},
             "training": {
-                "max_steps": 20,
+                "max_steps": STEPS,
                 "batch_size": 4,
-                "eval_every": 5,
+                "eval_every": EVAL_EVERY,
                 "warmup_steps": 2,
                 "learning_rate": 2e-3,
                 "tokens_per_micro_batch": 1024,
@@ -95,14 +96,14 @@ def final(root: Path) -> dict[str, float]:
         ]
     cost = read_json(root / "cost.json")
     out["cost/training_gpu_hours"] = cost["training"]["gpu_hours"]
-    out["training/steps"] = 20
+    out["training/steps"] = STEPS
     return out
 
 
 def check_curves(logged: dict[str, dict[int, float]], root: Path, rel: float = 1e-12) -> None:
     for split in ("train", "validation"):
         expected = curve(root, split)
-        assert len(expected) == (20 if split == "train" else 4)
+        assert len(expected) == (STEPS if split == "train" else STEPS // EVAL_EVERY)
         assert sorted(logged[f"{split}/loss"]) == sorted(expected)
         for step, loss in expected.items():
             assert logged[f"{split}/loss"][step] == pytest.approx(loss, rel=rel)
@@ -145,7 +146,7 @@ def test_mlflow_holds_params_curve_final_metrics_and_files(run_dir: Path, tmp_pa
     last = max(dt.datetime.fromisoformat(s["finished"]) for s in manifest["stages"].values())
     assert run.info.end_time == int(last.timestamp() * 1000)
     params = run.data.params
-    assert params["training.learning_rate"] == "0.002" and params["training.max_steps"] == "20"
+    assert params["training.learning_rate"] == "0.002" and params["training.max_steps"] == str(STEPS)
     assert params["provider"] == "local" and params["model"] == params["model.name"]
     assert params["task.name"] == "viggo" and params["eval_splits"] == '["validation", "test"]'
     assert "git_commit" in params and params["lora.dropout"] == "0.0"
@@ -154,8 +155,8 @@ def test_mlflow_holds_params_curve_final_metrics_and_files(run_dir: Path, tmp_pa
     rows = list(iter_jsonl(run_dir / "metrics.jsonl"))
     lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/lr")}
     assert lr == {r["step"]: r["lr"] for r in rows if r["split"] == "train"}
-    assert len(client.get_metric_history(run.info.run_id, "train/grad_norm")) == 20
-    assert len(client.get_metric_history(run.info.run_id, "train/tokens_per_s")) == 20
+    assert len(client.get_metric_history(run.info.run_id, "train/grad_norm")) == STEPS
+    assert len(client.get_metric_history(run.info.run_id, "train/tokens_per_s")) == STEPS
     assert run.data.metrics["train/skipped_steps"] == 0
     local = client.download_artifacts(run.info.run_id, "predictions/test.jsonl", str(tmp_path))
     assert Path(local).read_bytes() == (run_dir / "predictions" / "test.jsonl").read_bytes()
@@ -226,7 +227,7 @@ def test_wandb_offline_run_holds_params_curve_and_final_metrics(run_dir: Path) -
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.display_name == "lora-viggo" and run.project == PROJECT and run.run_id == entry["run_id"]
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
-    assert config["training.learning_rate"] == 0.002 and config["training.max_steps"] == 20
+    assert config["training.learning_rate"] == 0.002 and config["training.max_steps"] == STEPS
     assert config["provider"] == "local" and config["task.name"] == "viggo"
     curves: dict[str, dict[int, float]] = {"train/loss": {}, "validation/loss": {}}
     for r in records:

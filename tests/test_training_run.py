@@ -87,8 +87,18 @@ def train_cli(path: Path, *args: str, **env: str) -> subprocess.CompletedProcess
     )
 
 
-def test_identical_runs_give_identical_curves_and_files(tmp_path, tiny_model_dir, data_dir) -> None:
-    _a, root_a = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "a"))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_dir, data_dir) -> tuple[dict[str, Any], Path]:
+    """The default config (4 steps) trained once in this process: (summary, run root). Tests
+    compare other runs with it and only read its files."""
+    tmp = tmp_path_factory.mktemp("reference")
+    return run_train(write_config(tmp, tiny_model_dir, data_dir, "one"))
+
+
+def test_identical_runs_give_identical_curves_and_files(
+    tmp_path, tiny_model_dir, data_dir, reference
+) -> None:
+    _a, root_a = reference
     _b, root_b = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "b"))
     assert losses(root_a) == losses(root_b) and len(losses(root_a)) == 4
     assert losses(root_a, "validation") == losses(root_b, "validation")
@@ -312,16 +322,13 @@ SHARDING = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sharding", SHARDING)
-def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_dir, sharding) -> None:
-    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "one"))
-    path = write_config(tmp_path, tiny_model_dir, data_dir, "two")
-    proc = train_cli(path, *SHARDING[sharding], OMP_NUM_THREADS="1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def assert_equals_one_process(
+    root: Path, stderr: str, reference: tuple[dict[str, Any], Path], sharding: str
+) -> None:
+    """The 2-process run in ``root`` trained what the 1-process ``reference`` run did."""
+    one, root_one = reference
     # where bitsandbytes is installed, its CPU-kernel notice is not printed by every process
-    assert "gemm_4bit_forward" not in proc.stderr
-    root = tmp_path / "runs" / "two"
+    assert "gemm_4bit_forward" not in stderr
     two = read_json(root / "train_summary.json")
     assert two["processes"] == 2 and two["sharding"] == sharding
     assert two["best_validation_loss"] == pytest.approx(one["best_validation_loss"], rel=1e-5)
@@ -337,14 +344,36 @@ def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", SHARDING)
-def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir, sharding) -> None:
-    """Killed on 1 process after step 3 (checkpoint: step 2), resumed on 2 (DDP or FSDP, whose
-    optimizer states are sharded: checkpoints are keyed by parameter name): same result."""
-    one, root_one = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "ref"))
-    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved")
+def test_two_processes_on_gloo_equal_one_process(tmp_path, tiny_model_dir, data_dir, reference) -> None:
+    """DDP here; FSDP from scratch is compared the same way in the `tunebench run --gpus 2` test."""
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "two")
+    proc = train_cli(path, *SHARDING["ddp"], OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_equals_one_process(tmp_path / "runs" / "two", proc.stderr, reference, "ddp")
+
+
+@pytest.fixture(scope="module")
+def killed_at_step_3(tmp_path_factory, tiny_model_dir, data_dir) -> Path:
+    """A default-config run killed (SIGKILL) on 1 process after step 3 (checkpoint: step 2): the
+    folder holding its config and runs/. Tests resume copies of it."""
+    tmp = tmp_path_factory.mktemp("killed")
+    path = write_config(tmp, tiny_model_dir, data_dir, "moved")
     killed = train_cli(path, **{FAULT_KILL_ENV: "3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
+    assert max(r["step"] for r in read_jsonl(tmp / "runs" / "moved" / "metrics.jsonl")) == 3
+    return tmp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", SHARDING)
+def test_resume_on_a_different_process_count(
+    tmp_path, tiny_model_dir, data_dir, sharding, reference, killed_at_step_3
+) -> None:
+    """Killed on 1 process after step 3 (checkpoint: step 2), resumed on 2 (DDP or FSDP, whose
+    optimizer states are sharded: checkpoints are keyed by parameter name): same result."""
+    one, root_one = reference
+    shutil.copytree(killed_at_step_3 / "runs", tmp_path / "runs")
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "moved")
     proc = train_cli(path, *SHARDING[sharding], OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "step-2" in proc.stderr
@@ -358,9 +387,11 @@ def test_resume_on_a_different_process_count(tmp_path, tiny_model_dir, data_dir,
 
 
 @pytest.mark.slow
-def test_run_on_two_processes_trains_and_predicts_on_both(tmp_path, tiny_model_dir, data_dir) -> None:
+def test_run_on_two_processes_trains_and_predicts_on_both(
+    tmp_path, tiny_model_dir, data_dir, reference
+) -> None:
     """`tunebench run CONFIG --gpus 2`: training and predictions launched on 2 processes, scoring
-    and cost once, in the calling process."""
+    and cost once, in the calling process; the FSDP training equals the 1-process run."""
     path = write_config(tmp_path, tiny_model_dir, data_dir, "whole")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     raw["generation"] = {"max_new_tokens": 8}
@@ -384,8 +415,7 @@ def test_run_on_two_processes_trains_and_predicts_on_both(tmp_path, tiny_model_d
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (elsewhere / "runs").exists()
-    summary = read_json(root / "train_summary.json")
-    assert summary["processes"] == 2 and summary["sharding"] == "fsdp"
+    assert_equals_one_process(root, proc.stderr, reference, "fsdp")
     stages = read_json(root / "manifest.json")["stages"]
     assert stages["predict:test"]["processes"] == 2
     assert {"evaluate:test", "cost"} <= stages.keys()
