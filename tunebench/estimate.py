@@ -204,7 +204,7 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
             train_seconds=round(seconds, 1),
             train_usd=round(seconds / 3600 * per_hour, 4) if per_hour is not None else None,
             checkpoint_disk_gib=round(
-                checkpoint_disk_gib(tc, counts["total"] if full else lora_trainable), 2
+                sizing.checkpoint_disk_bytes(tc, counts["total"] if full else lora_trainable) / sizing.GIB, 2
             ),
         )
     else:
@@ -220,12 +220,6 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         )
     row.update(predict_row(cfg, arch, card, splits, per_hour))
     return row
-
-
-def checkpoint_disk_gib(tc: Any, trainable: int) -> float:
-    """:func:`tunebench.sizing.checkpoint_disk_bytes` for a training config, in GiB."""
-    others = sizing.kept_checkpoints(tc.select_checkpoint_by, tc.checkpoints_to_compare)
-    return sizing.checkpoint_disk_bytes(trainable, tc.optimizer, others) / sizing.GIB
 
 
 def full_training_speed(

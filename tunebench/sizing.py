@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from tunebench.config import TrainingConfig
 from tunebench.errors import TunebenchError
 from tunebench.io import read_json
 from tunebench.prices import CARDS, GpuCard, gpu_card
@@ -312,23 +313,19 @@ class Calibration:
     points: int = 0
 
 
-def moment_bytes(setup: Setup) -> float:
-    """Bytes of AdamW's two moments per trained parameter."""
-    return 2.0 if setup.optimizer == "adamw_8bit" else 8.0
+def moment_bytes(optimizer: str) -> float:
+    """Bytes of AdamW's two moments per trained parameter (``training.optimizer``)."""
+    return 2.0 if optimizer == "adamw_8bit" else 8.0
 
 
-def kept_checkpoints(select_checkpoint_by: str, checkpoints_to_compare: int) -> int:
-    """Checkpoints a run keeps beside its latest: the choice's candidates, or the best one."""
-    return checkpoints_to_compare if select_checkpoint_by == "validation_metric" else 1
-
-
-def checkpoint_disk_bytes(trainable: int, optimizer: str, others: int) -> float:
+def checkpoint_disk_bytes(training: TrainingConfig, trainable: int) -> float:
     """Peak disk a run's checkpoints and trained weights take (float32, 4 bytes a trained
     parameter): the latest checkpoint with its optimizer state, twice while a new one is written
-    before the old one is pruned; ``others`` kept checkpoints (the best, the choice's
-    candidates) with weights only; and the published ``adapter/`` or ``model/``."""
+    before the old one is pruned; the other kept checkpoints (the choice's candidates, or the
+    best one) with weights only; and the published ``adapter/`` or ``model/``."""
     weights = 4.0 * trainable
-    moments = moment_bytes(Setup(optimizer=optimizer)) * trainable
+    moments = moment_bytes(training.optimizer) * trainable
+    others = training.checkpoints_to_compare if training.select_checkpoint_by == "validation_metric" else 1
     return 2 * (weights + moments) + others * weights + weights
 
 
@@ -349,7 +346,7 @@ def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = Non
     kbit = setup.quantization != "none"
     prepared = kbit and setup.kbit_prepared
     weights = weight_bytes(arch, setup.quantization, setup.kbit_prepared)
-    adapter = (8.0 + moment_bytes(setup)) * lora_parameters(arch, setup.r, setup.targets)
+    adapter = (8.0 + moment_bytes(setup.optimizer)) * lora_parameters(arch, setup.r, setup.targets)
     scale = cal.activation_scale
     scale *= cal.compile_activation if setup.compile else 1.0
     scale *= cal.kbit_activation if prepared else 1.0
@@ -401,7 +398,7 @@ def full_memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None 
     parts.pop("adapter_optimizer")
     parts.update(
         weights=4.0 * counts["total"] / GIB,
-        gradients_optimizer=(4.0 + moment_bytes(setup)) * counts["total"] / GIB,
+        gradients_optimizer=(4.0 + moment_bytes(setup.optimizer)) * counts["total"] / GIB,
         weight_casts=2.0 * (counts["linear"] + arch.vocab * arch.hidden) / GIB,
     )
     for derived in ("allocated", "overhead", "total"):
@@ -488,8 +485,6 @@ class Point:
     compile: bool
     tokens_per_s: float | None
     peak_memory_gib: float | None
-    optimizer: str = "adamw"
-    """``adamw``: float32 moments (8 bytes a trained parameter); ``adamw_8bit``: one byte each."""
     kbit_prepared: bool = True
     shared_gpu: bool = False
     relative_to: str | None = None

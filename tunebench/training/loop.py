@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunebench.config import ExperimentConfig
+from tunebench.config import ExperimentConfig, TrainingConfig
 from tunebench.errors import TunebenchError
 from tunebench.rundir import RunDir
 from tunebench.training import checkpoint as ckpt
@@ -89,15 +89,14 @@ def accelerator() -> Any:
     return acc
 
 
-def warn_if_disk_is_short(tc: Any, run: RunDir, trainable: int) -> None:
+def warn_if_disk_is_short(tc: TrainingConfig, run: RunDir, trainable: int) -> None:
     """Say so before the first step when the run's checkpoints may not fit the free disk (a
     full fine-tune of 1.5B keeps tens of GB), rather than failing at a save an hour in."""
     import shutil
 
-    from tunebench.sizing import GIB, checkpoint_disk_bytes, kept_checkpoints
+    from tunebench.sizing import GIB, checkpoint_disk_bytes
 
-    others = kept_checkpoints(tc.select_checkpoint_by, tc.checkpoints_to_compare)
-    need = checkpoint_disk_bytes(trainable, tc.optimizer, others)
+    need = checkpoint_disk_bytes(tc, trainable)
     free = shutil.disk_usage(run.root).free
     if need > free:
         say(
