@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_VARIANTS = "hf-b8,hf-b32,packed,packed-4k,padded,packed-liger,packed-flex,packed-compile"
+#: every weight trained (float32 masters), at a learning rate for full fine-tuning, liger on
+FULL = {"training.method": "full", "training.learning_rate": 2e-5, "training.liger": True}
 ENGINE = {
     "packed": {},  # attention auto: var-len flash kernel on CUDA
     "packed-sdpa": {"model.attn_implementation": "sdpa"},
@@ -79,19 +81,9 @@ ENGINE = {
         "lora.alpha": 32,
         "lora.target_modules": "all-linear",
     },
-    "full": {"training.method": "full", "training.learning_rate": 2e-5, "training.liger": True},
-    "full-8bit-adamw": {
-        "training.method": "full",
-        "training.learning_rate": 2e-5,
-        "training.liger": True,
-        "training.optimizer": "adamw_8bit",
-    },
-    "full-ckpt": {
-        "training.method": "full",
-        "training.learning_rate": 2e-5,
-        "training.liger": True,
-        "training.gradient_checkpointing": True,
-    },
+    "full": FULL,
+    "full-8bit-adamw": {**FULL, "training.optimizer": "adamw_8bit"},
+    "full-ckpt": {**FULL, "training.gradient_checkpointing": True},
 }
 HF = {"hf-b8": 8, "hf-b32": 32}
 

@@ -31,7 +31,7 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# The queue as last used (issues #22 and #24, one GPU). Queue a, on timing: LoRA against full
+# The queue as last used (one GPU). Queue a, on timing: LoRA against full
 # fine-tuning on Qwen2.5-Coder-1.5B's architecture with random weights (keep/shape15), Code Llama
 # 34B's shape at 8-, 4-bit and bf16, then a 7B-class QLoRA run through the whole pipeline
 # (keep/shape7: Qwen2.5-Coder-7B's config beside the 1.5B tokenizer). Queue s, the study: once
@@ -82,8 +82,8 @@ queue_s() {
   local waited=0
   until [ -f "$out/a.timing-done" ] || [ $waited -ge 120 ]; do sleep 5; waited=$((waited + 5)); done
   echo "$(date +%T) study starts (timings done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
-  # one cell at a time: each needs up to 34.5 GiB of checkpoints (tunebench estimate), and the
-  # disk is 64 GB
+  # one cell at a time: each needs up to 34.5 GiB of checkpoints (tunebench estimate) and the
+  # host's disk holds 64 GB
   cell full-sql
   cell full-viggo
   cell full-seed7-sql
