@@ -532,7 +532,8 @@ def estimate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per cell.")] = False,
     overrides: SetOpt = None,
 ) -> None:
-    """Before spending: parameters, peak GPU memory, fit, training time and $ of every cell."""
+    """Before spending: parameters, peak GPU memory, fit, checkpoint disk, training time and $ of every
+    cell."""
     from tunebench.estimate import check_gpu, estimate
 
     check_gpu(gpu)
