@@ -10,8 +10,11 @@ sdpa with is_causal over the whole row (so it attends across the 512-token examp
 more attention work than var-len packing, recorded as "attention" in the JSON). Loss on every
 token through the model's own lm_head and cross-entropy.
 
-Every point (model x quantization x tokens x checkpointing) runs in its own subprocess, so an
-out-of-memory point records {"oom": true} and the sweep goes on. --compare-estimate puts
+Each model x quantization is built once, in its own subprocess, and measured there at every
+token count (ascending) and checkpointing setting: an out-of-memory step records {"oom": true}
+and the next point goes on (with --grad-ckpt auto, a token count that ran out of memory without
+checkpointing is measured again with it, and larger counts go straight to checkpointing). A
+crash ends only that build's remaining points. --compare-estimate puts
 tunebench.sizing's estimate beside each measured point; --calibration-out writes the measured
 points in tunebench/calibration.json's format.
 
@@ -132,10 +135,15 @@ def quantize_linears(layer: Any, quant: str) -> None:
     torch.cuda.empty_cache()
 
 
-def measure(
-    model_name: str, quant: str, tokens: int, grad_ckpt: bool, steps: int, warmup: int
-) -> dict[str, Any]:
-    """One point, in this process: warm-up steps, then timed optimizer steps."""
+def plan_points(tokens: list[int], mode: str) -> list[tuple[int, bool]]:
+    """The (tokens, checkpointing) points of one build, ascending; ``auto`` lists both settings
+    and :func:`measure_build` skips what an earlier out-of-memory point makes pointless."""
+    tries = {"on": [True], "off": [False], "auto": [False, True], "both": [False, True]}[mode]
+    return [(n, ckpt) for n in sorted(tokens) for ckpt in tries]
+
+
+def measure_build(model_name: str, quant: str, tokens: list[int], mode: str, steps: int, warmup: int) -> None:
+    """Build one model and print one JSON line per point (see :func:`plan_points`)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -144,13 +152,53 @@ def measure(
     built = time.perf_counter()
     model = build_model(arch, quant, device)
     build_s = time.perf_counter() - built
-    if grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=list(sizing.ATTENTION_TARGETS))
     model = get_peft_model(model, lora)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
+    fits_without = True  # until a token count runs out of memory without checkpointing
+    for n, ckpt in plan_points(tokens, mode):
+        if not ckpt and not fits_without:
+            continue  # a smaller count already ran out of memory without checkpointing
+        if mode == "auto" and ckpt and fits_without:
+            continue  # auto: checkpointing only where the same count ran out of memory without it
+        point = {"tokens": n, "gradient_checkpointing": ckpt, "build_s": build_s}
+        try:
+            point |= measure(model, optimizer, arch, n, ckpt, steps, warmup, device)
+        except torch.cuda.OutOfMemoryError as error:
+            point |= {"oom": True, "error": str(error).splitlines()[:1]}
+            if not ckpt:
+                fits_without = False
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps(point), flush=True)
+
+
+def set_checkpointing(model: Any, on: bool) -> None:
+    base = model.get_base_model()
+    if on and not base.is_gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    elif not on and base.is_gradient_checkpointing:
+        base.gradient_checkpointing_disable()
+
+
+def measure(
+    model: Any,
+    optimizer: Any,
+    arch: sizing.Architecture,
+    tokens: int,
+    grad_ckpt: bool,
+    steps: int,
+    warmup: int,
+    device: str,
+) -> dict[str, Any]:
+    """One point on a built model: warm-up steps, then timed optimizer steps."""
+    import torch
+
+    set_checkpointing(model, grad_ckpt)
+    model.train()
     ids = torch.randint(0, arch.vocab, (1, tokens), device=device)
     positions = (torch.arange(tokens, device=device) % EXAMPLE_TOKENS).unsqueeze(0)
     if device == "cuda":
@@ -178,7 +226,7 @@ def measure(
 
         peak = gpu_card(gpu).bf16_tflops * 1e12
     return {
-        "build_s": build_s,
+        "oom": False,
         "step_s": seconds,
         "tokens_per_s": tps,
         "flops_per_token": fpt,
@@ -190,32 +238,41 @@ def measure(
     }
 
 
-def run_point(args: argparse.Namespace, model: str, quant: str, tokens: int, ckpt: bool) -> dict[str, Any]:
-    """One point in a subprocess: an out-of-memory error (or any crash) ends only that point."""
+def run_build(args: argparse.Namespace, model: str, quant: str, tokens: list[int]) -> list[dict[str, Any]]:
+    """One build's points in a subprocess: a crash (or a hang past --point-timeout) ends only
+    that build, and its unmeasured points record the error."""
     cmd = [
         sys.executable,
         __file__,
-        "--point",
-        json.dumps([model, quant, tokens, ckpt]),
+        "--build",
+        json.dumps([model, quant, tokens, args.grad_ckpt]),
         "--steps",
         str(args.steps),
         "--warmup",
         str(args.warmup),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.point_timeout)
-    base = {
-        "model": model,
-        "quantization": quant,
-        "tokens": tokens,
-        "gradient_checkpointing": ckpt,
-        "attention": ATTENTION,
-    }
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode == 0 and lines:
-        return {**base, "oom": False, **json.loads(lines[-1])}
-    oom = "out of memory" in proc.stderr.lower() or "OutOfMemoryError" in proc.stderr
-    # the last lines say where it failed (building the model or a step) and how much was in use
-    return {**base, "oom": oom, "error": proc.stderr.strip().splitlines()[-3:]}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.point_timeout)
+        stdout, stderr, failed = proc.stdout, proc.stderr, proc.returncode != 0
+    except subprocess.TimeoutExpired as timeout:
+        stdout, stderr, failed = _text(timeout.stdout), _text(timeout.stderr) + "\ntimed out", True
+    base = {"model": model, "quantization": quant, "attention": ATTENTION}
+    points = [{**base, **json.loads(ln)} for ln in stdout.splitlines() if ln.startswith("{")]
+    if failed:
+        done = {(p["tokens"], p["gradient_checkpointing"]) for p in points}
+        oom = "out of memory" in stderr.lower() or "OutOfMemoryError" in stderr
+        # the last lines say where it failed (building the model or a step) and how much was in use
+        error = stderr.strip().splitlines()[-3:]
+        for n, ckpt in plan_points(tokens, args.grad_ckpt):
+            if (n, ckpt) not in done and not (args.grad_ckpt == "auto" and ckpt):
+                points.append(
+                    {**base, "tokens": n, "gradient_checkpointing": ckpt, "oom": oom, "error": error}
+                )
+    return points
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
 
 
 def estimate_beside(point: dict[str, Any]) -> dict[str, Any]:
@@ -274,22 +331,25 @@ def main() -> None:
     parser.add_argument("--tokens", default="4096,8192,16384")
     parser.add_argument(
         "--grad-ckpt",
-        choices=("auto", "on", "off"),
+        choices=("auto", "on", "off", "both"),
         default="auto",
-        help="auto: without checkpointing first, with it only where that ran out of memory",
+        help="auto: without checkpointing first, with it only where that ran out of memory; "
+        "both: each token count without and with it (without only up to the first out-of-memory)",
     )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--point-timeout", type=int, default=900)
+    parser.add_argument(
+        "--point-timeout", type=int, default=1800, help="seconds for one build and all its points"
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny shape on the CPU, no bitsandbytes")
     parser.add_argument("--compare-estimate", action="store_true")
     parser.add_argument("--calibration-out", type=Path)
     parser.add_argument("--out", type=Path, default=Path("scale.json"))
-    parser.add_argument("--point", help=argparse.SUPPRESS)
+    parser.add_argument("--build", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.point:
-        model, quant, tokens, ckpt = json.loads(args.point)
-        print(json.dumps(measure(model, quant, tokens, ckpt, args.steps, args.warmup)))
+    if args.build:
+        model, quant, tokens, mode = json.loads(args.build)
+        measure_build(model, quant, tokens, mode, args.steps, args.warmup)
         return
     models = ["tiny"] if args.tiny else args.models.split(",")
     quants = ["none"] if args.tiny else [{"bf16": "none"}.get(q, q) for q in args.quant.split(",")]
@@ -297,28 +357,23 @@ def main() -> None:
     points = []
     for model in models:
         for quant in quants:
-            for n in tokens:
-                tries = {"on": [True], "off": [False], "auto": [False, True]}[args.grad_ckpt]
-                for ckpt in tries:
-                    point = run_point(args, model, quant, n, ckpt)
-                    if args.compare_estimate:
-                        point["estimate"] = estimate_beside(point)
-                    points.append(point)
-                    print(json.dumps(point), flush=True)
-                    if not point["oom"]:
-                        break
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(
-                    json.dumps(
-                        {
-                            "benchmark": "scale",
-                            "args": vars(args)
-                            | {"out": str(args.out), "calibration_out": str(args.calibration_out)},
-                            "points": points,
-                        },
-                        indent=2,
-                    )
+            for point in run_build(args, model, quant, tokens):
+                if args.compare_estimate:
+                    point["estimate"] = estimate_beside(point)
+                points.append(point)
+                print(json.dumps(point), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "benchmark": "scale",
+                        "args": vars(args)
+                        | {"out": str(args.out), "calibration_out": str(args.calibration_out)},
+                        "points": points,
+                    },
+                    indent=2,
                 )
+            )
     if args.calibration_out:
         rows = [
             calibration_row(p) for p in points if not p["oom"] and p.get("gpu") != "cpu" and "error" not in p

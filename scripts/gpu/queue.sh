@@ -31,63 +31,68 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
-# The queue as last used (one GPU). Queue a, on timing: LoRA against full
-# fine-tuning on Qwen2.5-Coder-1.5B's architecture with random weights (keep/shape15), Code Llama
-# 34B's shape at 8-, 4-bit and bf16, then a 7B-class QLoRA run through the whole pipeline
-# (keep/shape7: Qwen2.5-Coder-7B's config beside the 1.5B tokenizer). Queue s, the study: once
-# the 1.5B GGUF's pieces are all staged it assembles the model and runs the full fine-tuning
-# cells one after another.
+# The queue as last used (one GPU). Queue a, on timing: Code Llama 34B's shape in 8-bit at
+# several tokens per micro-batch, with and without gradient checkpointing, on one build, while
+# the 1.5B model is staged and converted. Queue s: once the 1.5B GGUF's pieces are all staged it
+# assembles the model, then runs the jobs listed in keep/plan one after another. keep/plan is
+# read again before each job, so the jobs still to come can be changed while it runs.
 pieces=18
 study=examples/study_full_gpu.yaml
 cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
+  local run=results/qwen15-full/runs/$1 shm=/dev/shm/checkpoints-$1
+  # checkpoints in memory (tmpfs): a full fine-tune of 1.5B writes 9 GB at every evaluation,
+  # and the disk is shared with the model, the candidates' copies and the published model
+  mkdir -p "$run" "$shm" && { [ -e "$run/checkpoints" ] || ln -s "$shm" "$run/checkpoints"; }
   JOB_TIMEOUT=1500 job "$1" 0 $py -m tunebench run $study --cells "$1"
-  # its weights are not kept (6 GB of model, up to 21 GB of checkpoints): the disk is shared
-  local run=results/qwen15-full/runs/$1
-  du -sb $run/checkpoints/* $run/model >>"$out/cell-sizes.txt" 2>&1
-  rm -rf $run/checkpoints $run/model
+  du -sb "$shm"/* "$run"/model "$run"/checkpoint_choice/*/model >>"$out/cell-sizes.txt" 2>&1
+  rm -rf "$run/checkpoints" "$shm" "$run/model" "$run"/checkpoint_choice/*/model
+}
+planned() {  # planned NAME: one job that keep/plan may name
+  case "$1" in
+    full-*) cell "$1" ;;
+    scale-34b-4bit)
+      job "$1" 0 $py benchmarks/bench_scale.py --models 34b --quant 4bit --tokens 4096,16384 --grad-ckpt both \
+        --steps 3 --warmup 1 --compare-estimate --point-timeout 700 --out "$out/$1.json" ;;
+    qlora-7b)
+      mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
+      job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
+      job qlora-7b 0 $py -m tunebench run scripts/gpu/qlora_7b.yaml
+      du -sb keep/qwen7-rand keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* \
+        >"$out/qlora-7b-sizes.txt" 2>&1
+      rm -rf keep/qwen7-rand ;;  # 15 GB; the merge of a 4-bit run's adapter is tested on CPU
+    *) echo "$(date +%T) unknown planned job $1" >>"$out/timeline.log" ;;
+  esac
+}
+next_planned() {  # the first job of keep/plan not yet run
+  local name
+  while read -r name; do
+    [ -n "$name" ] && ! grep -qx "$name" "$out/plan.ran" 2>/dev/null && { echo "$name"; return; }
+  done <keep/plan
 }
 queue_a() {
   queue=a
-  job make-1.5b 0 $py scripts/gpu/random_model.py keep/shape15 keep/qwen15-rand
-  job train-full-vs-lora-sql 0 $py benchmarks/bench_train.py --model keep/qwen15-rand --task sql \
-    --batch 32 --steps 12 --warmup 2 --variants lora-all-linear-r16,full,full-8bit-adamw,full-ckpt
-  cp "$out"/train-full-vs-lora-sql/train.json "$out"/train-full-vs-lora-sql.json 2>/dev/null
-  job train-full-vs-lora-viggo 0 $py benchmarks/bench_train.py --model keep/qwen15-rand --task viggo \
-    --batch 32 --steps 12 --warmup 2 --variants lora-all-linear-r16,full,full-8bit-adamw,full-ckpt
-  cp "$out"/train-full-vs-lora-viggo/train.json "$out"/train-full-vs-lora-viggo.json 2>/dev/null
-  rm -rf keep/qwen15-rand
-  until [ -d keep/site/bitsandbytes ]; do sleep 5; done
-  local quants=8bit,4bit
-  [ "$gpu_mib" -gt 120000 ] && quants=8bit,4bit,bf16
-  job scale-34b 0 $py benchmarks/bench_scale.py --models 34b --quant $quants --tokens 4096 --steps 3 \
-    --warmup 1 --compare-estimate --point-timeout 400 --out "$out/scale-34b.json"
-  job scale-34b-16k 0 $py benchmarks/bench_scale.py --models 34b --quant 8bit --tokens 16384 \
-    --grad-ckpt on --steps 3 --warmup 1 --compare-estimate --point-timeout 400 --out "$out/scale-34b-16k.json"
+  until [ -d keep/site/bitsandbytes ]; do sleep 3; done
+  job scale-34b-8bit 0 $py benchmarks/bench_scale.py --models 34b --quant 8bit --tokens 2048,4096,8192,16384 \
+    --grad-ckpt both --steps 3 --warmup 1 --compare-estimate --point-timeout 700 --out "$out/scale-34b-8bit.json"
   touch "$out/a.timing-done"
-  mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
-  job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
-  job qlora-7b 0 $py -m tunebench run scripts/gpu/qlora_7b.yaml
-  du -sb keep/qwen7-rand keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* \
-    >"$out/qlora-7b-sizes.txt" 2>&1
-  rm -rf keep/qwen7-rand  # 15 GB; the merge of a 4-bit run's adapter is tested on CPU
   done_marker a
 }
 queue_s() {
   queue=s
+  [ -f keep/plan ] || printf '%s\n' full-sql full-viggo scale-34b-4bit >keep/plan
   until [ "$(ls keep/parts/qwen15-part_* 2>/dev/null | wc -l)" -ge $pieces ] || [ -f keep/qwen15.converted ]; do
     sleep 3
   done
   job assemble 0 bash -c ". scripts/gpu/assemble.sh qwen15"
-  # timings alone on the GPU, but the study waits for them at most 2 minutes after assembling
+  # the timing alone on the GPU, but the study waits for it at most 3 minutes after assembling
   local waited=0
-  until [ -f "$out/a.timing-done" ] || [ $waited -ge 120 ]; do sleep 5; waited=$((waited + 5)); done
-  echo "$(date +%T) study starts (timings done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
-  # one cell at a time: each needs up to 34.5 GiB of checkpoints (tunebench estimate) and the
-  # host's disk holds 64 GB
-  cell full-sql
-  cell full-viggo
-  cell full-seed7-sql
-  cell full-seed7-viggo
+  until [ -f "$out/a.timing-done" ] || [ $waited -ge 180 ]; do sleep 5; waited=$((waited + 5)); done
+  echo "$(date +%T) plan starts (timing done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
+  local name
+  while name=$(next_planned) && [ -n "$name" ]; do
+    echo "$name" >>"$out/plan.ran"
+    planned "$name"
+  done
   done_marker s
 }
 
