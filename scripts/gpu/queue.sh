@@ -50,9 +50,9 @@ cell() {  # cell NAME: one study cell (training, checkpoint choice and predictio
 planned() {  # planned NAME: one job that keep/plan may name
   case "$1" in
     full-*) cell "$1" ;;
-    scale-34b-4bit)
-      job "$1" 0 $py benchmarks/bench_scale.py --models 34b --quant 4bit --tokens 4096,16384 --grad-ckpt both \
-        --steps 3 --warmup 1 --compare-estimate --point-timeout 700 --out "$out/$1.json" ;;
+    scale-34b-4bit | scale-34b-bf16)  # bf16: 68 GB of weights, for a card of more than 80 GB
+      job "$1" 0 $py benchmarks/bench_scale.py --models 34b --quant "${1#scale-34b-}" --tokens 4096,16384 \
+        --grad-ckpt both --steps 3 --warmup 1 --compare-estimate --point-timeout 700 --out "$out/$1.json" ;;
     qlora-7b)
       mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
       job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
