@@ -115,7 +115,7 @@ def test_bench_scale_runs_a_tiny_shape_end_to_end(tmp_path: Path) -> None:
             "--warmup",
             "1",
             "--grad-ckpt",
-            "off",
+            "both",
             "--out",
             str(out),
             "--compare-estimate",
@@ -126,7 +126,14 @@ def test_bench_scale_runs_a_tiny_shape_end_to_end(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     points = json.loads(out.read_text())["points"]
-    assert [p["tokens"] for p in points] == [256, 512]
+    # one build serves every token count, without and with gradient checkpointing
+    assert [(p["tokens"], p["gradient_checkpointing"]) for p in points] == [
+        (256, False),
+        (256, True),
+        (512, False),
+        (512, True),
+    ]
+    assert len({p["build_s"] for p in points}) == 1
     for p in points:
         assert p["oom"] is False and p["gpu"] == "cpu" and p["tokens_per_s"] > 0
         assert p["estimate"]["estimated_memory_gib"] > 0
