@@ -32,10 +32,11 @@ done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$
 wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 
 # The queue as last used (one GPU). Queue a, on timing: Code Llama 34B's shape in 8-bit at
-# several tokens per micro-batch, with and without gradient checkpointing, on one build, while
-# the 1.5B model is staged and converted. Queue s: once the 1.5B GGUF's pieces are all staged it
-# assembles the model, then runs the jobs listed in keep/plan one after another. keep/plan is
-# read again before each job, so the jobs still to come can be changed while it runs.
+# several tokens per micro-batch, with and without gradient checkpointing, on one build. Queue s
+# then runs the jobs listed in keep/plan one after another, reading the file again before each
+# job, so the jobs still to come can be changed while it runs; meanwhile, on the CPU, the 1.5B
+# model is assembled and converted once its GGUF's pieces are all staged, and the study's cells
+# wait for that.
 pieces=18
 study=examples/study_full_gpu.yaml
 cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
@@ -43,6 +44,7 @@ cell() {  # cell NAME: one study cell (training, checkpoint choice and predictio
   # checkpoints in memory (tmpfs): a full fine-tune of 1.5B writes 9 GB at every evaluation,
   # and the disk is shared with the model, the candidates' copies and the published model
   mkdir -p "$run" "$shm" && { [ -e "$run/checkpoints" ] || ln -s "$shm" "$run/checkpoints"; }
+  until [ -f keep/qwen15.converted ] || grep -q "end assemble" "$out/timeline.log"; do sleep 3; done
   JOB_TIMEOUT=1500 job "$1" 0 $py -m tunebench run $study --cells "$1"
   du -sb "$shm"/* "$run"/model "$run"/checkpoint_choice/*/model >>"$out/cell-sizes.txt" 2>&1
   rm -rf "$run/checkpoints" "$shm" "$run/model" "$run"/checkpoint_choice/*/model
@@ -57,9 +59,10 @@ planned() {  # planned NAME: one job that keep/plan may name
       mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
       job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
       job qlora-7b 0 $py -m tunebench run scripts/gpu/qlora_7b.yaml
-      du -sb keep/qwen7-rand keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* \
+      job export-7b 0 $py -m tunebench export keep/runs/qlora-7b
+      du -sb keep/qwen7-rand keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* keep/runs/qlora-7b/merged \
         >"$out/qlora-7b-sizes.txt" 2>&1
-      rm -rf keep/qwen7-rand ;;  # 15 GB; the merge of a 4-bit run's adapter is tested on CPU
+      rm -rf keep/qwen7-rand keep/runs/qlora-7b/merged ;;  # 15 GB each
     *) echo "$(date +%T) unknown planned job $1" >>"$out/timeline.log" ;;
   esac
 }
@@ -77,22 +80,24 @@ queue_a() {
   touch "$out/a.timing-done"
   done_marker a
 }
-queue_s() {
-  queue=s
-  [ -f keep/plan ] || printf '%s\n' full-sql full-viggo scale-34b-4bit >keep/plan
+assemble_when_staged() {
   until [ "$(ls keep/parts/qwen15-part_* 2>/dev/null | wc -l)" -ge $pieces ] || [ -f keep/qwen15.converted ]; do
     sleep 3
   done
   job assemble 0 bash -c ". scripts/gpu/assemble.sh qwen15"
-  # the timing alone on the GPU, but the study waits for it at most 3 minutes after assembling
-  local waited=0
-  until [ -f "$out/a.timing-done" ] || [ $waited -ge 180 ]; do sleep 5; waited=$((waited + 5)); done
-  echo "$(date +%T) plan starts (timing done: $([ -f "$out/a.timing-done" ] && echo yes || echo no))" >>"$out/timeline.log"
+}
+queue_s() {
+  queue=s
+  [ -f keep/plan ] || printf '%s\n' scale-34b-4bit qlora-7b full-sql full-viggo >keep/plan
+  assemble_when_staged &
+  until [ -f "$out/a.timing-done" ]; do sleep 3; done  # the GPU to one job at a time
+  echo "$(date +%T) plan starts" >>"$out/timeline.log"
   local name
   while name=$(next_planned) && [ -n "$name" ]; do
     echo "$name" >>"$out/plan.ran"
     planned "$name"
   done
+  wait
   done_marker s
 }
 
