@@ -215,6 +215,36 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path, tiny_model_dir, data_di
     assert all(torch.equal(best[k], final[k]) for k in best)
 
 
+def test_an_evaluation_that_cannot_be_chosen_writes_no_checkpoint(tmp_path, tiny_model_dir, data_dir) -> None:
+    """A checkpoint is written at an evaluation only while its step has the lowest validation
+    loss so far (or is the last step); a kill after a worse evaluation resumes from the best
+    checkpoint before it, and replaying the steps since gives the uninterrupted run."""
+    opts = {
+        "learning_rate": 0.3,  # far too high: validation loss climbs after the first steps
+        "lr_scheduler": "constant",
+        "warmup_steps": 0,
+        "max_steps": 7,
+        "eval_every": 1,
+        "lora": {"dropout": 0.1},
+    }
+    full, root_full = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "full", **opts))
+    val = losses(root_full, "validation")
+    worse = next(i for i in range(1, len(val)) if val[i] > min(val[:i])) + 1  # 1-based step
+    assert worse < 7
+    path = write_config(tmp_path, tiny_model_dir, data_dir, "killed", **opts)
+    assert train_cli(path, **{FAULT_KILL_ENV: str(worse + 1)}).returncode == -9
+    root = tmp_path / "runs" / "killed"
+    written = sorted(int(p.name.split("-")[1]) for p in (root / "checkpoints").glob("step-*"))
+    best_before = 1 + min(range(worse - 1), key=lambda i: val[i])
+    assert written == [best_before] and best_before < worse
+    resumed, _ = run_train(path)
+    assert resumed["steps"] == 7 and resumed["best_step"] == full["best_step"]
+    assert losses(root) == pytest.approx(losses(root_full), rel=1e-6)
+    assert losses(root, "validation") == pytest.approx(val, rel=1e-6)
+    wa, wb = adapter(root), adapter(root_full)
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-5, atol=1e-7) for k in wa)
+
+
 def test_non_finite_step_is_skipped_and_counted(tmp_path, tiny_model_dir, data_dir, monkeypatch) -> None:
     _clean, root_clean = run_train(write_config(tmp_path, tiny_model_dir, data_dir, "clean", max_steps=2))
     monkeypatch.setenv(FAULT_NAN_ENV, "2")

@@ -290,7 +290,12 @@ class TrainingConfig(Strict):
     )
     early_stopping_min_delta: float = Field(0.0, ge=0, description="Improvement below this counts as none.")
     save_every: int | None = Field(
-        None, ge=1, description="Checkpoint every N steps (default: at every evaluation)."
+        None,
+        ge=1,
+        description="Also checkpoint every N steps. Without it a run checkpoints at its last step and "
+        "at each evaluation whose checkpoint can still be chosen (a new lowest validation loss, or "
+        "one of checkpoints_to_compare), so a resume may go back several evaluations; set it to "
+        "bound that replay.",
     )
     max_bad_steps: int = Field(
         10, ge=0, description="Non-finite loss/gradient steps skipped before the run aborts."

@@ -44,6 +44,8 @@ class TrainState:
     bad_evals: int = 0
     skipped_steps: int = 0
     stopped_early: bool = False
+    # [step, loss] of every validation so far: which evaluations' checkpoints can still serve
+    validation_losses: list[list[float]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -306,20 +306,34 @@ class Trainer:
 
     def evaluate_and_save(self, log: TrainingLog) -> None:
         """Validate every ``eval_every`` steps and at the last one (early stopping decides only
-        there), and checkpoint then and every ``save_every`` steps."""
+        there). Checkpoint at the last step, every ``save_every`` steps, and at an evaluation
+        whose checkpoint can still be chosen (:meth:`is_candidate`)."""
         s, tc = self.state, self.tc
         final = s.step >= self.b.total_steps
         evaluate = s.step % tc.eval_every == 0 or final
-        save = evaluate or (tc.save_every is not None and s.step % tc.save_every == 0)
+        save = final or (tc.save_every is not None and s.step % tc.save_every == 0)
         if evaluate:
             val = self.validation_loss()
             if val is None:  # no validation split: the latest adapter is the one kept
                 s.best_step = s.step
+                save = True
             else:
                 log.row({"step": s.step, "split": "validation", "loss": val, **self.progress_fields()})
                 self.early_stopping(val, final, log)
+                s.validation_losses.append([s.step, val])
+                save = save or self.is_candidate(s.step)
         if save or s.stopped_early:
             self.save()
+
+    def is_candidate(self, step: int) -> bool:
+        """Whether ``step`` has one of the lowest validation losses so far: the best, or with a
+        choice by metric one of ``checkpoints_to_compare``. A later evaluation only pushes others
+        out, so a checkpoint outside them now could never be chosen and is not written (a full
+        fine-tune's checkpoint is gigabytes); a resume goes back to the latest one written."""
+        tc = self.tc
+        count = tc.checkpoints_to_compare if tc.select_checkpoint_by == "validation_metric" else 1
+        lowest = sorted(self.state.validation_losses, key=lambda row: (row[1], row[0]))[:count]
+        return any(int(row[0]) == step for row in lowest)
 
     def early_stopping(self, val: float, final: bool, log: TrainingLog) -> None:
         s, tc = self.state, self.tc
