@@ -325,8 +325,7 @@ def checkpoint_disk_bytes(training: TrainingConfig, trainable: int) -> float:
     best one) with weights only; and the published ``adapter/`` or ``model/``."""
     weights = 4.0 * trainable
     moments = moment_bytes(training.optimizer) * trainable
-    others = training.checkpoints_to_compare if training.select_checkpoint_by == "validation_metric" else 1
-    return 2 * (weights + moments) + others * weights + weights
+    return 2 * (weights + moments) + training.checkpoints_kept * weights + weights
 
 
 def memory_parts(arch: Architecture, setup: Setup, cal: Calibration | None = None) -> dict[str, float]:

@@ -354,6 +354,11 @@ class TrainingConfig(Strict):
             raise ValueError("set training.max_steps or training.epochs (how long to train)")
         return self
 
+    @property
+    def checkpoints_kept(self) -> int:
+        """Checkpoints a run keeps beside its latest: the choice's candidates, or the best one."""
+        return self.checkpoints_to_compare if self.select_checkpoint_by == "validation_metric" else 1
+
 
 class GenerationConfig(Strict):
     """Decoding for predictions (study: greedy, 100 new tokens, first line kept)."""

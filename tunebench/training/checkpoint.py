@@ -19,7 +19,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,14 @@ def lowest_validation_losses(
             loss, step = row.get("loss"), row.get("step")
             if row.get("split") == "validation" and loss is not None and (steps is None or step in steps):
                 losses[int(step)] = float(loss)
-    return sorted(losses.items(), key=lambda item: (item[1], item[0]))[:count]
+    return lowest_losses(losses.items(), count)
+
+
+def lowest_losses(losses: Iterable[Sequence[float]], count: int) -> list[tuple[int, float]]:
+    """The ``count`` lowest of (step, validation loss) pairs, lowest first, the earlier step
+    among equals."""
+    ranked = sorted(((int(step), float(loss)) for step, loss in losses), key=lambda item: (item[1], item[0]))
+    return ranked[:count]
 
 
 def latest_checkpoint(root: Path) -> Path | None:

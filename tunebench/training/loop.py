@@ -330,10 +330,8 @@ class Trainer:
         choice by metric one of ``checkpoints_to_compare``. A later evaluation only pushes others
         out, so a checkpoint outside them now could never be chosen and is not written (a full
         fine-tune's checkpoint is gigabytes); a resume goes back to the latest one written."""
-        tc = self.tc
-        count = tc.checkpoints_to_compare if tc.select_checkpoint_by == "validation_metric" else 1
-        lowest = sorted(self.state.validation_losses, key=lambda row: (row[1], row[0]))[:count]
-        return any(int(row[0]) == step for row in lowest)
+        lowest = ckpt.lowest_losses(self.state.validation_losses, self.tc.checkpoints_kept)
+        return any(kept == step for kept, _ in lowest)
 
     def early_stopping(self, val: float, final: bool, log: TrainingLog) -> None:
         s, tc = self.state, self.tc
