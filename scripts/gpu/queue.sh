@@ -41,9 +41,11 @@ pieces=18
 study=examples/study_full_gpu.yaml
 cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
   local run=results/qwen15-full/runs/$1 shm=/dev/shm/checkpoints-$1
-  # checkpoints in memory (tmpfs): a full fine-tune of 1.5B writes 9 GB at every evaluation,
-  # and the disk is shared with the model, the candidates' copies and the published model
-  mkdir -p "$run" "$shm" && { [ -e "$run/checkpoints" ] || ln -s "$shm" "$run/checkpoints"; }
+  # checkpoints in memory (tmpfs) where it has room: a full fine-tune of 1.5B keeps two 9 GB
+  # checkpoints, and the disk is shared with the model, the candidates' copies and the
+  # published model
+  if [ "$(df --output=avail -BG /dev/shm | tail -1 | tr -dc 0-9)" -lt 40 ]; then shm=keep/ckpt-$1; fi
+  mkdir -p "$run" "$shm" && { [ -e "$run/checkpoints" ] || ln -s "$(realpath "$shm")" "$run/checkpoints"; }
   until [ -f keep/qwen15.converted ] || grep -q "end assemble" "$out/timeline.log"; do sleep 3; done
   JOB_TIMEOUT=1500 job "$1" 0 $py -m tunebench run $study --cells "$1"
   du -sb "$shm"/* "$run"/model "$run"/checkpoint_choice/*/model >>"$out/cell-sizes.txt" 2>&1
@@ -93,9 +95,13 @@ queue_s() {
   until [ -f "$out/a.timing-done" ]; do sleep 3; done  # the GPU to one job at a time
   echo "$(date +%T) plan starts" >>"$out/timeline.log"
   local name
-  while name=$(next_planned) && [ -n "$name" ]; do
+  while name=$(next_planned) && [ -n "$name" ]; do  # "NAME &" runs beside the next; "wait" waits
     echo "$name" >>"$out/plan.ran"
-    planned "$name"
+    case "$name" in
+      wait) wait ;;
+      *' &') planned "${name% &}" & ;;
+      *) planned "$name" ;;
+    esac
   done
   wait
   done_marker s
