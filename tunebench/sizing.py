@@ -109,22 +109,31 @@ def architecture_from_config(path: str | Path) -> Architecture:
     if file.is_dir():
         file = file / "config.json"
     cfg = read_json(file)
-    try:
-        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        return Architecture(
-            name=str(path),
-            hidden=hidden,
-            layers=int(cfg["num_hidden_layers"]),
-            heads=heads,
-            kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            intermediate=int(cfg["intermediate_size"]),
-            vocab=int(cfg["vocab_size"]),
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
-            head_dim=int(cfg["head_dim"]) if cfg.get("head_dim") else None,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TunebenchError(f"{file}: not a decoder config sizing understands (missing {exc})") from None
+    if not isinstance(cfg, dict):
+        raise TunebenchError(f"{file}: expected a JSON object (a transformers config.json)")
+
+    def size(key: str, default: Any = None) -> int:
+        value = cfg.get(key, default)
+        if value is None:
+            raise TunebenchError(f"{file}: {key}: missing (not a decoder config sizing understands)")
+        # a JSON true is an int to Python, and 64.5 layers or "64" is no shape a model has
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise TunebenchError(f"{file}: {key} must be a positive integer (got {value!r})")
+        return value
+
+    heads = size("num_attention_heads")
+    return Architecture(
+        name=str(path),
+        hidden=size("hidden_size"),
+        layers=size("num_hidden_layers"),
+        heads=heads,
+        kv_heads=size("num_key_value_heads", heads),  # transformers' default: one per attention head
+        intermediate=size("intermediate_size"),
+        vocab=size("vocab_size"),
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
+        head_dim=size("head_dim") if cfg.get("head_dim") is not None else None,
+    )
 
 
 def resolve_architecture(model: str) -> Architecture:

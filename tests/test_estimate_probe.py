@@ -1,0 +1,100 @@
+"""Hostile and newcomer inputs to ``tunebench estimate``: every failure is one line naming the file
+and key, and every number it prints is finite and positive (real files, the real CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunebench import sizing
+from tunebench.errors import TunebenchError
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"cell", "provider", "gpu", "peak_memory_gib", "fits", "train_tokens_per_s", "train_seconds"}
+GOOD_SHAPE: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+    "tie_word_embeddings": True,
+    "model_type": "llama",
+}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tunebench", "estimate", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def model_folder(tmp_path: Path, **changes: Any) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    shape = {k: v for k, v in {**GOOD_SHAPE, **changes}.items() if v is not None}
+    (folder / "config.json").write_text(json.dumps(shape))
+    return folder
+
+
+def experiment(tmp_path: Path, body: str, name: str = "exp.yaml") -> Path:
+    config = tmp_path / name
+    config.write_text(
+        "name: probe\nprovider: local\ntask: {name: viggo, max_train_examples: 40, max_eval_examples: 8}\n"
+        + body
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("num_attention_heads", 0, "num_attention_heads must be a positive integer (got 0)"),
+        ("num_hidden_layers", 0, "num_hidden_layers must be a positive integer (got 0)"),
+        ("hidden_size", -64, "hidden_size must be a positive integer (got -64)"),
+        ("vocab_size", 0, "vocab_size must be a positive integer (got 0)"),
+        ("hidden_size", "64", "hidden_size must be a positive integer (got '64')"),
+        ("hidden_size", 64.5, "hidden_size must be a positive integer (got 64.5)"),
+        ("num_hidden_layers", True, "num_hidden_layers must be a positive integer (got True)"),
+        ("num_key_value_heads", 0, "num_key_value_heads must be a positive integer (got 0)"),
+        ("head_dim", -4, "head_dim must be a positive integer (got -4)"),
+        ("intermediate_size", None, "intermediate_size: missing (not a decoder config sizing understands)"),
+    ],
+)
+def test_a_bad_model_shape_is_one_error_naming_file_and_key(
+    tmp_path: Path, key: str, value: Any, says: str
+) -> None:
+    folder = model_folder(tmp_path, **{key: value})
+    with pytest.raises(TunebenchError) as err:
+        sizing.architecture_from_config(folder)
+    assert str(err.value) == f"{folder / 'config.json'}: {says}"
+
+
+def test_an_infinite_size_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    folder = model_folder(tmp_path)
+    (folder / "config.json").write_text(
+        json.dumps(GOOD_SHAPE).replace('"num_hidden_layers": 2', '"num_hidden_layers": Infinity')
+    )
+    config = experiment(tmp_path, f"model: {{name: {folder}}}\ntraining: {{max_steps: 2, batch_size: 4}}\n")
+    out = run_cli(str(config), "--json")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"error: {folder / 'config.json'}: num_hidden_layers must be a positive integer (got inf)"
+    ]
+
+
+def test_missing_kv_heads_means_one_per_attention_head(tmp_path: Path) -> None:
+    arch = sizing.architecture_from_config(model_folder(tmp_path, num_key_value_heads=None))
+    assert arch.kv_heads == arch.heads == 4
