@@ -14,6 +14,7 @@ import pytest
 
 from tunebench import sizing
 from tunebench.errors import TunebenchError
+from tunebench.estimate import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"cell", "provider", "gpu", "peak_memory_gib", "fits", "train_tokens_per_s", "train_seconds"}
@@ -98,3 +99,12 @@ def test_an_infinite_size_is_an_error_not_a_traceback(tmp_path: Path) -> None:
 def test_missing_kv_heads_means_one_per_attention_head(tmp_path: Path) -> None:
     arch = sizing.architecture_from_config(model_folder(tmp_path, num_key_value_heads=None))
     assert arch.kv_heads == arch.heads == 4
+
+
+def test_rows_with_nothing_to_size_carry_every_json_key() -> None:
+    rows = estimate(ROOT / "examples" / "study_full_gpu.yaml", "H100")
+    ensemble = [r for r in rows if r["provider"] == "ensemble"]
+    assert ensemble, [r["provider"] for r in rows]
+    for row in ensemble:
+        assert set(row) >= REQUIRED | {"train_usd"}
+        assert row["fits"] is None and row["peak_memory_gib"] is None and row["train_seconds"] is None

@@ -40,6 +40,21 @@ DEFAULT_GPU = "H100"
 #: Decoding reads the weights once per generated token of a batch; about this share of peak
 #: bandwidth is reached (a rough figure, not calibrated).
 DECODE_BANDWIDTH_SHARE = 0.6
+#: The figures of a cell with no model of ours to size (a server, a vote): unknown, and still
+#: present, so every ``--json`` object has the same keys.
+UNSIZED: dict[str, Any] = dict.fromkeys(
+    [
+        *("gpu", "params", "trainable_params", "peak_memory_gib", "fits"),
+        *(
+            "train_tokens",
+            "train_tokens_per_s",
+            "train_seconds",
+            "train_usd",
+            "predict_seconds",
+            "predict_usd",
+        ),
+    ]
+)
 
 
 def load_cells(path: Path, overrides: dict[str, Any] | None = None) -> list[tuple[str, ExperimentConfig]]:
@@ -69,7 +84,7 @@ def estimate_cell(
     if "openai" in cfg.own_sections:  # a fine-tuning API: its own estimate
         return {**row, **openai_row(cfg, data_cache)}
     if "model" not in cfg.own_sections:  # no model of ours to size (a server, a vote)
-        return {**row, "gpu": None, "note": f"provider {cfg.provider}: nothing to size"}
+        return {**row, **UNSIZED, "note": f"provider {cfg.provider}: nothing to size"}
     card = card or gpu_card(cfg.cost.gpu_type or DEFAULT_GPU)
     return {**row, **local_row(cfg, card, data_cache)}
 
