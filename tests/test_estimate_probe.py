@@ -108,3 +108,13 @@ def test_rows_with_nothing_to_size_carry_every_json_key() -> None:
     for row in ensemble:
         assert set(row) >= REQUIRED | {"train_usd"}
         assert row["fits"] is None and row["peak_memory_gib"] is None and row["train_seconds"] is None
+
+
+def test_a_micro_batch_budget_below_one_example_runs_one_example_per_micro_batch(tmp_path: Path) -> None:
+    """The packer gives an example longer than tokens_per_micro_batch a micro-batch of its own."""
+    body = "model: {name: qwen2.5-coder-1.5b}\ntraining: {max_steps: 4, batch_size: 8, %s}\n"
+    tiny = estimate(experiment(tmp_path, body % "tokens_per_micro_batch: 64", "tiny.yaml"), "H100")[0]
+    one = estimate(experiment(tmp_path, body % "packing: false, micro_batch_size: 1", "one.yaml"), "H100")[0]
+    assert tiny["tokens_per_micro_batch"] == one["tokens_per_micro_batch"] > 64
+    assert tiny["peak_memory_gib"] == one["peak_memory_gib"]
+    assert tiny["train_tokens_per_s"] == one["train_tokens_per_s"]

@@ -157,7 +157,9 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
     labeled = sum(targets) / sum(totals) if tc.loss_on == "completion" else 1.0
     step_tokens = tc.batch_size * mean
     if tc.packing:
-        micro_batches = max(1, math.ceil(step_tokens / tc.tokens_per_micro_batch))
+        # the packer gives an example longer than the budget a micro-batch of its own: never
+        # more micro-batches than examples
+        micro_batches = max(1, min(tc.batch_size, math.ceil(step_tokens / tc.tokens_per_micro_batch)))
     else:
         micro_batches = max(1, math.ceil(tc.batch_size / tc.micro_batch_size))
     setup = sizing.Setup(
