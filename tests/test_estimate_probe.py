@@ -118,3 +118,17 @@ def test_a_micro_batch_budget_below_one_example_runs_one_example_per_micro_batch
     assert tiny["tokens_per_micro_batch"] == one["tokens_per_micro_batch"] > 64
     assert tiny["peak_memory_gib"] == one["peak_memory_gib"]
     assert tiny["train_tokens_per_s"] == one["train_tokens_per_s"]
+
+
+def test_a_price_for_the_detected_device_name_is_used(tmp_path: Path) -> None:
+    """cost.gpu_type as a run records it (the device name) with its own price."""
+    config = experiment(
+        tmp_path,
+        "model: {name: qwen2.5-coder-1.5b}\ntraining: {max_steps: 4, batch_size: 8}\n"
+        "cost: {gpu_type: NVIDIA H100 80GB HBM3, gpu_price_per_hour: 7.5}\n",
+    )
+    (row,) = estimate(config)
+    assert row["gpu"] == "H100" and row["price_per_hour"] == 7.5
+    assert row["train_usd"] == pytest.approx(row["train_seconds"] / 3600 * 7.5, abs=1e-4)
+    (other,) = estimate(config, "A40")  # another card keeps its own table price
+    assert other["price_per_hour"] != 7.5

@@ -28,7 +28,7 @@ from tunebench.config import (
     looks_like_study,
 )
 from tunebench.errors import TunebenchError
-from tunebench.prices import GpuCard, gpu_card
+from tunebench.prices import GpuCard, GpuPrice, gpu_card
 
 #: Characters per token of the prepared examples (prompt + target) when no tokenizer is on disk:
 #: Qwen2.5's tokenizer gave 4.51 (SQL) and 4.58 (ViGGO) characters a token: the train splits'
@@ -177,9 +177,7 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         compile=tc.compile,
         optimizer=tc.optimizer,
     )
-    price = card.price(
-        {cfg.cost.gpu_type or card.key: cfg.cost.gpu_price_per_hour} if cfg.cost.gpu_price_per_hour else None
-    )
+    price = hourly_price(cfg, card)
     per_hour = price.price_per_hour if price else None
     row: dict[str, Any] = {
         "gpu": card.key,
@@ -237,6 +235,22 @@ def local_row(cfg: ExperimentConfig, card: GpuCard, data_cache: dict[str, Any]) 
         )
     row.update(predict_row(cfg, arch, card, splits, per_hour))
     return row
+
+
+def hourly_price(cfg: ExperimentConfig, card: GpuCard) -> GpuPrice | None:
+    """cost.gpu_price_per_hour where it prices this card (cost.gpu_type unset, or naming this card
+    by key, alias or device name as a run records it), else the dated table's price."""
+    cost = cfg.cost
+    if cost.gpu_price_per_hour and (cost.gpu_type is None or names_card(cost.gpu_type, card)):
+        return card.price({card.key: cost.gpu_price_per_hour})
+    return card.price()
+
+
+def names_card(name: str, card: GpuCard) -> bool:
+    try:
+        return gpu_card(name) == card
+    except TunebenchError:
+        return False
 
 
 def full_training_speed(
