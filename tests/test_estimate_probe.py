@@ -132,3 +132,16 @@ def test_a_price_for_the_detected_device_name_is_used(tmp_path: Path) -> None:
     assert row["train_usd"] == pytest.approx(row["train_seconds"] / 3600 * 7.5, abs=1e-4)
     (other,) = estimate(config, "A40")  # another card keeps its own table price
     assert other["price_per_hour"] != 7.5
+
+
+def test_an_unknown_cost_gpu_type_names_the_key(tmp_path: Path) -> None:
+    config = experiment(
+        tmp_path, "model: {name: qwen2.5-coder-1.5b}\ntraining: {max_steps: 4}\ncost: {gpu_type: RTX 4090}\n"
+    )
+    with pytest.raises(TunebenchError) as err:
+        estimate(config)
+    assert str(err.value).startswith(
+        f"{config}: cell probe: cost.gpu_type: unknown GPU 'RTX 4090' (known: L4,"
+    )
+    assert str(err.value).endswith("; or pass --gpu NAME")
+    assert estimate(config, "L4")[0]["gpu"] == "L4"

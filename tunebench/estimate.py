@@ -74,19 +74,29 @@ def estimate(
     """One row per cell (see the module doc)."""
     card = gpu_card(gpu) if gpu else None
     data_cache: dict[str, Any] = {}
-    return [estimate_cell(name, cfg, card, data_cache) for name, cfg in load_cells(path, overrides)]
+    return [
+        estimate_cell(name, cfg, card, data_cache, str(path)) for name, cfg in load_cells(path, overrides)
+    ]
 
 
 def estimate_cell(
-    name: str, cfg: ExperimentConfig, card: GpuCard | None, data_cache: dict[str, Any]
+    name: str, cfg: ExperimentConfig, card: GpuCard | None, data_cache: dict[str, Any], source: str = "config"
 ) -> dict[str, Any]:
     row: dict[str, Any] = {"cell": name, "provider": cfg.provider, "model": cfg.model_label}
     if "openai" in cfg.own_sections:  # a fine-tuning API: its own estimate
         return {**row, **openai_row(cfg, data_cache)}
     if "model" not in cfg.own_sections:  # no model of ours to size (a server, a vote)
         return {**row, **UNSIZED, "note": f"provider {cfg.provider}: nothing to size"}
-    card = card or gpu_card(cfg.cost.gpu_type or DEFAULT_GPU)
+    card = card or cost_card(cfg, f"{source}: cell {name}")
     return {**row, **local_row(cfg, card, data_cache)}
+
+
+def cost_card(cfg: ExperimentConfig, where: str) -> GpuCard:
+    """The card cost.gpu_type names (H100 when unset); an unknown one says how to choose."""
+    try:
+        return gpu_card(cfg.cost.gpu_type or DEFAULT_GPU)
+    except TunebenchError as exc:
+        raise TunebenchError(f"{where}: cost.gpu_type: {exc}; or pass --gpu NAME") from None
 
 
 def training_of(cfg: ExperimentConfig) -> TrainingConfig:
