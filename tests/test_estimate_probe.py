@@ -145,3 +145,16 @@ def test_an_unknown_cost_gpu_type_names_the_key(tmp_path: Path) -> None:
     )
     assert str(err.value).endswith("; or pass --gpu NAME")
     assert estimate(config, "L4")[0]["gpu"] == "L4"
+
+
+def test_an_empty_training_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text("")
+    (tmp_path / "test.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
+    config = tmp_path / "exp.yaml"
+    config.write_text(
+        "name: probe\nprovider: local\nmodel: {name: smollm2-135m}\n"
+        "task: {name: custom, train_file: train.jsonl, test_file: test.jsonl}\n"
+    )
+    with pytest.raises(TunebenchError) as err:
+        estimate(config)
+    assert str(err.value) == f"{tmp_path / 'train.jsonl'}: file is empty"

@@ -33,7 +33,9 @@ def detect_format(path: str | Path) -> Format:
     if path.suffix.lower() != ".jsonl":
         return "rows"
     first = next(iter(numbered_rows(path, stop_after=1)), None)
-    row = first[1] if first else None
+    if first is None:  # no row to tell the format: say so, not that a prompt_template is missing
+        raise TunebenchError(f"{path}: file is empty")
+    row = first[1]
     if isinstance(row, dict) and "messages" in row:
         return "chat"
     if isinstance(row, dict) and "prompt" in row and "completion" in row:
