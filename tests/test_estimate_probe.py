@@ -158,3 +158,9 @@ def test_an_empty_training_file_says_so(tmp_path: Path) -> None:
     with pytest.raises(TunebenchError) as err:
         estimate(config)
     assert str(err.value) == f"{tmp_path / 'train.jsonl'}: file is empty"
+
+
+def test_a_folder_for_a_config_is_named_a_folder(tmp_path: Path) -> None:
+    out = run_cli(str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {tmp_path}: a folder, not a file"]

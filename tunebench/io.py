@@ -56,6 +56,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def read_text(path: str | os.PathLike[str]) -> str:
     """Read UTF-8 text; missing files and non-UTF-8 bytes become one-line errors."""
     p = Path(path)
+    if p.is_dir():
+        raise TunebenchError(f"{p}: a folder, not a file")
     if not p.is_file():
         raise TunebenchError(f"{p}: file not found")
     try:
