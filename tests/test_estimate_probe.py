@@ -4,6 +4,7 @@ and key, and every number it prints is finite and positive (real files, the real
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -164,3 +165,27 @@ def test_a_folder_for_a_config_is_named_a_folder(tmp_path: Path) -> None:
     out = run_cli(str(tmp_path))
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: {tmp_path}: a folder, not a file"]
+
+
+@pytest.mark.parametrize("card", ["L4", "A40", "H200"])
+def test_every_gpu_example_gives_finite_positive_figures_and_a_fit_that_matches_the_card(card: str) -> None:
+    from tunebench.prices import gpu_card
+
+    memory = gpu_card(card).memory_gib
+    for example in ("study_codellama34b.yaml", "study_full_gpu.yaml", "study_levers_gpu.yaml"):
+        for row in estimate(ROOT / "examples" / example, card):
+            where = f"{example} {row['cell']}"
+            assert set(row) >= REQUIRED | {"train_usd"}, where
+            if row["provider"] == "openai":
+                assert row["train_usd"] > 0 and row["train_tokens"] > 0, where
+                continue
+            if row.get("note"):  # nothing to size
+                continue
+            assert row["gpu"] == card and isinstance(row["fits"], bool), where
+            assert row["fits"] == (row["peak_memory_gib"] <= memory), where
+            for key in ("params", "peak_memory_gib", "train_tokens", "train_tokens_per_s", "train_seconds"):
+                assert math.isfinite(row[key]) and row[key] > 0, (where, key, row[key])
+            assert row["train_seconds"] == pytest.approx(
+                row["train_tokens"] / row["train_tokens_per_s"], rel=1e-3
+            )
+            assert row["predict_seconds"] > 0, where
