@@ -243,3 +243,10 @@ def test_estimate_json_for_an_experiment_and_an_unknown_gpu(tmp_path: Path) -> N
     bad = run_cli(str(config), "--gpu", "V100")
     assert bad.returncode == 2
     assert "--gpu V100: unknown card (known: L4, A10, A40" in bad.stderr
+
+
+def test_the_table_written_to_a_pipe_keeps_every_cell_whole() -> None:
+    out = run_cli("examples/study_gpu.yaml", "--gpu", "A40")
+    assert out.returncode == 0, out.stderr
+    assert "…" not in out.stdout
+    assert "lora-qkvo-r8-viggo" in out.stdout and "A40 (proj.)" in out.stdout

@@ -32,6 +32,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+#: Columns of a table written to a pipe or file: rich assumes 80 off a terminal and cuts every
+#: cell of a wide table (estimate's has 14 columns) to an ellipsis.
+PIPED_WIDTH = 240
+
+
+def stdout() -> Console:
+    """Where tables go: the terminal's width on a terminal, else wide enough not to cut cells."""
+    out = Console()
+    return out if out.is_terminal else Console(width=PIPED_WIDTH)
+
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
 SetOpt = Annotated[
@@ -107,7 +117,7 @@ def prepare(
             for k in ("prompt", "target", "total")
         ]
         table.add_row(split, str(info["count"]), *cells)
-    Console().print(table)
+    stdout().print(table)
 
 
 @app.command()
@@ -133,7 +143,7 @@ def train(
         raise typer.Exit(launch(gpus, sys.argv))
     summary = train_stage(cfg, run, resume=resume, yes=yes)
     if os.environ.get("RANK", "0") == "0":  # one summary, not one per process
-        Console().print_json(json.dumps(summary, default=str))
+        stdout().print_json(json.dumps(summary, default=str))
 
 
 @app.command()
@@ -317,7 +327,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
             n = metrics.get(f"{key}_n", metrics.get(f"{key.split('_')[0]}_n"))
             label = f"{key} (n={n})" if n is not None else key
             table.add_row(label, f"{value:.4f}", f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-    Console().print(table)
+    stdout().print(table)
 
 
 @app.command()
@@ -397,9 +407,9 @@ def print_plan(path: Path, data: Any, overrides: dict[str, Any], cells: list[str
         step = plan(cfg)
         todo = ", ".join(step["to_run"]) if step["status"] not in ("refused", "invalid") else step["detail"]
         table.add_row(step["run_dir"], cfg.provider, cfg.model_label, cfg.task.name, step["status"], todo)
-    Console().print(table)
+    stdout().print(table)
     if after:
-        Console().print(after, highlight=False)
+        stdout().print(after, highlight=False)
 
 
 def print_run_summary(splits: list[str], run: Any) -> None:
@@ -516,7 +526,7 @@ def models() -> None:
         table.add_column(col, overflow="fold")  # nothing cut off in a narrow terminal
     for row in list_presets():
         table.add_row(row["name"], row["description"], row["packages"], "yes" if row["installed"] else "no")
-    Console().print(table)
+    stdout().print(table)
 
 
 @app.command(name="estimate")
@@ -584,9 +594,9 @@ def estimate_command(
             num(r.get("predict_seconds") and r["predict_seconds"] / 60, "{:.1f} min"),
             num(r.get("predict_usd"), "${:.2f}"),
         )
-    Console().print(table)
+    stdout().print(table)
     counted = sorted({r["tokens_counted_by"] for r in rows if r.get("tokens_counted_by")})
-    Console().print(
+    stdout().print(
         f"tokens counted by: {'; '.join(counted)}. GPU prices: prices.py (dated); "
         "(proj.): projected from H100 measurements by FLOP/s and bandwidth ratios.",
         highlight=False,
@@ -668,7 +678,7 @@ def openai_estimate(config: ConfigArg, overrides: SetOpt = None) -> None:
 
     cfg = load_config(config, overrides)
     for line in estimate_for(cfg, export_files(cfg, prepared_run(cfg))).lines():
-        Console().print(line, highlight=False)
+        stdout().print(line, highlight=False)
 
 
 @openai_app.command("train")
@@ -686,7 +696,7 @@ def openai_train(
 
     cfg = load_config(config, overrides)
     summary = train_openai(cfg, prepared_run(cfg), yes=yes, retry_failed=retry_failed)
-    Console().print_json(json.dumps(summary, default=str))
+    stdout().print_json(json.dumps(summary, default=str))
 
 
 @openai_app.command("status")
@@ -695,7 +705,7 @@ def openai_status(run_dir: RunDirArg) -> None:
     from tunebench.providers.openai import status
     from tunebench.rundir import RunDir
 
-    Console().print_json(json.dumps(status(RunDir(run_dir)), default=str))
+    stdout().print_json(json.dumps(status(RunDir(run_dir)), default=str))
 
 
 @openai_app.command("cancel")
