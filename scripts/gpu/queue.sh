@@ -26,6 +26,7 @@ job() {  # job NAME GPUS COMMAND...: one step of a queue, its log in keep/out/NA
   local rc=$?
   echo "$(date +%T) end $name rc=$rc" >>"$out/timeline.log"
   echo "$name=$rc" >>"$out/$queue.done.partial"
+  return $rc
 }
 
 done_marker() { mv "$out/$1.done.partial" "$out/$1.done" 2>/dev/null || touch "$out/$1.done"; }
@@ -35,8 +36,8 @@ wait_marker() { until [ -f "$out/$1.done" ]; do sleep 5; done; }
 # several tokens per micro-batch, with and without gradient checkpointing, on one build. Queue s
 # then runs the jobs listed in keep/plan one after another, reading the file again before each
 # job, so the jobs still to come can be changed while it runs; meanwhile, on the CPU, the 1.5B
-# model is assembled and converted once its GGUF's pieces are all staged, and the study's cells
-# wait for that.
+# model is assembled and converted once its GGUF's pieces are all staged (the study's cells wait
+# for that), and the 7B random model is built when the plan holds the 7B run.
 pieces=18
 study=examples/study_full_gpu.yaml
 cell() {  # cell NAME: one study cell (training, checkpoint choice and predictions: 25 minutes)
@@ -58,8 +59,8 @@ planned() {  # planned NAME: one job that keep/plan may name
       job "$1" 0 $py benchmarks/bench_scale.py --models 34b --quant "${1#scale-34b-}" --tokens 4096,16384 \
         --grad-ckpt both --steps 3 --warmup 1 --compare-estimate --point-timeout 700 --out "$out/$1.json" ;;
     qlora-7b)
-      mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
-      job make-7b 0 $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-rand
+      wait_marker make-7b  # built on the CPU from the start (prebuild_7b); else here, on the GPU
+      make_7b 0
       job qlora-7b 0 $py -m tunebench run scripts/gpu/qlora_7b.yaml
       job export-7b 0 $py -m tunebench export keep/runs/qlora-7b
       du -sb keep/qwen7-rand keep/runs/qlora-7b/adapter keep/runs/qlora-7b/checkpoints/* keep/runs/qlora-7b/merged \
@@ -67,6 +68,16 @@ planned() {  # planned NAME: one job that keep/plan may name
       rm -rf keep/qwen7-rand keep/runs/qlora-7b/merged ;;  # 15 GB each
     *) echo "$(date +%T) unknown planned job $1" >>"$out/timeline.log" ;;
   esac
+}
+make_7b() {  # make_7b GPUS: Qwen2.5-7B's shape with random weights (15 GB), once
+  mkdir -p keep/shape7 && cp keep/shape15/* keep/shape7/ && cp keep/shape7-config.json keep/shape7/config.json
+  # built aside and moved, so a build that fails halfway never looks like a model
+  [ -f keep/qwen7-rand/model.safetensors ] ||
+    { job make-7b "$1" $py scripts/gpu/random_model.py keep/shape7 keep/qwen7-tmp && mv keep/qwen7-tmp keep/qwen7-rand; }
+  touch "$out/make-7b.done"
+}
+prebuild_7b() {  # on the CPU while queue a times 34B, when the plan holds the 7B run
+  if grep -qx qlora-7b keep/plan; then make_7b ""; else touch "$out/make-7b.done"; fi
 }
 next_planned() {  # the first job of keep/plan not yet run
   local name
@@ -92,6 +103,7 @@ queue_s() {
   queue=s
   [ -f keep/plan ] || printf '%s\n' scale-34b-4bit qlora-7b full-sql full-viggo >keep/plan
   assemble_when_staged &
+  prebuild_7b &
   until [ -f "$out/a.timing-done" ]; do sleep 3; done  # the GPU to one job at a time
   echo "$(date +%T) plan starts" >>"$out/timeline.log"
   local name
