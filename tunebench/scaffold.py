@@ -19,17 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from tunebench.config import TaskConfig
-from tunebench.errors import TunebenchError
+from tunebench.errors import TunebenchError, located
 from tunebench.evaluation.structured import is_label_set, parse_json
 from tunebench.providers.openai_export import (
+    MIN_EXAMPLES,
     Estimate,
     estimate_cost,
+    example_problems,
     export_rows,
+    max_example_tokens,
     token_counter,
     validate_rows,
 )
 from tunebench.tasks import get_task
-from tunebench.tasks.formats import detect_format, numbered_rows
+from tunebench.tasks.formats import Format, detect_format, numbered_rows, read_chat, read_prompt_completion
 
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini-2024-07-18"
@@ -65,11 +68,50 @@ def init_study(
         )
     if out.exists():
         raise TunebenchError(f"{out}: already exists; choose another --out")
+    check_rows(data, fmt, openai_model)
     folder = out.resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = data.resolve(), test_file.resolve() if test_file else None
-    if test_path is None:
-        train_path, test_path = split_file(data, folder, test_fraction, seed)
+    if test_file is not None:
+        return write_study(data, out, fmt, data.resolve(), test_file.resolve(), model, openai_model, seed)
+    train_path, test_path = split_file(data, folder, test_fraction, seed)
+    try:
+        return write_study(data, out, fmt, train_path, test_path, model, openai_model, seed)
+    except BaseException:  # a failed init leaves nothing behind, so the same command can be rerun
+        for path in (train_path, test_path):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def check_rows(data: Path, fmt: Format, openai_model: str) -> None:
+    """Every row of ``data`` by OpenAI's format rules and the model's per-example token limit,
+    before anything is written; an error names the data file's own line."""
+    task = get_task(TaskConfig(name="custom", format=fmt, train_file=str(data), test_file=str(data)))
+    examples = read_chat(data, "all") if fmt == "chat" else read_prompt_completion(data, "all")
+    lines = [number for number, _ in numbered_rows(data)]
+    counter, limit = token_counter(openai_model), max_example_tokens(openai_model)
+    problems = [
+        (line, problem)
+        for line, row in zip(lines, export_rows(task, examples), strict=True)
+        for problem in example_problems(row, counter, limit)
+    ]
+    if problems:
+        (line, problem), more = problems[0], len(problems) - 1
+        also = f" (and {more} more problem{'s' * (more > 1)} in the file)" if more else ""
+        raise located(data, f"{problem}{also}", line=line)
+
+
+def write_study(
+    data: Path,
+    out: Path,
+    fmt: Format,
+    train_path: Path,
+    test_path: Path,
+    model: str,
+    openai_model: str,
+    seed: int,
+) -> Scaffold:
+    """The study config for the train/test files, with the OpenAI cost estimate."""
+    folder = out.resolve().parent
     task_config = TaskConfig(
         name="custom", format=fmt, train_file=str(train_path), test_file=str(test_path), split_seed=seed
     )
@@ -77,6 +119,12 @@ def init_study(
     splits = task.splits()
     metrics = choose_metrics([ex.completion for ex in splits["train"]])
     train_rows, val_rows = (export_rows(task, splits[s]) for s in ("train", "validation"))
+    if len(train_rows) < MIN_EXAMPLES:
+        held = len(numbered_rows(data)) - len(train_rows)
+        raise TunebenchError(
+            f"{data}: {len(train_rows)} training rows once {held} are held out (test and validation); "
+            f"OpenAI fine-tuning needs at least {MIN_EXAMPLES}: add rows or pass --test FILE"
+        )
     validate_rows(train_rows, openai_model, str(train_path))
     estimate = estimate_cost(train_rows, val_rows, openai_model)
     counter = token_counter(openai_model)
