@@ -54,14 +54,15 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
-    """Read UTF-8 text; missing files and non-UTF-8 bytes become one-line errors."""
+    """Read UTF-8 text (a leading byte-order mark, as Windows editors write, is dropped); missing
+    files and non-UTF-8 bytes become one-line errors."""
     p = Path(path)
     if p.is_dir():
         raise TunebenchError(f"{p}: a folder, not a file")
     if not p.is_file():
         raise TunebenchError(f"{p}: file not found")
     try:
-        return p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         line = p.read_bytes()[: exc.start].count(b"\n") + 1
         raise located(p, "not valid UTF-8", line=line) from None

@@ -21,6 +21,7 @@ from typing import Any
 from tunebench.config import TaskConfig
 from tunebench.errors import TunebenchError, located
 from tunebench.evaluation.structured import is_label_set, parse_json
+from tunebench.io import read_text
 from tunebench.providers.openai_export import (
     MIN_EXAMPLES,
     Estimate,
@@ -149,7 +150,7 @@ def write_study(
 def split_file(data: Path, folder: Path, fraction: float, seed: int) -> tuple[Path, Path]:
     """A seeded ``fraction`` of the file's lines (at least one) into ``<stem>.test.jsonl``, the
     rest into ``<stem>.train.jsonl``, both in the file's order and as the file wrote them."""
-    lines = [line for line in data.read_text(encoding="utf-8").split("\n") if line.strip()]
+    lines = [line for line in read_text(data).split("\n") if line.strip()]
     numbered_rows(data)  # invalid JSON names its line before anything is written
     if len(lines) < 2:
         raise TunebenchError(f"{data}: {len(lines)} row(s); a test split needs at least 2")
