@@ -100,8 +100,8 @@ def resolve_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
         return structured.label_accuracy
     if name in CONFIGURED_METRICS:
         return _configured_metric(name, options or {})
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
+    if ":" in name:  # the last colon: a Windows file path's drive has one too (C:\\m.py:fn)
+        module_name, _, attr = name.rpartition(":")
     elif "." in name:
         module_name, _, attr = name.rpartition(".")
     else:
