@@ -154,12 +154,11 @@ def test_user_metric_failing_on_one_row_keeps_the_others(user_module: str) -> No
     assert per_example[1][name] is None
     assert per_example[1]["error"] == f"{name}: RuntimeError: kaboom"
     assert metrics[name] == 1.0 and metrics[f"{name}_n"] == 1
-    text = f"{user_module}:returns_text"
-    row = custom.score(rows_of(("a", "a")), {"metrics": [text]})[0][0]
-    assert row[text] is None and "expected bool or float" in row["error"]
-    nan = f"{user_module}:returns_nan"
-    row = custom.score(rows_of(("a", "a")), {"metrics": [nan]})[0][0]
-    assert row[nan] is None and "returned nan" in row["error"]
+    # A metric that fails on every example is an error that says why, not a null score.
+    with pytest.raises(TunebenchError, match="expected bool or float"):
+        custom.score(rows_of(("a", "a")), {"metrics": [f"{user_module}:returns_text"]})
+    with pytest.raises(TunebenchError, match="returned nan"):
+        custom.score(rows_of(("a", "a")), {"metrics": [f"{user_module}:returns_nan"]})
 
 
 def test_resolve_metric_builtin_and_registry(user_module: str) -> None:

@@ -16,8 +16,8 @@ code, ``"mypkg.metrics:my_metric"``, ``"mypkg.metrics.my_metric"`` or a file's p
 A metric takes ``(prediction: str, gold: str)`` and returns ``bool`` (a rate) or a ``float``
 (averaged; keep it in [0, 1] so that it reads like the other metrics). A metric that raises on
 one example makes that example's verdict None, with the reason in its ``error``; the others
-are still scored. Each metric is stored under its name as written, with ``_ci95`` (and
-``_n`` when some examples could not be scored).
+are still scored; one that fails on every example is an error. Each metric is stored under its
+name as written, with ``_ci95`` (and ``_n`` when some examples could not be scored).
 
 ``options["unwrap_fence"]`` (default false): an answer (prediction or gold) that is exactly one
 Markdown code fence is replaced by the fence's content before every metric
@@ -100,7 +100,7 @@ def resolve_metric(name: str, options: dict[str, Any] | None = None) -> Metric:
         return structured.label_accuracy
     if name in CONFIGURED_METRICS:
         return _configured_metric(name, options or {})
-    if ":" in name:  # the last colon: a Windows file path's drive has one too (C:\\m.py:fn)
+    if ":" in name:  # the last colon: a Windows file path's drive has one too (C:\m.py:fn)
         module_name, _, attr = name.rpartition(":")
     elif "." in name:
         module_name, _, attr = name.rpartition(".")
@@ -186,6 +186,8 @@ def score(rows: list[dict[str, Any]], options: dict[str, Any]) -> tuple[list[dic
     if unwrap:
         rows = [_unwrapped(row) for row in rows]
     per_example = [_score_row(row, metrics_fns) for row in rows]
+    for name in metrics_fns:
+        _check_not_always_failing(name, per_example)
     metrics: dict[str, Any] = {"n": len(rows), "metrics": list(metrics_fns)}
     for name in metrics_fns:
         values = [r[name] for r in per_example]
@@ -241,6 +243,23 @@ def _score_row(row: dict[str, Any], metrics_fns: dict[str, Metric]) -> dict[str,
             reasons.append(f"{name}: {type(exc).__name__}: {_line(exc)}")
     out["error"] = "; ".join(reasons) or None
     return out
+
+
+def _check_not_always_failing(name: str, per_example: list[dict[str, Any]]) -> None:
+    """A metric that failed on every example is broken, not a score: say why, rather than
+    report it as null (which drops it from the table and from ranking the systems)."""
+    prefix = f"{name}: "
+    reasons = [
+        part.removeprefix(prefix)
+        for row in per_example
+        for part in (row.get("error") or "").split("; ")
+        if part.startswith(prefix)
+    ]
+    if reasons and all(row[name] is None for row in per_example):
+        raise TunebenchError(
+            f"metric '{name}' failed on every example (first: {reasons[0]}); fix the function "
+            "(it takes prediction and gold strings and returns a bool or a finite number)"
+        )
 
 
 def _check_value(value: object) -> bool | float:
