@@ -145,3 +145,51 @@ def test_too_few_rows_after_the_split_says_so_in_one_line(tmp_path: Path) -> Non
         "OpenAI fine-tuning needs at least 10: add rows or pass --test FILE"
     )
     assert not (tmp_path / "data.train.jsonl").exists()
+
+
+TOOL_ROW = {
+    "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    ],
+    "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+}
+PARTS_ROW = {
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+        {"role": "assistant", "content": "Hi."},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (TOOL_ROW, "message 2: tool calls are not supported"),
+        (PARTS_ROW, "message 1: content as a list of parts is not supported"),
+    ],
+)
+def test_openai_features_tunebench_lacks_are_named_not_misreported(
+    tmp_path: Path, row: dict[str, Any], message: str
+) -> None:
+    """OpenAI takes tool calls and list-of-parts content; tunebench cannot score them yet and
+    must say that, not 'content must be a string, got NoneType'."""
+    lines = [json.dumps(chat_row(i)) for i in range(15)]
+    lines.insert(6, json.dumps(row))  # line 7
+    data = write_lines(tmp_path / "data.jsonl", lines)
+    failed = tunebench("init", str(data), "--out", "s.yaml", cwd=tmp_path)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {data}:7: {message}"), last
+    assert "NoneType" not in last

@@ -4,7 +4,8 @@ One row is ``{"messages": [{"role": ..., "content": ...}, ...]}``: roles ``syste
 and ``assistant``, text content, at least one assistant message, an optional ``name`` and, on
 assistant messages only, an optional ``weight`` of 0 or 1 (0: the message is context, not
 trained on). These rules need no tokenizer; the per-model token limit is checked where the
-model is known (:mod:`tunebench.providers.openai_export`).
+model is known (:mod:`tunebench.providers.openai_export`). OpenAI also takes tool calls and
+content given as a list of parts; tunebench does not train or score those yet and says so.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def message_problems(message: Any) -> list[str]:
     """What is wrong with one message of a row (empty: fine)."""
     if not isinstance(message, dict):
         return ["not an object"]
+    unsupported = unsupported_feature(message)
+    if unsupported:
+        return [unsupported]
     problems = []
     role, content = message.get("role"), message.get("content")
     if role not in ROLES:
@@ -53,6 +57,15 @@ def message_problems(message: Any) -> list[str]:
         elif message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
             problems.append(f"weight must be 0 or 1, got {message['weight']!r}")
     return problems
+
+
+def unsupported_feature(message: dict[str, Any]) -> str | None:
+    """What OpenAI accepts in a message but tunebench cannot train or score yet (None: nothing)."""
+    if message.get("role") in ("tool", "function") or "tool_calls" in message or "function_call" in message:
+        return "tool calls are not supported by tunebench yet (OpenAI accepts them): leave such rows out"
+    if isinstance(message.get("content"), list):
+        return "content as a list of parts is not supported by tunebench yet: give the text as a string"
+    return None
 
 
 def trained_on(message: dict[str, Any]) -> bool:
