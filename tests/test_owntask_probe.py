@@ -193,3 +193,23 @@ def test_openai_features_tunebench_lacks_are_named_not_misreported(
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {data}:7: {message}"), last
     assert "NoneType" not in last
+
+
+def test_a_test_file_in_another_format_is_named_as_such(tmp_path: Path) -> None:
+    train = write_lines(tmp_path / "train.jsonl", [json.dumps(chat_row(i)) for i in range(15)])
+    rows = [json.dumps({"prompt": f"question {i}", "completion": f"answer {i}"}) for i in range(3)]
+    test = write_lines(tmp_path / "test.jsonl", rows)
+    failed = tunebench("init", str(train), "--test", str(test), "--out", "s.yaml", cwd=tmp_path)
+    assert failed.returncode != 0
+    assert failed.stderr.strip() == (
+        f"error: {test}: prompt/completion JSONL, but {train} is OpenAI chat JSONL; "
+        "give the test rows in the training file's format"
+    )
+
+
+def test_a_single_row_says_what_to_do(tmp_path: Path) -> None:
+    data = write_lines(tmp_path / "data.jsonl", [json.dumps(chat_row(0))])
+    failed = tunebench("init", str(data), "--out", "s.yaml", cwd=tmp_path)
+    assert failed.stderr.strip() == (
+        f"error: {data}: 1 row(s); a test split needs at least 2: add rows or pass --test FILE"
+    )

@@ -73,6 +73,7 @@ def init_study(
     folder = out.resolve().parent
     folder.mkdir(parents=True, exist_ok=True)
     if test_file is not None:
+        check_same_format(test_file, fmt, data)
         return write_study(data, out, fmt, data.resolve(), test_file.resolve(), model, openai_model, seed)
     train_path, test_path = split_file(data, folder, test_fraction, seed)
     try:
@@ -81,6 +82,19 @@ def init_study(
         for path in (train_path, test_path):
             path.unlink(missing_ok=True)
         raise
+
+
+FORMAT_NAMES = {"chat": "OpenAI chat JSONL", "prompt_completion": "prompt/completion JSONL", "rows": "rows"}
+
+
+def check_same_format(test_file: Path, fmt: Format, data: Path) -> None:
+    """The test file is read in the training file's format: say so when it is in another."""
+    found = detect_format(test_file)
+    if found != fmt:
+        raise TunebenchError(
+            f"{test_file}: {FORMAT_NAMES[found]}, but {data} is {FORMAT_NAMES[fmt]}; "
+            "give the test rows in the training file's format"
+        )
 
 
 def check_rows(data: Path, fmt: Format, openai_model: str) -> None:
@@ -153,7 +167,9 @@ def split_file(data: Path, folder: Path, fraction: float, seed: int) -> tuple[Pa
     lines = [line for line in read_text(data).split("\n") if line.strip()]
     numbered_rows(data)  # invalid JSON names its line before anything is written
     if len(lines) < 2:
-        raise TunebenchError(f"{data}: {len(lines)} row(s); a test split needs at least 2")
+        raise TunebenchError(
+            f"{data}: {len(lines)} row(s); a test split needs at least 2: add rows or pass --test FILE"
+        )
     count = min(len(lines) - 1, max(1, round(fraction * len(lines))))
     held = set(random.Random(seed).sample(range(len(lines)), count))
     paths = folder / f"{data.stem}.train.jsonl", folder / f"{data.stem}.test.jsonl"
