@@ -217,7 +217,7 @@ def evaluate(
     timeout: Annotated[
         float | None,
         typer.Option(
-            callback=positive_number, help="sql: seconds per query before it is stopped [default: 10]."
+            callback=positive_number, help="sql: seconds per query before it is stopped (default: 10)."
         ),
     ] = None,
     max_result_mb: Annotated[
@@ -225,7 +225,7 @@ def evaluate(
         typer.Option(
             callback=positive_number,
             help="sql: MB of one query's fetched result (text and blob bytes); a larger result fails "
-            "the query (too_large) [default: 128].",
+            "the query as too_large (default: 128).",
         ),
     ] = None,
     max_memory_mb: Annotated[
@@ -233,7 +233,7 @@ def evaluate(
         typer.Option(
             callback=positive_number,
             help="sql: MB of SQLite memory per scoring process (all its queries, sorts and temporary "
-            "tables); a query needing more fails (too_large) [default: 512].",
+            "tables); a query needing more fails as too_large (default: 512).",
         ),
     ] = None,
     keep_distinct: Annotated[bool, typer.Option(help="sql: compare with DISTINCT kept.")] = False,
