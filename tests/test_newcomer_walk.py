@@ -1,4 +1,4 @@
-"""What a new user meets following the README."""
+"""What a new user meets following the README: --help text and `init`'s next steps."""
 
 from __future__ import annotations
 
@@ -49,3 +49,12 @@ def test_evaluate_help_shows_the_sql_limits_defaults(tmp_path: Path) -> None:
     help_text = " ".join(result.stdout.split())
     for shown in ("(default: 10)", "(default: 128)", "(default: 512)"):
         assert shown in help_text
+
+
+def test_init_names_the_free_command_and_the_billed_one(tmp_path: Path) -> None:
+    data = write_chat_file(tmp_path / "data.jsonl")
+    result = tunebench("init", str(data), "--model", "smollm2-135m", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tunebench run study.yaml --cells 'base-*' --cells 'lora-*'\n" in result.stderr
+    assert "tunebench run study.yaml --yes\n" in result.stderr
+    assert "run it with: tunebench run study.yaml\n" not in result.stderr

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -635,7 +636,15 @@ def init(
     console.print("OpenAI fine-tuning estimate (nothing is uploaded):", highlight=False)
     for line in made.estimate.lines():
         console.print(f"  {line}", highlight=False)
-    console.print(f"wrote {made.config}; run it with: tunebench run {made.config}", highlight=False)
+    config = shlex.quote(str(made.config))
+    # a plain `run` stops at the OpenAI cell, which refuses to spend without --yes
+    console.print(
+        f"wrote {made.config}; the free cells (this machine only):\n"
+        f"  tunebench run {config} --cells 'base-*' --cells 'lora-*'\n"
+        f"with the OpenAI job (billed), then the report:\n  tunebench run {config} --yes",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command(name="config")
