@@ -1,4 +1,5 @@
-"""What a new user meets following the README: --help text and `init`'s next steps."""
+"""What a new user meets following the README: --help text, `init`'s next steps, and a study run
+on the free cells only (no OpenAI key), reported after dropping the OpenAI system."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
+
+from tests.tiny import CHATML, build_tiny_model
 
 LABELS = {"positive": ["great", "loved it", "works well"], "negative": ["broke", "awful", "refund"]}
 
@@ -58,3 +63,27 @@ def test_init_names_the_free_command_and_the_billed_one(tmp_path: Path) -> None:
     assert "tunebench run study.yaml --cells 'base-*' --cells 'lora-*'\n" in result.stderr
     assert "tunebench run study.yaml --yes\n" in result.stderr
     assert "run it with: tunebench run study.yaml\n" not in result.stderr
+
+
+def test_free_cells_then_a_report_without_the_openai_system(tmp_path: Path, data_dir: Path) -> None:
+    model = build_tiny_model(tmp_path / "tiny", data_dir, chat_template=CHATML)
+    data = write_chat_file(tmp_path / "data.jsonl")
+    assert tunebench("init", str(data), "--model", str(model), cwd=tmp_path).returncode == 0
+    free = tunebench(
+        "run", "study.yaml", "--cells", "base-*", "--set", "generation.max_new_tokens=4", cwd=tmp_path
+    )
+    assert free.returncode == 0, free.stderr
+    assert "report not written: 2 cells not finished yet (lora-data, openai-data); run them" in free.stderr
+    assert "drop their systems from study.yaml and run `tunebench report study.yaml`" in free.stderr
+    refused = tunebench("report", "study.yaml", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "drop the system from study.yaml to report without it" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    # the advice works: without the unfinished systems the report is written
+    study = yaml.safe_load((tmp_path / "study.yaml").read_text(encoding="utf-8"))
+    study["systems"] = [s for s in study["systems"] if s["name"] == "base"]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study), encoding="utf-8")
+    report = tunebench("report", "study.yaml", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    md = (tmp_path / "runs" / "data" / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| base | 6 |" in md

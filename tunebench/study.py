@@ -101,7 +101,12 @@ def run_study(
     # finished = its last stage done: another process may still be running a cell it has opened
     missing = [c.name for c in every_cell if not RunDir(c.config.run_dir).stage_done("cost")]
     if missing:
-        console.print(f"report not written: {len(missing)} cells not finished yet ({', '.join(missing)})")
+        console.print(
+            f"report not written: {len(missing)} cells not finished yet ({', '.join(missing)}); run them, "
+            f"or drop their systems from {path} and run `tunebench report {path}` for the finished ones",
+            highlight=False,
+            soft_wrap=True,
+        )
         return None
     report = write_report(path)
     from tunebench.tracking import track_study

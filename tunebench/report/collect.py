@@ -111,7 +111,7 @@ def _from_study(path: Path) -> StudyData:
         if not run.config_path.is_file():
             raise TunebenchError(
                 f"{path}: cell '{cell.name}' has no run directory at {run.root} "
-                f"(run `tunebench run {path}` first)"
+                f"(run `tunebench run {path}` first, or drop the system from {path} to report without it)"
             )
         runs.append(load_run(run, cell.system, cell.task, cell.description))
     runs = [*outside_members(runs), *runs]
