@@ -519,7 +519,11 @@ class ExperimentBase(Strict):
     always_votes: ClassVar[bool] = False
 
     name: str = Field(..., description="Run name; outputs go to <runs_dir>/<name>/.")
-    runs_dir: str = Field("runs", description="Parent folder of run directories.")
+    runs_dir: str = Field(
+        "runs",
+        description="Parent folder of run directories (a relative path is read from the working "
+        "directory, not the config's folder).",
+    )
     provider: str = Field(
         "local",
         description="Who trains and answers. `local`: LoRA fine-tune here (sections model, lora, "
