@@ -87,3 +87,15 @@ def test_free_cells_then_a_report_without_the_openai_system(tmp_path: Path, data
     assert report.returncode == 0, report.stderr
     md = (tmp_path / "runs" / "data" / "report" / "report.md").read_text(encoding="utf-8")
     assert "| base | 6 |" in md
+
+
+def test_openai_commands_on_a_local_config_are_one_line_errors(tmp_path: Path) -> None:
+    config = Path(__file__).parents[1] / "examples" / "cpu_quick.yaml"
+    for command in ("estimate", "export", "train"):
+        result = tunebench("openai", command, str(config), cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"error: {config}: provider is local; `tunebench openai` needs a config of provider: openai "
+            "(`tunebench estimate` prices any config, OpenAI cells included)"
+        ]
+    assert not (tmp_path / "runs").exists()  # refused before the run directory is prepared

@@ -670,12 +670,27 @@ def prepared_run(cfg: Any) -> Any:
     return run
 
 
+def load_openai_config(path: Path, overrides: list[str] | None) -> Any:
+    """An experiment config of provider ``openai``; any other provider is a one-line error."""
+    cfg = load_config(path, overrides)
+    require_openai(str(path), cfg.provider)
+    return cfg
+
+
+def require_openai(source: str, provider: str) -> None:
+    if provider != "openai":
+        raise TunebenchError(
+            f"{source}: provider is {provider}; `tunebench openai` needs a config of provider: openai "
+            "(`tunebench estimate` prices any config, OpenAI cells included)"
+        )
+
+
 @openai_app.command("export")
 def openai_export(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Write and validate RUN/openai/{train,validation}.jsonl (OpenAI chat format); no upload."""
     from tunebench.providers.openai import export_files
 
-    cfg = load_config(config, overrides)
+    cfg = load_openai_config(config, overrides)
     for split, info in export_files(cfg, prepared_run(cfg)).items():
         console.print(f"{split}: {len(info['rows'])} examples -> {info['path']}")
 
@@ -685,7 +700,7 @@ def openai_estimate(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Export, validate and print the estimated training cost; nothing is uploaded."""
     from tunebench.providers.openai import estimate_for, export_files
 
-    cfg = load_config(config, overrides)
+    cfg = load_openai_config(config, overrides)
     for line in estimate_for(cfg, export_files(cfg, prepared_run(cfg))).lines():
         stdout().print(line, highlight=False)
 
@@ -703,7 +718,7 @@ def openai_train(
     """Run (or resume following) the run's OpenAI fine-tuning job."""
     from tunebench.providers.openai import train_openai
 
-    cfg = load_config(config, overrides)
+    cfg = load_openai_config(config, overrides)
     summary = train_openai(cfg, prepared_run(cfg), yes=yes, retry_failed=retry_failed)
     stdout().print_json(json.dumps(summary, default=str))
 
@@ -724,7 +739,9 @@ def openai_cancel(run_dir: RunDirArg) -> None:
     from tunebench.rundir import RunDir
 
     run = RunDir(run_dir)
-    console.print(f"job status: {cancel_job(run, run.load_config().openai.base_url)}")
+    cfg = run.load_config()
+    require_openai(str(run.config_path), cfg.provider)
+    console.print(f"job status: {cancel_job(run, cfg.openai.base_url)}")
 
 
 def main() -> None:
