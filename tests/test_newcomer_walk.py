@@ -99,3 +99,25 @@ def test_openai_commands_on_a_local_config_are_one_line_errors(tmp_path: Path) -
             "(`tunebench estimate` prices any config, OpenAI cells included)"
         ]
     assert not (tmp_path / "runs").exists()  # refused before the run directory is prepared
+
+
+def test_init_names_the_bad_line_of_the_users_file_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    data = write_chat_file(tmp_path / "data.jsonl")
+    lines = data.read_text(encoding="utf-8").splitlines(keepends=True)
+    no_answer = {"messages": [{"role": "user", "content": "hi"}]}
+    data.write_text("".join(lines[:5]) + json.dumps(no_answer) + "\n" + "".join(lines[5:]), encoding="utf-8")
+    bad = tunebench("init", "data.jsonl", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: data.jsonl:6: no assistant message"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl"]
+    # too few rows for OpenAI once the test share is held out: refused, and no split files left
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(lines[:3]), encoding="utf-8")
+    refused = tunebench("init", "short.jsonl", "--out", "short.yaml", cwd=tmp_path)
+    assert refused.returncode == 2 and "OpenAI fine-tuning needs at least 10" in refused.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.jsonl", "short.jsonl"]
+    # the fixed file needs no clean-up first
+    write_chat_file(data)
+    fixed = tunebench("init", "data.jsonl", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert {"data.train.jsonl", "data.test.jsonl", "study.yaml"} <= {p.name for p in tmp_path.iterdir()}
