@@ -495,3 +495,19 @@ def test_a_refused_study_cell_points_at_the_study_not_at_set_name(tmp_path: Path
         open_run(changed, "study")
     with pytest.raises(TunebenchError, match=r"--set name=NEW_NAME"):
         open_run(changed)
+
+
+def test_every_command_summary_is_one_line_of_its_help() -> None:
+    """--help lists a command by its help's first paragraph, line breaks kept: a summary wrapped
+    in the source breaks mid-sentence in the list."""
+    import typer.main
+
+    from tunebench.cli import app
+
+    group = typer.main.get_command(app)
+    commands = dict(group.commands)  # type: ignore[attr-defined]
+    for sub in list(commands.values()):
+        commands.update(getattr(sub, "commands", {}))
+    for name, command in commands.items():
+        summary = (command.help or "").strip().split("\n\n")[0]
+        assert summary and "\n" not in summary, (name, summary)

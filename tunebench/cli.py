@@ -464,8 +464,7 @@ def export(
         str, typer.Option(help="auto (bfloat16 with CUDA, else float32), float32, bfloat16 or float16.")
     ] = "auto",
 ) -> None:
-    """Merge the run's LoRA adapter into the base model (or write the fully fine-tuned model):
-    one folder any HF server can load."""
+    """Write one model folder any HF server can load: LoRA merged into the base, or the full fine-tune."""
     from tunebench.providers import provider_of
     from tunebench.rundir import RunDir
 
@@ -543,8 +542,7 @@ def estimate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list, one object per cell.")] = False,
     overrides: SetOpt = None,
 ) -> None:
-    """Before spending: parameters, peak GPU memory, fit, checkpoint disk, training time and $ of every
-    cell."""
+    """Before spending: every cell's parameters, GPU memory, fit, disk, training time and $."""
     from tunebench.estimate import check_gpu, estimate
 
     check_gpu(gpu)
@@ -625,8 +623,9 @@ def init(
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the test and validation splits.")] = 0,
 ) -> None:
-    """Write a commented study config comparing the base model, LoRA and an OpenAI fine-tune on
-    DATA, and print the OpenAI cost estimate. Nothing is uploaded, trained or spent."""
+    """Write a study config comparing the base model, LoRA and OpenAI on DATA; nothing is spent.
+
+    The config is commented; the OpenAI cost estimate is printed. Nothing is uploaded or trained."""
     from tunebench.scaffold import init_study
 
     made = init_study(data, out, model, openai_model, test, test_fraction, seed)
