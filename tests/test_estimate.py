@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.cli import tunebench
 from tunebench import sizing
 from tunebench.errors import TunebenchError
 from tunebench.prices import CARDS, gpu_card
@@ -187,18 +185,6 @@ def test_kbit_weights_are_packed_and_int8_keeps_its_inputs() -> None:
     assert prepared["activations"] > four["activations"]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", "estimate", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 REQUIRED = {
     "cell",
     "provider",
@@ -212,7 +198,7 @@ REQUIRED = {
 
 
 def test_estimate_json_for_the_cpu_demo_study() -> None:
-    out = run_cli("examples/study_cpu_demo.yaml", "--gpu", "L4", "--json")
+    out = tunebench("estimate", "examples/study_cpu_demo.yaml", "--gpu", "L4", "--json")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert [r["cell"] for r in rows] == ["base-sql", "base-viggo", "lora-sql", "lora-viggo"]
@@ -234,19 +220,19 @@ def test_estimate_json_for_an_experiment_and_an_unknown_gpu(tmp_path: Path) -> N
         "name: cl34\nmodel: {name: codellama-34b, quantization: 8bit}\ntask: {name: sql}\n"
         "training: {max_steps: 10, batch_size: 32, gradient_checkpointing: true}\n"
     )
-    out = run_cli(str(config), "--gpu", "A40", "--json")
+    out = tunebench("estimate", str(config), "--gpu", "A40", "--json")
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     assert set(row) >= REQUIRED
     assert row["projection"] is True and row["quantization"] == "8bit"
     assert row["peak_memory_with_checkpointing_gib"] < row["peak_memory_without_checkpointing_gib"]
-    bad = run_cli(str(config), "--gpu", "V100")
+    bad = tunebench("estimate", str(config), "--gpu", "V100")
     assert bad.returncode == 2
     assert "--gpu V100: unknown card (known: L4, A10, A40" in bad.stderr
 
 
 def test_the_table_written_to_a_pipe_keeps_every_cell_whole() -> None:
-    out = run_cli("examples/study_gpu.yaml", "--gpu", "A40")
+    out = tunebench("estimate", "examples/study_gpu.yaml", "--gpu", "A40")
     assert out.returncode == 0, out.stderr
     assert "…" not in out.stdout
     assert "lora-qkvo-r8-viggo" in out.stdout and "A40 (proj.)" in out.stdout

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli import tunebench
 from tunebench import sizing
 from tunebench.errors import TunebenchError
 from tunebench.estimate import estimate
@@ -29,18 +27,6 @@ GOOD_SHAPE: dict[str, Any] = {
     "tie_word_embeddings": True,
     "model_type": "llama",
 }
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", "estimate", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def model_folder(tmp_path: Path, **changes: Any) -> Path:
@@ -90,7 +76,7 @@ def test_an_infinite_size_is_an_error_not_a_traceback(tmp_path: Path) -> None:
         json.dumps(GOOD_SHAPE).replace('"num_hidden_layers": 2', '"num_hidden_layers": Infinity')
     )
     config = experiment(tmp_path, f"model: {{name: {folder}}}\ntraining: {{max_steps: 2, batch_size: 4}}\n")
-    out = run_cli(str(config), "--json")
+    out = tunebench("estimate", str(config), "--json")
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [
         f"error: {folder / 'config.json'}: num_hidden_layers must be a positive integer (got inf)"
@@ -162,7 +148,7 @@ def test_an_empty_training_file_says_so(tmp_path: Path) -> None:
 
 
 def test_a_folder_for_a_config_is_named_a_folder(tmp_path: Path) -> None:
-    out = run_cli(str(tmp_path))
+    out = tunebench("estimate", str(tmp_path))
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: {tmp_path}: a folder, not a file"]
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli import tunebench
 from tunebench.config import LocalExperiment, TaskConfig, load_experiment
 from tunebench.errors import TunebenchError
 from tunebench.pipeline.prepare import prepare
@@ -195,15 +196,7 @@ def test_epochs_alone_make_the_run_epoch_based(tmp_path: Path) -> None:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return tunebench(*args, cwd=cwd, timeout=120, COLUMNS="200")
 
 
 def write(path: Path, text: str | bytes) -> Path:

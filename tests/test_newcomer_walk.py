@@ -4,29 +4,19 @@ on the free cells only (no OpenAI key), reported after dropping the OpenAI syste
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests import cli
 from tests.tiny import CHATML, build_tiny_model
 
 LABELS = {"positive": ["great", "loved it", "works well"], "negative": ["broke", "awful", "refund"]}
 
 
 def tunebench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).parents[1])}
-    env.pop("OPENAI_API_KEY", None)
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    return cli.tunebench(*args, cwd=cwd, COLUMNS="200", OPENAI_API_KEY=None)
 
 
 def write_chat_file(path: Path, copies: int = 5) -> Path:

@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from examples.make_viggo_json import build
+from tests import cli
 from tests.openai_emulator import Emulator
 from tests.tiny import CHATML, build_tiny_model
 from tunebench.io import read_json, read_jsonl
@@ -20,15 +19,7 @@ from tunebench.study import run_study
 
 
 def tunebench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return cli.tunebench(*args, cwd=cwd, timeout=120, COLUMNS="200")
 
 
 def test_init_writes_a_study_splits_the_file_and_estimates_openai(tmp_path: Path, data_dir: Path) -> None:

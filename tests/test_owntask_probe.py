@@ -5,30 +5,16 @@ metrics): each failure is one line naming the file and line, and what OpenAI acc
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli import tunebench
 from tunebench.errors import TunebenchError
 from tunebench.evaluation import custom
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tunebench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tunebench", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def chat_row(index: int) -> dict[str, Any]:
