@@ -30,7 +30,6 @@ from tunebench.providers.openai_export import (
     export_rows,
     max_example_tokens,
     token_counter,
-    validate_rows,
 )
 from tunebench.tasks import get_task
 from tunebench.tasks.formats import Format, detect_format, numbered_rows, read_chat, read_prompt_completion
@@ -140,7 +139,6 @@ def write_study(
             f"{data}: {len(train_rows)} training rows once {held} are held out (test and validation); "
             f"OpenAI fine-tuning needs at least {MIN_EXAMPLES}: add rows or pass --test FILE"
         )
-    validate_rows(train_rows, openai_model, str(train_path))
     estimate = estimate_cost(train_rows, val_rows, openai_model)
     counter = token_counter(openai_model)
     longest = max(counter.count(ex.completion) for ex in [*splits["train"], *splits["test"]])
