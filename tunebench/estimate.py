@@ -44,15 +44,17 @@ DECODE_BANDWIDTH_SHARE = 0.6
 #: present, so every ``--json`` object has the same keys.
 UNSIZED: dict[str, Any] = dict.fromkeys(
     [
-        *("gpu", "params", "trainable_params", "peak_memory_gib", "fits"),
-        *(
-            "train_tokens",
-            "train_tokens_per_s",
-            "train_seconds",
-            "train_usd",
-            "predict_seconds",
-            "predict_usd",
-        ),
+        "gpu",
+        "params",
+        "trainable_params",
+        "peak_memory_gib",
+        "fits",
+        "train_tokens",
+        "train_tokens_per_s",
+        "train_seconds",
+        "train_usd",
+        "predict_seconds",
+        "predict_usd",
     ]
 )
 
